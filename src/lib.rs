@@ -1,0 +1,3 @@
+//! FerryLB: Kubernetes `type: LoadBalancer` Services on AWS (ELBv2 Network
+//! Load Balancers) and bare metal (HAProxy).
+#![forbid(unsafe_code)]

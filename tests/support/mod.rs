@@ -1,0 +1,10 @@
+//! Support shared by the integration tests: the environment of real servers
+//! (kube-apiserver, etcd, moto, haproxy), clients for them, and helpers that
+//! wait with deadlines and clean up after themselves.
+#![allow(dead_code)] // each test binary uses a different part of it
+
+pub mod aws;
+pub mod env;
+pub mod kube;
+pub mod process;
+pub mod wait;
