@@ -1,3 +1,6 @@
 //! FerryLB: Kubernetes `type: LoadBalancer` Services on AWS (ELBv2 Network
 //! Load Balancers) and bare metal (HAProxy).
 #![forbid(unsafe_code)]
+
+pub mod controller;
+pub mod spec;

@@ -72,8 +72,25 @@ pub fn node(name: &str, internal_ip: &str) -> Node {
 
 /// Creates a Node with one `InternalIP` and returns it as stored.
 pub async fn create_node(client: &Client, name: &str, internal_ip: &str) -> Node {
+    create_labelled_node(client, name, internal_ip, &[]).await
+}
+
+/// Creates a Node with one `InternalIP` and the given labels.
+pub async fn create_labelled_node(
+    client: &Client,
+    name: &str,
+    internal_ip: &str,
+    labels: &[(&str, &str)],
+) -> Node {
+    let mut n = node(name, internal_ip);
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
     Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node(name, internal_ip))
+        .create(&PostParams::default(), &n)
         .await
         .unwrap_or_else(|e| panic!("creating node {name}: {e}"))
 }
@@ -115,4 +132,32 @@ pub fn lb_service(name: &str, ports: &[i32]) -> Service {
         }),
         ..Default::default()
     }
+}
+
+/// The reasons of the Events about one object in `namespace`, oldest first.
+pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
+    events(client, namespace, name)
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// The Events (events.k8s.io/v1) about one object in `namespace`.
+pub async fn events(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let mut evs: Vec<_> =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+            .list(&Default::default())
+            .await
+            .expect("listing Events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+    evs.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    evs
 }

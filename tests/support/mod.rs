@@ -4,7 +4,9 @@
 #![allow(dead_code)] // each test binary uses a different part of it
 
 pub mod aws;
+pub mod controller;
 pub mod env;
 pub mod kube;
 pub mod process;
+pub mod recording;
 pub mod wait;

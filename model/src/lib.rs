@@ -1,0 +1,17 @@
+//! FerryLB's provider-neutral model: the [`LoadBalancerSpec`] a provider is
+//! asked to build, the [`LoadBalancerStatus`] it reports, and the
+//! [`LoadBalancerProvider`] trait every provider implements. No Kubernetes or
+//! cloud types: providers depend on this crate, never on kube.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+mod provider;
+mod spec;
+mod status;
+
+pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError};
+pub use spec::{
+    HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
+    load_balancer_name,
+};
+pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus};

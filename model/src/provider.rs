@@ -1,0 +1,121 @@
+//! The provider contract, after Kubernetes' cloud-provider `LoadBalancer`
+//! interface: get, ensure, ensure-deleted; idempotent, absent is success.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus};
+
+/// Something that builds load balancers: an AWS NLB, an HAProxy.
+///
+/// # Contract
+/// - Every method is idempotent and may be called again at any time,
+///   including after the process crashed halfway through an earlier call.
+/// - Everything a provider creates is findable again from the
+///   [`LoadBalancerRef`] alone (deterministic names, ownership tags), so a
+///   restart never creates a duplicate and never leaks.
+/// - A provider never touches what it did not create.
+/// - Errors say whether trying again can help ([`ProviderError`]).
+#[async_trait]
+pub trait LoadBalancerProvider: Send + Sync + 'static {
+    /// Short name for logs and metrics (`aws`, `haproxy`).
+    fn name(&self) -> &str;
+
+    /// The load balancer's current status, or `None` when it does not exist.
+    async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError>;
+
+    /// Creates the load balancer or converges an existing one to `spec`, and
+    /// returns the status to publish.
+    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError>;
+
+    /// Converges a load balancer whose spec changed in its targets alone.
+    /// Providers with a cheaper path than [`ensure`](Self::ensure) (HAProxy's
+    /// runtime API, ELBv2's Register/DeregisterTargets) override it.
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        self.ensure(spec).await.map(|_| ())
+    }
+
+    /// Deletes the load balancer and everything created for it.
+    ///
+    /// # Contract
+    /// Absent is success: deleting something never created, or already
+    /// deleted, returns `Ok`.
+    async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError>;
+
+    /// Called once at start-up with the specs of every Service this provider
+    /// serves, before any [`ensure`](Self::ensure), so a provider that
+    /// assigns addresses can reserve those the Services already carry before
+    /// handing out new ones. The default does nothing.
+    async fn restore(&self, _specs: &[LoadBalancerSpec]) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+/// Whether an error is worth retrying, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Only a change to the Service (or its environment) can fix it:
+    /// an invalid option, an unsupported protocol. Not retried until the
+    /// Service changes.
+    Permanent,
+    /// Retry after the given delay (throttling with a known reset, an address
+    /// pool that may free up).
+    RetryAfter(Duration),
+    /// Retry with backoff (timeouts, 5xx, connection errors).
+    Transient,
+}
+
+/// A provider failure, with what a user can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// Short CamelCase reason for Events and conditions (`InvalidAnnotation`,
+    /// `UnsupportedProtocol`, `PoolExhausted`, `Throttled`).
+    pub reason: String,
+    /// What went wrong, with the object and value, and what to do.
+    pub message: String,
+}
+
+impl ProviderError {
+    /// A permanent error with the given reason.
+    pub fn permanent(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An invalid option: names the annotation (or field), the value, and
+    /// what is allowed.
+    pub fn invalid(field: &str, value: &str, allowed: &str) -> Self {
+        Self::permanent(
+            "InvalidAnnotation",
+            format!("invalid value {value:?} for {field}: {allowed}"),
+        )
+    }
+
+    /// A transient error, retried with backoff.
+    pub fn transient(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An error to retry after `after`.
+    pub fn retry_after(
+        after: Duration,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: ErrorKind::RetryAfter(after),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! What a provider is asked to build: a load balancer for one Service.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+/// Identifies the Service a load balancer belongs to. The uid makes a
+/// Service deleted and created again under the same name a different owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything needed to find a load balancer again, and so to delete it:
+/// derived from the Service alone, so a restart finds what it made before.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LoadBalancerRef {
+    pub key: ServiceKey,
+    /// Deterministic name, see [`load_balancer_name`].
+    pub name: String,
+}
+
+impl LoadBalancerRef {
+    /// The reference for a Service, with its deterministic name.
+    pub fn for_service(key: ServiceKey) -> Self {
+        let name = load_balancer_name(&key);
+        Self { key, name }
+    }
+}
+
+/// The load balancer name for a Service: `fl-<namespace>-<name>-<hash>`,
+/// at most 32 characters (AWS's limit for load balancers and target groups),
+/// lowercase alphanumerics and `-` only.
+///
+/// # Contract
+/// The same Service (namespace, name, uid) always gets the same name; two
+/// different Services get different names (the hash covers all three, so
+/// truncating namespace and name loses no uniqueness).
+pub fn load_balancer_name(key: &ServiceKey) -> String {
+    let digest = Sha256::digest(format!("{}/{}/{}", key.namespace, key.name, key.uid));
+    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "fl-{}-{}-{hash}",
+        name_part(&key.namespace, 8),
+        name_part(&key.name, 8)
+    )
+}
+
+fn name_part(s: &str, max: usize) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    let trimmed = cleaned.trim_matches('-');
+    if trimmed.is_empty() {
+        "x".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Transport protocol of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The name Kubernetes uses (`TCP`, `UDP`, `SCTP`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One Service port: traffic to `port` on the load balancer goes to
+/// `node_port` on every target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Listener {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: u16,
+    /// The Service port's name (empty for a single unnamed port).
+    pub name: String,
+}
+
+/// One eligible node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    pub node: String,
+    /// The node's `InternalIP` addresses, in the order the Node lists them.
+    pub addresses: Vec<IpAddr>,
+    /// `spec.providerID`, e.g. `aws:///us-east-1a/i-0123456789abcdef0`.
+    pub provider_id: Option<String>,
+}
+
+/// How the load balancer decides a node can take traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthCheck {
+    /// A TCP connection to the listener's own nodePort.
+    TrafficPort,
+    /// `externalTrafficPolicy: Local`: kube-proxy answers `GET path` on
+    /// `port` (the Service's healthCheckNodePort) with 200 only on nodes
+    /// that run a ready endpoint.
+    Http { port: u16, path: String },
+}
+
+/// A load balancer for one Service, provider-neutral. Built by a pure
+/// function from the Service, the eligible Nodes and the controller's
+/// configuration; providers only carry it out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoadBalancerSpec {
+    pub lb: LoadBalancerRef,
+    /// Sorted by (protocol, port).
+    pub listeners: Vec<Listener>,
+    /// Sorted by node name.
+    pub targets: Vec<Target>,
+    pub health_check: HealthCheck,
+    /// Client addresses allowed; empty means everyone.
+    pub source_ranges: Vec<IpNet>,
+    /// Addresses the Service asks for (`spec.loadBalancerIP` or
+    /// `ferrylb.io/load-balancer-ips`), for providers that assign addresses.
+    pub requested_ips: Vec<IpAddr>,
+    /// `ferrylb.io/allow-shared-ip`: Services with the same key may share an
+    /// address when their ports do not collide.
+    pub shared_ip_key: Option<String>,
+    /// Addresses the Service's status already carries: an address-assigning
+    /// provider keeps them, so addresses survive restarts with no store of
+    /// their own. Not part of what the load balancer should look like; see
+    /// [`LoadBalancerSpec::same_desired_state`].
+    pub status_ips: Vec<IpAddr>,
+    /// The Service's annotations that belong to providers
+    /// (`service.beta.kubernetes.io/aws-load-balancer-*`, `ferrylb.io/*`):
+    /// each provider parses its own into typed options and rejects bad
+    /// values with [`crate::ProviderError::invalid`].
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl LoadBalancerSpec {
+    /// Whether `other` asks for the same load balancer (ignoring
+    /// `status_ips`, which is feedback, not intent).
+    pub fn same_desired_state(&self, other: &LoadBalancerSpec) -> bool {
+        self.lb == other.lb
+            && self.listeners == other.listeners
+            && self.targets == other.targets
+            && self.health_check == other.health_check
+            && self.source_ranges == other.source_ranges
+            && self.requested_ips == other.requested_ips
+            && self.shared_ip_key == other.shared_ip_key
+            && self.annotations == other.annotations
+    }
+
+    /// Whether `other` differs from this spec in its targets alone, so a
+    /// provider's cheap target-only path can carry the change.
+    pub fn differs_only_in_targets(&self, other: &LoadBalancerSpec) -> bool {
+        self.targets != other.targets
+            && LoadBalancerSpec {
+                targets: other.targets.clone(),
+                ..self.clone()
+            }
+            .same_desired_state(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, name: &str, uid: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    #[test]
+    fn names_are_short_stable_and_distinct() {
+        let a = load_balancer_name(&key("production-payments", "checkout-frontend", "u1"));
+        assert!(a.len() <= 32, "{a} is {} chars", a.len());
+        assert_eq!(
+            a,
+            load_balancer_name(&key("production-payments", "checkout-frontend", "u1"))
+        );
+        assert!(a.starts_with("fl-producti-checkout-"));
+        assert_ne!(
+            a,
+            load_balancer_name(&key("production-payments", "checkout-frontend", "u2"))
+        );
+        assert_ne!(
+            a,
+            load_balancer_name(&key("production-payments", "checkout-frontendx", "u1"))
+        );
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+
+    #[test]
+    fn truncation_never_leaves_a_dangling_dash() {
+        let n = load_balancer_name(&key("abcdefg-hij", "-------x", "u"));
+        assert!(n.starts_with("fl-abcdefg-x-"), "{n}");
+        assert!(!n.contains("--"), "{n}");
+    }
+}

@@ -1,0 +1,70 @@
+//! Events on the Service, with the reasons users know from Kubernetes' own
+//! service controller (`kubectl describe service`).
+
+use k8s_openapi::api::core::v1::Service;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+pub const ENSURING: &str = "EnsuringLoadBalancer";
+pub const ENSURED: &str = "EnsuredLoadBalancer";
+pub const UPDATED: &str = "UpdatedLoadBalancer";
+pub const SYNC_FAILED: &str = "SyncLoadBalancerFailed";
+pub const DELETING: &str = "DeletingLoadBalancer";
+pub const DELETED: &str = "DeletedLoadBalancer";
+
+/// Publishes an Event on `svc`. Failing to publish is logged, never fatal:
+/// an Event is a courtesy, the reconcile's outcome is what matters.
+pub async fn publish(
+    recorder: &Recorder,
+    svc: &Service,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: action_for(reason).to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
+        tracing::warn!(
+            service = %svc_name(svc),
+            reason,
+            error = %e,
+            "publishing an Event failed"
+        );
+    }
+}
+
+fn action_for(reason: &str) -> &'static str {
+    match reason {
+        DELETING | DELETED => "Delete",
+        _ => "Ensure",
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// `namespace/name` of a Service, for logs and messages.
+pub fn svc_name(svc: &Service) -> String {
+    format!(
+        "{}/{}",
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default()
+    )
+}

@@ -1,0 +1,231 @@
+//! The controller: Services of `type: LoadBalancer` and the cluster's Nodes
+//! in, provider calls and Service status, finalizer and Events out.
+//!
+//! One kube-runtime [`Controller`] over all Services. Nodes feed a reflector
+//! store; whenever the set of eligible targets changes, every Service is
+//! reconciled again, and a Service whose spec did not change makes no
+//! provider call (so a node flapping Ready costs nothing).
+
+mod error;
+pub mod events;
+mod reconcile;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrylb_model::{ErrorKind, LoadBalancerProvider, Target};
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+pub use error::Error;
+
+/// The finalizer Kubernetes' own service controller uses: present while a
+/// cloud load balancer may exist for the Service.
+pub const FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
+/// Records which class (and so which provider) provisioned the Service, so
+/// its load balancer can be deleted after `spec.loadBalancerClass` or
+/// `spec.type` changed.
+pub const CLASS_ANNOTATION: &str = "ferrylb.io/provisioned-class";
+/// Field manager for FerryLB's writes.
+pub const FIELD_MANAGER: &str = "ferrylb";
+
+/// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest delay between retries of a failing Service.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How the controller is set up.
+#[derive(Clone)]
+pub struct ControllerConfig {
+    /// `loadBalancerClass` → the provider serving it.
+    pub classes: BTreeMap<String, Arc<dyn LoadBalancerProvider>>,
+    /// The class that Services without `spec.loadBalancerClass` get; `None`
+    /// leaves them to another implementation.
+    pub default_class: Option<String>,
+    /// Services reconciled at the same time.
+    pub concurrency: u16,
+    /// Every Service is ensured again this often, repairing drift.
+    pub resync: Duration,
+    /// Watch Services in this namespace only (default: all namespaces).
+    pub namespace: Option<String>,
+    /// Only Nodes matching this label selector are targets (default: all).
+    pub node_selector: Option<String>,
+    /// Identifies this process in Events (`reportingInstance`), e.g. the pod name.
+    pub instance: Option<String>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    config: ControllerConfig,
+    nodes: Store<Node>,
+    services: Mutex<HashMap<ObjectRef<Service>, ServiceState>>,
+}
+
+/// What this process remembers of a Service between reconciles.
+#[derive(Default)]
+struct ServiceState {
+    /// The spec and status last ensured successfully, and when.
+    last: Option<(reconcile::Ensured, Instant)>,
+    /// Consecutive transient failures, for backoff.
+    failures: u32,
+}
+
+impl Context {
+    /// The eligible targets, from the Node store.
+    fn targets(&self) -> Vec<Target> {
+        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
+        crate::spec::targets(&nodes)
+    }
+
+    /// The class this controller serves the Service under, if any: only
+    /// `type: LoadBalancer`, and only a class bound here (or no class when a
+    /// default is set).
+    fn class_of(&self, svc: &Service) -> Option<String> {
+        let spec = svc.spec.as_ref()?;
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            return None;
+        }
+        let class = match &spec.load_balancer_class {
+            Some(c) => c.clone(),
+            None => self.config.default_class.clone()?,
+        };
+        self.config.classes.contains_key(&class).then_some(class)
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; in-flight reconciles finish
+/// first.
+///
+/// # Errors
+/// When the Node cache's writer goes away before it was filled.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let mut node_watch = watcher::Config::default();
+    if let Some(sel) = &config.node_selector {
+        node_watch = node_watch.labels(sel);
+    }
+    let node_events = watcher(Api::<Node>::all(client.clone()), node_watch)
+        .default_backoff()
+        .reflect(node_writer);
+    // Signal each time the set of eligible targets changes (after any
+    // event, the initial listing's end included).
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let node_store = nodes.clone();
+    let node_task = tokio::spawn(async move {
+        let mut last: Option<Vec<Target>> = None;
+        let mut listed = false;
+        futures::pin_mut!(node_events);
+        while let Some(ev) = node_events.next().await {
+            match ev {
+                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching Nodes failed; retrying");
+                    continue;
+                }
+            }
+            if !listed {
+                continue;
+            }
+            let all: Vec<Node> = node_store.state().iter().map(|n| (**n).clone()).collect();
+            let now = crate::spec::targets(&all);
+            if last.as_ref() != Some(&now) {
+                tracing::info!(targets = now.len(), "eligible nodes changed");
+                last = Some(now);
+                // A full channel already holds a pending signal: enough.
+                let _ = changed_tx.try_send(());
+            }
+        }
+    });
+    let target_changes = tokio_stream::wrappers::ReceiverStream::new(changed_rx);
+
+    let reporter = Reporter {
+        controller: "ferrylb".into(),
+        instance: config.instance.clone(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config: config.clone(),
+        nodes: nodes.clone(),
+        services: Mutex::default(),
+    });
+
+    let services: Api<Service> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let controller = Controller::new(services, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .reconcile_all_on(target_changes)
+        .graceful_shutdown_on(shutdown);
+
+    // Reconciling before the Node cache is filled would strip every load
+    // balancer of its targets; and providers hear what exists before the
+    // first ensure.
+    nodes.wait_until_ready().await?;
+    reconcile::restore(&ctx).await;
+
+    controller
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|res| {
+            match res {
+                Ok((obj, _)) => tracing::debug!(service = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+            future::ready(())
+        })
+        .await;
+    node_task.abort();
+    Ok(())
+}
+
+/// Decides when a failed Service is tried again: permanent errors wait for
+/// the Service to change; others back off exponentially per Service, so one
+/// failing Service never slows the rest.
+fn error_policy(svc: Arc<Service>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut services = ctx.services.lock().expect("service state lock");
+        let state = services.entry(ObjectRef::from_obj(&*svc)).or_default();
+        state.failures = state.failures.saturating_add(1);
+        state.failures
+    };
+    match err.kind() {
+        ErrorKind::Permanent => Action::await_change(),
+        ErrorKind::RetryAfter(after) => Action::requeue(after),
+        ErrorKind::Transient => Action::requeue(backoff(failures)),
+    }
+}
+
+/// The delay before retry number `failures` (1-based): 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    MIN_BACKOFF.saturating_mul(1 << exp).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, vec![5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

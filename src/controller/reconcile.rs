@@ -1,0 +1,326 @@
+//! One Service's reconcile: take it on (finalizer first), ensure its load
+//! balancer, publish status; or delete the load balancer and let go.
+//!
+//! # Expected flow
+//! 1. A Service becomes ours (type LoadBalancer, a class we serve): the
+//!    finalizer and the class are written before any provider call.
+//! 2. Apply: the spec is built from the Service and the eligible Nodes; the
+//!    provider is called only when the spec changed, or a resync is due;
+//!    status and condition are written only when they change.
+//! 3. Cleanup (Service deleted, or no longer ours): the provider deletes,
+//!    then status is cleared and the finalizer removed, in that order.
+//!
+//! # Guarantees
+//! Both arms are idempotent. Cleanup tolerates Apply never having run (the
+//! provider's delete treats absent as success). A failure leaves the
+//! finalizer in place, so nothing the provider made is ever forgotten.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ServiceKey};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use super::events::{self, svc_name};
+use super::status::{self, Readiness};
+use super::{Context, Error};
+
+/// Reconciles one Service. See the module docs for the flow.
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let wanted = ctx.class_of(&svc);
+    let recorded = status::recorded_class(&svc).map(str::to_owned);
+    let deleting = svc.metadata.deletion_timestamp.is_some();
+
+    if let Some(old) = &recorded
+        && (deleting || wanted.as_deref() != Some(old.as_str()))
+    {
+        // Deleted, no longer a LoadBalancer, or moved to another class:
+        // delete what `old` made. If a new class wants it, removing the
+        // finalizer triggers a reconcile that takes it on afresh.
+        cleanup(&svc, old, &ctx, !deleting).await?;
+        return Ok(Action::await_change());
+    }
+    let Some(class) = wanted else {
+        forget(&ctx, &svc);
+        return Ok(Action::await_change());
+    };
+    if deleting {
+        return Ok(Action::await_change());
+    }
+    let svc = if recorded.is_none() {
+        Arc::new(status::add_finalizer(&ctx.client, &svc, &class).await?)
+    } else {
+        svc
+    };
+    apply(&svc, &class, &ctx).await
+}
+
+async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Error> {
+    let provider = ctx.config.classes[class].clone();
+    let key = ObjectRef::from_obj(svc);
+    let spec = match crate::spec::build(svc, &ctx.targets()) {
+        Ok(spec) => spec,
+        Err(source) => {
+            let err = Error::InvalidService {
+                svc: svc_name(svc),
+                source,
+            };
+            report_failure(svc, &err, ctx).await;
+            return Err(err);
+        }
+    };
+    let last = ctx
+        .services
+        .lock()
+        .expect("service state lock")
+        .get(&key)
+        .and_then(|s| s.last.clone());
+
+    let unchanged = last
+        .as_ref()
+        .is_some_and(|(l, _)| l.spec.same_desired_state(&spec));
+    let resync_due = last
+        .as_ref()
+        .is_none_or(|(_, at)| at.elapsed() >= ctx.config.resync.mul_f32(0.9));
+    if unchanged && !resync_due {
+        // Nothing to ask the provider; only repair the status if someone
+        // else changed it.
+        let (l, _) = last.as_ref().expect("unchanged implies a last spec");
+        status::write_status(
+            &ctx.client,
+            svc,
+            Some(status::to_ingress(&l.status)),
+            Some(ensured(provider.name())),
+        )
+        .await?;
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+
+    let target_only = last
+        .as_ref()
+        .is_some_and(|(l, _)| l.spec.differs_only_in_targets(&spec));
+    let name = svc_name(svc);
+    let result = if target_only {
+        tracing::info!(service = %name, provider = provider.name(), targets = spec.targets.len(), "updating load balancer targets");
+        let previous = last
+            .as_ref()
+            .map(|(l, _)| l.status.clone())
+            .unwrap_or_default();
+        provider.update_targets(&spec).await.map(|()| previous)
+    } else {
+        if !unchanged {
+            tracing::info!(service = %name, provider = provider.name(), "ensuring load balancer");
+            events::publish(
+                &ctx.recorder,
+                svc,
+                false,
+                events::ENSURING,
+                "Ensuring load balancer".into(),
+            )
+            .await;
+        }
+        provider.ensure(&spec).await
+    };
+    let lb_status = match result {
+        Ok(s) => s,
+        Err(source) => {
+            let err = Error::Ensure {
+                svc: name,
+                provider: provider.name().to_owned(),
+                source,
+            };
+            report_failure(svc, &err, ctx).await;
+            return Err(err);
+        }
+    };
+
+    status::write_status(
+        &ctx.client,
+        svc,
+        Some(status::to_ingress(&lb_status)),
+        Some(ensured(provider.name())),
+    )
+    .await?;
+    if target_only {
+        let note = format!(
+            "Updated load balancer with new hosts ({} targets)",
+            spec.targets.len()
+        );
+        events::publish(&ctx.recorder, svc, false, events::UPDATED, note).await;
+    } else if !unchanged {
+        events::publish(
+            &ctx.recorder,
+            svc,
+            false,
+            events::ENSURED,
+            "Ensured load balancer".into(),
+        )
+        .await;
+    }
+    remember(ctx, key, spec, lb_status);
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Deletes the load balancer `class`'s provider made for `svc`, then clears
+/// the status (unless the Service is going away) and removes the finalizer.
+async fn cleanup(
+    svc: &Service,
+    class: &str,
+    ctx: &Context,
+    clear_status: bool,
+) -> Result<(), Error> {
+    let name = svc_name(svc);
+    let Some(provider) = ctx.config.classes.get(class).cloned() else {
+        let err = Error::ClassNotServed {
+            svc: name,
+            class: class.to_owned(),
+        };
+        report_failure(svc, &err, ctx).await;
+        return Err(err);
+    };
+    let lb = LoadBalancerRef::for_service(ServiceKey {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        uid: svc.metadata.uid.clone().unwrap_or_default(),
+    });
+    tracing::info!(service = %name, provider = provider.name(), lb = %lb.name, "deleting load balancer");
+    events::publish(
+        &ctx.recorder,
+        svc,
+        false,
+        events::DELETING,
+        "Deleting load balancer".into(),
+    )
+    .await;
+    if let Err(source) = provider.ensure_deleted(&lb).await {
+        let err = Error::EnsureDeleted {
+            svc: name,
+            provider: provider.name().to_owned(),
+            source,
+        };
+        tracing::warn!(error = %err, "deleting load balancer failed");
+        events::publish(
+            &ctx.recorder,
+            svc,
+            true,
+            events::SYNC_FAILED,
+            err.to_string(),
+        )
+        .await;
+        return Err(err);
+    }
+    events::publish(
+        &ctx.recorder,
+        svc,
+        false,
+        events::DELETED,
+        "Deleted load balancer".into(),
+    )
+    .await;
+    if clear_status {
+        status::write_status(&ctx.client, svc, None, None).await?;
+    }
+    status::remove_finalizer(&ctx.client, svc).await?;
+    forget(ctx, svc);
+    Ok(())
+}
+
+/// Logs the failure, publishes a Warning Event and sets the condition to
+/// False with the reason, keeping whatever address the Service already has.
+async fn report_failure(svc: &Service, err: &Error, ctx: &Context) {
+    tracing::warn!(service = %svc_name(svc), reason = err.reason(), error = %err, "load balancer not ready");
+    events::publish(
+        &ctx.recorder,
+        svc,
+        true,
+        events::SYNC_FAILED,
+        err.to_string(),
+    )
+    .await;
+    let current = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone());
+    let readiness = Readiness {
+        ready: false,
+        reason: err.reason().to_owned(),
+        message: err.to_string(),
+    };
+    if let Err(e) = status::write_status(&ctx.client, svc, current, Some(readiness)).await {
+        tracing::warn!(service = %svc_name(svc), error = %e, "writing the failure condition failed");
+    }
+}
+
+fn ensured(provider: &str) -> Readiness {
+    Readiness {
+        ready: true,
+        reason: "Ensured".into(),
+        message: format!("load balancer ensured by provider {provider}"),
+    }
+}
+
+/// The spec and status last ensured for a Service.
+#[derive(Clone)]
+pub(super) struct Ensured {
+    pub spec: LoadBalancerSpec,
+    pub status: LoadBalancerStatus,
+}
+
+fn remember(
+    ctx: &Context,
+    key: ObjectRef<Service>,
+    spec: LoadBalancerSpec,
+    status: LoadBalancerStatus,
+) {
+    let mut services = ctx.services.lock().expect("service state lock");
+    let state = services.entry(key).or_default();
+    state.last = Some((Ensured { spec, status }, Instant::now()));
+    state.failures = 0;
+}
+
+fn forget(ctx: &Context, svc: &Service) {
+    ctx.services
+        .lock()
+        .expect("service state lock")
+        .remove(&ObjectRef::from_obj(svc));
+}
+
+/// Tells each provider which of its load balancers exist, from the Services
+/// already provisioned (those carrying the finalizer and their class).
+/// Failures are logged: a provider then simply starts from nothing.
+pub(super) async fn restore(ctx: &Context) {
+    let api: Api<Service> = match &ctx.config.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let services = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing Services to restore provider state failed");
+            return;
+        }
+    };
+    let targets = ctx.targets();
+    let mut by_class: BTreeMap<String, Vec<LoadBalancerSpec>> = BTreeMap::new();
+    for svc in &services {
+        let (Some(class), Some(recorded)) = (ctx.class_of(svc), status::recorded_class(svc)) else {
+            continue;
+        };
+        if class == recorded
+            && let Ok(spec) = crate::spec::build(svc, &targets)
+        {
+            by_class.entry(class).or_default().push(spec);
+        }
+    }
+    for (class, provider) in &ctx.config.classes {
+        let specs = by_class.remove(class).unwrap_or_default();
+        if let Err(e) = provider.restore(&specs).await {
+            tracing::warn!(class, provider = provider.name(), error = %e, "restoring provider state failed");
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The controller against the real API server, with an in-memory provider
+//! that records its calls.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrylb::controller::FINALIZER;
+use ferrylb::controller::status::CONDITION_TYPE;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::controller::{RunningController, config};
+use support::recording::{Call, RecordingProvider};
+use support::{env, kube as k, wait};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One test's world: a namespace, a node label, a class, a recording
+/// provider and a controller serving that class in that namespace.
+struct Harness {
+    client: Client,
+    ns: String,
+    label: String,
+    class: String,
+    provider: Arc<RecordingProvider>,
+    nodes: Vec<String>,
+}
+
+impl Harness {
+    async fn new(prefix: &str) -> Self {
+        let client = k::client(env::shared()).await;
+        let ns = k::namespace(&client, prefix).await;
+        Harness {
+            label: format!("test.ferrylb.io/{ns}"),
+            class: format!("test.ferrylb.io/{ns}"),
+            provider: Arc::new(RecordingProvider::new(Some(client.clone()))),
+            client,
+            ns,
+            nodes: vec![],
+        }
+    }
+
+    fn start(&self, default: bool) -> RunningController {
+        let cfg = config(
+            vec![(self.class.clone(), self.provider.clone())],
+            default.then(|| self.class.clone()),
+            &self.ns,
+            &self.label,
+        );
+        RunningController::start(self.client.clone(), cfg)
+    }
+
+    async fn node(&mut self, suffix: &str, ip: &str) -> String {
+        let name = format!("{}-{suffix}", self.ns);
+        k::create_labelled_node(&self.client, &name, ip, &[(&self.label, "true")]).await;
+        self.nodes.push(name.clone());
+        name
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn service(&self, name: &str, ports: &[i32], class: Option<&str>) -> Service {
+        let mut svc = k::lb_service(name, ports);
+        svc.spec.as_mut().unwrap().load_balancer_class = class.map(str::to_owned);
+        self.services()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("creating the Service")
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.ns)
+    }
+
+    /// Waits until the provider's last call about `name` satisfies `pred`.
+    async fn wait_call(&self, what: &str, name: &str, pred: impl Fn(&Call) -> bool) -> Call {
+        let key = self.key(name);
+        wait::until(what, WAIT, || {
+            let last = self
+                .provider
+                .calls_for(&key)
+                .last()
+                .filter(|c| pred(c))
+                .cloned();
+            async move { last }
+        })
+        .await
+    }
+
+    async fn wait_service(
+        &self,
+        what: &str,
+        name: &str,
+        pred: impl Fn(&Service) -> bool,
+    ) -> Service {
+        wait::until(what, WAIT, || async {
+            self.services()
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| pred(s))
+        })
+        .await
+    }
+
+    async fn cleanup_nodes(&self) {
+        for n in &self.nodes {
+            k::delete_node(&self.client, n).await;
+        }
+    }
+}
+
+fn ingress_hostname(svc: &Service) -> Option<String> {
+    svc.status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?
+        .hostname
+        .clone()
+}
+
+fn has_finalizer(svc: &Service) -> bool {
+    svc.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER)
+}
+
+fn condition(svc: &Service) -> Option<(String, String, String)> {
+    let c = svc
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION_TYPE)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn targets_of(call: &Call) -> Vec<String> {
+    match call {
+        Call::Ensure { targets, .. } | Call::UpdateTargets { targets, .. } => targets.clone(),
+        _ => vec![],
+    }
+}
+
+#[tokio::test]
+async fn new_service_gets_finalizer_before_ensure_then_status_and_events() {
+    let mut h = Harness::new("ctl-new").await;
+    let n1 = h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    h.service("web", &[80], Some(&h.class.clone())).await;
+
+    let call = h
+        .wait_call("ensure of web", "web", |c| matches!(c, Call::Ensure { .. }))
+        .await;
+    let Call::Ensure {
+        finalizer_present,
+        created,
+        targets,
+        ..
+    } = call
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        finalizer_present,
+        Some(true),
+        "the finalizer must be on the Service before ensure"
+    );
+    assert!(created);
+    assert_eq!(targets, vec![n1]);
+
+    let svc = h
+        .wait_service("status of web", "web", |s| ingress_hostname(s).is_some())
+        .await;
+    let lb = h.provider.current(&h.key("web")).unwrap().lb;
+    assert_eq!(
+        ingress_hostname(&svc).unwrap(),
+        format!("{}.lb.test", lb.name)
+    );
+    assert!(has_finalizer(&svc));
+    assert_eq!(
+        condition(&svc).map(|c| (c.0, c.1)),
+        Some(("True".into(), "Ensured".into()))
+    );
+
+    wait::until("Ensuring and Ensured events", WAIT, || async {
+        let r = k::event_reasons(&h.client, &h.ns, "web").await;
+        (r.contains(&"EnsuringLoadBalancer".into()) && r.contains(&"EnsuredLoadBalancer".into()))
+            .then_some(())
+    })
+    .await;
+    // Writing our own status did not cause a second ensure.
+    assert_eq!(
+        h.provider.calls_for(&h.key("web")).len(),
+        1,
+        "{:?}",
+        h.provider.calls()
+    );
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
+    let mut h = Harness::new("ctl-nodes").await;
+    let n1 = h.node("n1", "127.0.0.11").await;
+    let n2 = h.node("n2", "127.0.0.12").await;
+    let _ctl = h.start(false);
+    let class = h.class.clone();
+    h.service("a", &[80], Some(&class)).await;
+    h.service("b", &[81], Some(&class)).await;
+    for s in ["a", "b"] {
+        h.wait_call("first ensure", s, |c| targets_of(c).len() == 2)
+            .await;
+    }
+
+    // Added: both Services see the third node through the target-only path.
+    let n3 = h.node("n3", "127.0.0.13").await;
+    for s in ["a", "b"] {
+        let c = h
+            .wait_call("node added", s, |c| targets_of(c).len() == 3)
+            .await;
+        assert!(matches!(c, Call::UpdateTargets { .. }), "{c:?}");
+    }
+    // Labelled excluded.
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    nodes
+        .patch(&n1, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})))
+        .await
+        .unwrap();
+    h.wait_call("node excluded", "a", |c| {
+        targets_of(c) == vec![n2.clone(), n3.clone()]
+    })
+    .await;
+    // Removed.
+    k::delete_node(&h.client, &n2).await;
+    h.wait_call("node removed", "a", |c| targets_of(c) == vec![n3.clone()])
+        .await;
+    h.wait_call("node removed", "b", |c| targets_of(c) == vec![n3.clone()])
+        .await;
+
+    // Ready → NotReady → Ready: no provider call. A later real change is the
+    // barrier that proves the flaps were processed and ignored.
+    let before = h.provider.calls().len();
+    for status in ["False", "True", "False", "True"] {
+        nodes
+            .patch_status(&n3, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": status, "reason": "Test", "message": "flap"}]}})))
+            .await
+            .unwrap();
+    }
+    let n4 = h.node("n4", "127.0.0.14").await;
+    h.wait_call("barrier node", "a", |c| targets_of(c).contains(&n4))
+        .await;
+    h.wait_call("barrier node", "b", |c| targets_of(c).contains(&n4))
+        .await;
+    assert_eq!(
+        h.provider.calls().len(),
+        before + 2,
+        "Ready flaps must not call the provider: {:?}",
+        &h.provider.calls()[before..]
+    );
+
+    // A change to one Service re-ensures that Service only.
+    let before = h.provider.calls().len();
+    h.services()
+        .patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ports": [{"name": "p80", "port": 8080, "targetPort": 80, "protocol": "TCP"}]}})))
+        .await
+        .unwrap();
+    h.wait_call("port change", "a", |c| matches!(c, Call::Ensure { .. }))
+        .await;
+    let after: Vec<Call> = h.provider.calls()[before..].to_vec();
+    assert!(
+        after.iter().all(|c| c.svc() == Some(&h.key("a"))),
+        "only a was re-ensured: {after:?}"
+    );
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
+    let mut h = Harness::new("ctl-del").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let class = h.class.clone();
+    h.service("to-cip", &[80], Some(&class)).await;
+    h.service("doomed", &[80], Some(&class)).await;
+    for s in ["to-cip", "doomed"] {
+        h.wait_service("provisioned", s, |s| ingress_hostname(s).is_some())
+            .await;
+    }
+
+    // Type → ClusterIP (the class must go with it).
+    h.services()
+        .patch("to-cip", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null, "allocateLoadBalancerNodePorts": null, "externalTrafficPolicy": null, "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "nodePort": null}]}})))
+        .await
+        .expect("changing the type to ClusterIP");
+    h.wait_call("delete after type change", "to-cip", |c| {
+        matches!(c, Call::Delete { .. })
+    })
+    .await;
+    let svc = h
+        .wait_service("status cleared and finalizer gone", "to-cip", |s| {
+            !has_finalizer(s) && ingress_hostname(s).is_none()
+        })
+        .await;
+    assert_eq!(condition(&svc), None);
+    assert_eq!(h.provider.current(&h.key("to-cip")), None);
+
+    // A failing delete keeps the finalizer, warns, and is retried.
+    h.provider.set_fail_deletes(true);
+    h.services()
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_call("failing delete", "doomed", |c| {
+        matches!(c, Call::Delete { .. })
+    })
+    .await;
+    wait::until("a Warning about the failed delete", WAIT, || async {
+        let evs = k::events(&h.client, &h.ns, "doomed").await;
+        evs.iter()
+            .any(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref().is_some_and(|n| n.contains("injected"))
+            })
+            .then_some(())
+    })
+    .await;
+    let svc = h
+        .services()
+        .get("doomed")
+        .await
+        .expect("the Service is kept while its delete fails");
+    assert!(has_finalizer(&svc));
+    assert!(h.provider.current(&h.key("doomed")).is_some());
+
+    h.provider.set_fail_deletes(false);
+    wait::until(
+        "the Service to disappear after a retried delete",
+        WAIT,
+        || async {
+            h.services()
+                .get_opt("doomed")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(h.provider.current(&h.key("doomed")), None);
+    let deletes = h
+        .provider
+        .calls_for(&h.key("doomed"))
+        .iter()
+        .filter(|c| matches!(c, Call::Delete { .. }))
+        .count();
+    assert!(deletes >= 2, "the delete was retried");
+    let reasons = k::event_reasons(&h.client, &h.ns, "doomed").await;
+    assert!(
+        reasons.contains(&"DeletingLoadBalancer".into())
+            && reasons.contains(&"DeletedLoadBalancer".into()),
+        "{reasons:?}"
+    );
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn other_classes_are_untouched_and_no_class_needs_a_default() {
+    let mut h = Harness::new("ctl-class").await;
+    h.node("n1", "127.0.0.11").await;
+    let ctl = h.start(false);
+    h.service("other", &[80], Some("example.com/someone-else"))
+        .await;
+    h.service("classless", &[81], None).await;
+    let class = h.class.clone();
+    h.service("mine", &[82], Some(&class)).await;
+    // "mine" converging proves the controller ran over the others too.
+    h.wait_service("mine provisioned", "mine", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    for name in ["other", "classless"] {
+        let svc = h.services().get(name).await.unwrap();
+        assert!(
+            !has_finalizer(&svc) && ingress_hostname(&svc).is_none() && condition(&svc).is_none(),
+            "{name} was touched"
+        );
+        assert!(
+            k::event_reasons(&h.client, &h.ns, name).await.is_empty(),
+            "{name} got Events"
+        );
+        assert!(h.provider.calls_for(&h.key(name)).is_empty());
+    }
+    ctl.stop().await;
+
+    // As the default implementation, the classless Service is ours too.
+    let _ctl = h.start(true);
+    h.wait_service("classless provisioned", "classless", |s| {
+        ingress_hostname(s).is_some() && has_finalizer(s)
+    })
+    .await;
+    let other = h.services().get("other").await.unwrap();
+    assert!(!has_finalizer(&other) && ingress_hostname(&other).is_none());
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn invalid_input_warns_names_the_value_and_leaves_others_alone() {
+    let mut h = Harness::new("ctl-bad").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let class = h.class.clone();
+    let mut bad = k::lb_service("bad", &[80]);
+    bad.spec.as_mut().unwrap().load_balancer_class = Some(class.clone());
+    bad.metadata.annotations = Some(
+        [(
+            "ferrylb.io/load-balancer-ips".to_owned(),
+            "not-an-ip".to_owned(),
+        )]
+        .into(),
+    );
+    h.services()
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap();
+    let mut no_np = k::lb_service("no-nodeports", &[80]);
+    no_np.spec.as_mut().unwrap().load_balancer_class = Some(class.clone());
+    no_np
+        .spec
+        .as_mut()
+        .unwrap()
+        .allocate_load_balancer_node_ports = Some(false);
+    h.services()
+        .create(&PostParams::default(), &no_np)
+        .await
+        .unwrap();
+    h.service("good", &[81], Some(&class)).await;
+
+    h.wait_service("good provisioned", "good", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    let svc = h
+        .wait_service("bad's condition", "bad", |s| {
+            condition(s).is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    let (_, reason, message) = condition(&svc).unwrap();
+    assert_eq!(reason, "InvalidService");
+    assert!(
+        message.contains("ferrylb.io/load-balancer-ips") && message.contains("not-an-ip"),
+        "{message}"
+    );
+    let warning = wait::until("a Warning Event on bad", WAIT, || async {
+        k::events(&h.client, &h.ns, "bad")
+            .await
+            .into_iter()
+            .find(|e| e.type_.as_deref() == Some("Warning"))
+    })
+    .await;
+    assert_eq!(warning.reason.as_deref(), Some("SyncLoadBalancerFailed"));
+    assert!(warning.note.unwrap().contains("not-an-ip"));
+    assert!(
+        h.provider.calls_for(&h.key("bad")).is_empty(),
+        "an invalid Service must not reach the provider"
+    );
+
+    let svc = h
+        .wait_service("no-nodeports condition", "no-nodeports", |s| {
+            condition(s).is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    assert!(
+        condition(&svc)
+            .unwrap()
+            .2
+            .contains("allocateLoadBalancerNodePorts")
+    );
+
+    // Fixing the annotation converges.
+    h.services()
+        .patch("bad", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"ferrylb.io/load-balancer-ips": "127.0.0.150"}}})))
+        .await
+        .unwrap();
+    let svc = h
+        .wait_service("bad fixed", "bad", |s| ingress_hostname(s).is_some())
+        .await;
+    assert_eq!(condition(&svc).map(|c| c.0), Some("True".into()));
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn transient_provider_failures_back_off_and_recover() {
+    let mut h = Harness::new("ctl-retry").await;
+    h.node("n1", "127.0.0.11").await;
+    h.provider.set_fail_ensures(true);
+    let _ctl = h.start(false);
+    let class = h.class.clone();
+    h.service("flaky", &[80], Some(&class)).await;
+    let svc = h
+        .wait_service("failure condition", "flaky", |s| {
+            condition(s).is_some_and(|c| c.1 == "InjectedFailure")
+        })
+        .await;
+    assert!(ingress_hostname(&svc).is_none());
+    h.provider.set_fail_ensures(false);
+    h.wait_service("recovered after backoff", "flaky", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn a_restarted_controller_converges_without_duplicate_creates() {
+    let mut h = Harness::new("ctl-restart").await;
+    h.node("n1", "127.0.0.11").await;
+    let class = h.class.clone();
+    let ctl = h.start(false);
+    h.service("one", &[80], Some(&class)).await;
+    h.wait_service("one provisioned", "one", |s| ingress_hostname(s).is_some())
+        .await;
+    ctl.stop().await;
+
+    // While it is down: a change to one Service, a new Service, a new node.
+    h.services()
+        .patch("one", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ports": [{"name": "p80", "port": 8080, "targetPort": 80, "protocol": "TCP"}]}})))
+        .await
+        .unwrap();
+    h.service("two", &[81], Some(&class)).await;
+    let n2 = h.node("n2", "127.0.0.12").await;
+
+    let _ctl = h.start(false);
+    h.wait_service("two provisioned", "two", |s| ingress_hostname(s).is_some())
+        .await;
+    wait::until("one converged to port 8080 and two nodes", WAIT, || async {
+        h.provider
+            .current(&h.key("one"))
+            .filter(|s| s.listeners[0].port == 8080 && s.targets.iter().any(|t| t.node == n2))
+    })
+    .await;
+    for name in ["one", "two"] {
+        let creates = h
+            .provider
+            .calls_for(&h.key(name))
+            .iter()
+            .filter(|c| matches!(c, Call::Ensure { created: true, .. }))
+            .count();
+        assert_eq!(
+            creates,
+            1,
+            "{name} created more than once: {:?}",
+            h.provider.calls()
+        );
+    }
+    assert_eq!(h.provider.count(), 2);
+    let restores: Vec<Call> = h
+        .provider
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Restore { .. }))
+        .collect();
+    assert_eq!(
+        restores.last(),
+        Some(&Call::Restore {
+            services: vec![h.key("one")]
+        }),
+        "the restart restored what existed"
+    );
+    h.cleanup_nodes().await;
+}
