@@ -14,4 +14,4 @@ pub use spec::{
     HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
     load_balancer_name,
 };
-pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus};
+pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus, Warning};

@@ -9,6 +9,17 @@ use crate::Protocol;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LoadBalancerStatus {
     pub ingress: Vec<Ingress>,
+    /// Things the user should know although the load balancer works, such
+    /// as ports the provider cannot serve. Published as Warning Events.
+    pub warnings: Vec<Warning>,
+}
+
+/// A problem that does not stop the load balancer from working.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// Short CamelCase reason, e.g. `UnsupportedProtocol`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// One externally reachable address.

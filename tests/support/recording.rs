@@ -111,6 +111,7 @@ impl RecordingProvider {
                 ip_mode: None,
                 ports: vec![],
             }],
+            warnings: vec![],
         }
     }
 

@@ -1,0 +1,221 @@
+//! Choosing a Service's VIP: what it asks for, what it already has, a
+//! compatible shared address, or the first free one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError};
+
+use crate::pool::AddressPool;
+
+/// How soon a Service waiting for an address is tried again (the controller
+/// also retries at once when any load balancer is deleted).
+pub const RETRY: Duration = Duration::from_secs(30);
+
+/// Who holds an address, as far as allocation cares.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub vip: IpAddr,
+    pub shared_key: Option<String>,
+    pub ports: Vec<(Protocol, u16)>,
+}
+
+impl Holder {
+    pub fn of(spec: &LoadBalancerSpec, vip: IpAddr) -> Holder {
+        Holder {
+            vip,
+            shared_key: spec.shared_ip_key.clone(),
+            ports: spec.listeners.iter().map(|l| (l.protocol, l.port)).collect(),
+        }
+    }
+}
+
+/// Why `ip` cannot go to `spec`, or `None` when it can.
+fn conflict(
+    ip: IpAddr,
+    spec: &LoadBalancerSpec,
+    holders: &BTreeMap<LoadBalancerRef, Holder>,
+) -> Option<ProviderError> {
+    for (r, h) in holders.iter().filter(|(r, h)| h.vip == ip && **r != spec.lb) {
+        let same_key = spec.shared_ip_key.is_some() && spec.shared_ip_key == h.shared_key;
+        if !same_key {
+            return Some(ProviderError::retry_after(
+                RETRY,
+                "AddressInUse",
+                format!(
+                    "address {ip} is in use by Service {}; to share it, give both Services the same \
+                     ferrylb.io/allow-shared-ip value",
+                    r.key
+                ),
+            ));
+        }
+        if let Some(p) = spec.listeners.iter().find(|l| h.ports.contains(&(l.protocol, l.port))) {
+            return Some(ProviderError::retry_after(
+                RETRY,
+                "PortCollision",
+                format!(
+                    "cannot share address {ip} with Service {}: both use port {}/{}",
+                    r.key, p.port, p.protocol
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// The VIP for `spec`, given who holds what (`spec`'s own entry, if any, is
+/// ignored as a holder).
+///
+/// Order: the requested address (`spec.requested_ips`); the address the
+/// Service holds now (`current`) or carries in its status; an address shared
+/// under the same key; the pool's first free address.
+///
+/// # Errors
+/// `AddressNotInPool` (permanent) for a requested address outside the pool;
+/// `AddressInUse`, `PortCollision` and `PoolExhausted` (retried).
+pub fn allocate(
+    pool: &AddressPool,
+    spec: &LoadBalancerSpec,
+    current: Option<IpAddr>,
+    holders: &BTreeMap<LoadBalancerRef, Holder>,
+) -> Result<IpAddr, ProviderError> {
+    if !spec.requested_ips.is_empty() {
+        let ip = pick_family(&spec.requested_ips, pool);
+        if !pool.contains(ip) {
+            return Err(ProviderError::permanent(
+                "AddressNotInPool",
+                format!("requested address {ip} is not in the HAProxy address pool; request an address from the pool or leave it unset"),
+            ));
+        }
+        return match conflict(ip, spec, holders) {
+            Some(e) => Err(e),
+            None => Ok(ip),
+        };
+    }
+    for ip in current.into_iter().chain(spec.status_ips.iter().copied()) {
+        if pool.contains(ip) && conflict(ip, spec, holders).is_none() {
+            return Ok(ip);
+        }
+    }
+    if spec.shared_ip_key.is_some() {
+        let mut shared: Vec<IpAddr> = holders
+            .iter()
+            .filter(|(r, h)| **r != spec.lb && h.shared_key == spec.shared_ip_key)
+            .map(|(_, h)| h.vip)
+            .collect();
+        shared.sort();
+        shared.dedup();
+        if let Some(ip) = shared.into_iter().find(|ip| conflict(*ip, spec, holders).is_none()) {
+            return Ok(ip);
+        }
+    }
+    let used: HashSet<IpAddr> = holders
+        .iter()
+        .filter(|(r, _)| **r != spec.lb)
+        .map(|(_, h)| h.vip)
+        .collect();
+    pool.iter().find(|ip| !used.contains(ip)).ok_or_else(|| {
+        ProviderError::retry_after(
+            RETRY,
+            "PoolExhausted",
+            "every address in the HAProxy address pool is in use; the Service waits until one is freed (or widen the pool)",
+        )
+    })
+}
+
+/// Of the requested addresses, the first of a family the pool serves.
+fn pick_family(requested: &[IpAddr], pool: &AddressPool) -> IpAddr {
+    requested
+        .iter()
+        .copied()
+        .find(|ip| pool.contains(*ip))
+        .unwrap_or(requested[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrylb_model::conformance::sample_spec;
+
+    use super::*;
+
+    fn spec(name: &str, port: u16, key: Option<&str>) -> LoadBalancerSpec {
+        let mut s = sample_spec("ns", name, 30000, vec![]);
+        s.listeners[0].port = port;
+        s.shared_ip_key = key.map(str::to_owned);
+        s
+    }
+
+    fn pool() -> AddressPool {
+        "127.0.0.100-127.0.0.102".parse().unwrap()
+    }
+
+    fn hold(h: &mut BTreeMap<LoadBalancerRef, Holder>, s: &LoadBalancerSpec, ip: IpAddr) {
+        h.insert(s.lb.clone(), Holder::of(s, ip));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn first_free_then_exhausted() {
+        let mut h = BTreeMap::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let s = spec(name, 80, None);
+            let got = allocate(&pool(), &s, None, &h).unwrap();
+            assert_eq!(got, ip(&format!("127.0.0.{}", 100 + i)));
+            hold(&mut h, &s, got);
+        }
+        let e = allocate(&pool(), &spec("d", 80, None), None, &h).unwrap_err();
+        assert_eq!(e.reason, "PoolExhausted");
+        assert!(matches!(e.kind, ferrylb_model::ErrorKind::RetryAfter(_)));
+    }
+
+    #[test]
+    fn keeps_current_and_status_addresses() {
+        let mut h = BTreeMap::new();
+        let a = spec("a", 80, None);
+        assert_eq!(allocate(&pool(), &a, Some(ip("127.0.0.102")), &h).unwrap(), ip("127.0.0.102"));
+        let mut b = spec("b", 80, None);
+        b.status_ips = vec![ip("10.9.9.9"), ip("127.0.0.101")];
+        assert_eq!(allocate(&pool(), &b, None, &h).unwrap(), ip("127.0.0.101"));
+        // A status address taken by someone else is not kept.
+        hold(&mut h, &a, ip("127.0.0.101"));
+        assert_eq!(allocate(&pool(), &b, None, &h).unwrap(), ip("127.0.0.100"));
+    }
+
+    #[test]
+    fn requested_addresses_must_be_in_the_pool_and_free() {
+        let mut h = BTreeMap::new();
+        let mut a = spec("a", 80, None);
+        a.requested_ips = vec![ip("127.0.0.101")];
+        assert_eq!(allocate(&pool(), &a, None, &h).unwrap(), ip("127.0.0.101"));
+        hold(&mut h, &a, ip("127.0.0.101"));
+        let mut b = spec("b", 81, None);
+        b.requested_ips = vec![ip("127.0.0.101")];
+        let e = allocate(&pool(), &b, None, &h).unwrap_err();
+        assert_eq!(e.reason, "AddressInUse");
+        assert!(e.message.contains("ns/a"), "{e}");
+        b.requested_ips = vec![ip("192.0.2.1")];
+        let e = allocate(&pool(), &b, None, &h).unwrap_err();
+        assert_eq!((e.reason.as_str(), e.kind), ("AddressNotInPool", ferrylb_model::ErrorKind::Permanent));
+    }
+
+    #[test]
+    fn sharing_needs_the_same_key_and_distinct_ports() {
+        let mut h = BTreeMap::new();
+        let a = spec("a", 80, Some("k"));
+        hold(&mut h, &a, ip("127.0.0.100"));
+        let b = spec("b", 443, Some("k"));
+        assert_eq!(allocate(&pool(), &b, None, &h).unwrap(), ip("127.0.0.100"));
+        let c = spec("c", 80, Some("k"));
+        assert_eq!(allocate(&pool(), &c, None, &h).unwrap(), ip("127.0.0.101"), "port 80 collides, so a new address");
+        let mut d = spec("d", 80, Some("k"));
+        d.requested_ips = vec![ip("127.0.0.100")];
+        assert_eq!(allocate(&pool(), &d, None, &h).unwrap_err().reason, "PortCollision");
+        let mut e = spec("e", 8080, Some("other"));
+        e.requested_ips = vec![ip("127.0.0.100")];
+        assert_eq!(allocate(&pool(), &e, None, &h).unwrap_err().reason, "AddressInUse");
+    }
+}

@@ -1,0 +1,266 @@
+//! The HAProxy process: validate a configuration, install it atomically,
+//! reload through the master CLI one reload at a time, and (in managed
+//! mode) start and supervise `haproxy -W` ourselves.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrylb_model::ProviderError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// Who runs HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    /// FerryLB starts `haproxy -W -S <master socket> -f <config>` and
+    /// restarts it if it dies.
+    Managed,
+    /// Someone else runs HAProxy in master-worker mode with a master socket;
+    /// FerryLB writes the configuration and reloads through that socket.
+    External,
+}
+
+/// Where the HAProxy binary, configuration and master socket are.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    pub binary: PathBuf,
+    pub config_path: PathBuf,
+    pub master_socket: PathBuf,
+    pub mode: RunMode,
+}
+
+/// The HAProxy process FerryLB drives.
+pub struct Process {
+    settings: ProcessSettings,
+    child: Arc<Mutex<Option<Child>>>,
+    supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn unavailable(msg: String) -> ProviderError {
+    ProviderError::transient("HAProxyUnavailable", msg)
+}
+
+impl Process {
+    pub fn new(settings: ProcessSettings) -> Self {
+        Self {
+            settings,
+            child: Arc::default(),
+            supervisor: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &ProcessSettings {
+        &self.settings
+    }
+
+    /// Checks `text` with `haproxy -c` and, when valid, renames it into place
+    /// atomically. An invalid configuration is kept beside the live one as
+    /// `<config>.rejected` for inspection; the live one stays untouched.
+    pub async fn install(&self, text: &str) -> Result<(), ProviderError> {
+        let path = &self.settings.config_path;
+        let tmp = sibling(path, "new");
+        tokio::fs::write(&tmp, text)
+            .await
+            .map_err(|e| unavailable(format!("writing {}: {e}", tmp.display())))?;
+        let out = Command::new(&self.settings.binary)
+            .arg("-c")
+            .arg("-q")
+            .arg("-f")
+            .arg(&tmp)
+            .output()
+            .await
+            .map_err(|e| unavailable(format!("running {} -c: {e}", self.settings.binary.display())))?;
+        if !out.status.success() {
+            let rejected = sibling(path, "rejected");
+            let _ = tokio::fs::rename(&tmp, &rejected).await;
+            let alerts: String = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .chain(String::from_utf8_lossy(&out.stdout).lines())
+                .filter(|l| l.contains("ALERT"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProviderError::transient(
+                "InvalidHAProxyConfiguration",
+                format!("haproxy rejected the rendered configuration (kept as {}): {alerts}", rejected.display()),
+            ));
+        }
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
+    }
+
+    /// Makes the running HAProxy load the installed configuration: starts it
+    /// in managed mode when it is not running, otherwise reloads through the
+    /// master CLI and waits until the master confirms the reload.
+    pub async fn reload(&self) -> Result<(), ProviderError> {
+        if self.settings.mode == RunMode::Managed && !self.running().await {
+            return self.start().await;
+        }
+        let before = self.reload_counters().await?;
+        // The master re-executes itself on reload and answers nothing on 2.6;
+        // the counters in `show proc` tell whether it worked.
+        let _ = master_command(&self.settings.master_socket, "reload").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Ok(now) = self.reload_counters().await
+                && now.0 > before.0
+            {
+                if now.1 > before.1 {
+                    return Err(ProviderError::transient(
+                        "HAProxyReloadFailed",
+                        "haproxy failed to load the new configuration; the previous one keeps serving (see haproxy's log)",
+                    ));
+                }
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(unavailable("haproxy did not confirm the reload within 15s".into()));
+            }
+        }
+    }
+
+    /// (reloads, failed reloads) from the master's `show proc` line.
+    async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
+        let out = master_command(&self.settings.master_socket, "show proc")
+            .await
+            .map_err(|e| unavailable(format!("haproxy master socket {}: {e}", self.settings.master_socket.display())))?;
+        parse_master_line(&out).ok_or_else(|| unavailable(format!("unexpected `show proc` output: {out:?}")))
+    }
+
+    async fn running(&self) -> bool {
+        let mut child = self.child.lock().await;
+        match child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts `haproxy -W` on the installed configuration and waits for its
+    /// master socket; a supervisor restarts it if it exits.
+    async fn start(&self) -> Result<(), ProviderError> {
+        spawn(&self.settings, &self.child).await?;
+        let mut sup = self.supervisor.lock().expect("supervisor lock");
+        if sup.is_none() {
+            let settings = self.settings.clone();
+            let child = self.child.clone();
+            *sup = Some(tokio::spawn(supervise(settings, child)));
+        }
+        Ok(())
+    }
+
+    /// Stops a managed HAProxy (and its supervisor).
+    pub async fn stop(&self) {
+        if let Some(s) = self.supervisor.lock().expect("supervisor lock").take() {
+            s.abort();
+        }
+        if let Some(mut c) = self.child.lock().await.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(s) = self.supervisor.lock().expect("supervisor lock").take() {
+            s.abort();
+        }
+    }
+}
+
+async fn spawn(settings: &ProcessSettings, slot: &Mutex<Option<Child>>) -> Result<(), ProviderError> {
+    let _ = tokio::fs::remove_file(&settings.master_socket).await;
+    let child = Command::new(&settings.binary)
+        .arg("-W")
+        .arg("-db")
+        .arg("-S")
+        .arg(format!("{},mode,600", settings.master_socket.display()))
+        .arg("-f")
+        .arg(&settings.config_path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| unavailable(format!("starting {}: {e}", settings.binary.display())))?;
+    tracing::info!(pid = child.id(), config = %settings.config_path.display(), "started haproxy");
+    *slot.lock().await = Some(child);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while master_command(&settings.master_socket, "show proc").await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(unavailable("haproxy's master socket did not come up within 10s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Restarts a managed HAProxy that exited, with a pause between attempts.
+async fn supervise(settings: ProcessSettings, slot: Arc<Mutex<Option<Child>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let exited = {
+            let mut child = slot.lock().await;
+            match child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            }
+        };
+        if let Some(status) = exited {
+            tracing::warn!(%status, "haproxy exited; restarting it");
+            if let Err(e) = spawn(&settings, &slot).await {
+                tracing::warn!(error = %e, "restarting haproxy failed");
+            }
+        }
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
+/// Sends one command to HAProxy's master CLI and returns its answer.
+pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String> {
+    let io = async {
+        let mut s = UnixStream::connect(socket).await?;
+        s.write_all(format!("{cmd}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(3), io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "master CLI timed out"))?
+}
+
+/// From `show proc`: `<pid> master <reloads> [failed: <n>] ...`.
+fn parse_master_line(out: &str) -> Option<(u64, u64)> {
+    let line = out.lines().find(|l| l.split_whitespace().nth(1) == Some("master"))?;
+    let mut words = line.split_whitespace().skip(2);
+    let reloads = words.next()?.parse().ok()?;
+    let failed = line.split("failed:").nth(1)?.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).split(']').next()?.trim().parse().ok()?;
+    Some((reloads, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_show_proc() {
+        let out = "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+                   20286           master          3 [failed: 1]   0d00h00m01s     2.6.12-1+deb12u4\n\
+                   # workers\n20289           worker          0               0d00h00m01s     2.6.12\n";
+        assert_eq!(parse_master_line(out), Some((3, 1)));
+        assert_eq!(parse_master_line("garbage"), None);
+    }
+
+    #[test]
+    fn siblings_sit_next_to_the_config() {
+        assert_eq!(sibling(Path::new("/etc/haproxy/ferrylb.cfg"), "new"), PathBuf::from("/etc/haproxy/ferrylb.cfg.new"));
+    }
+}

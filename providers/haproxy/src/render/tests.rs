@@ -1,0 +1,121 @@
+use std::collections::BTreeMap;
+
+use ferrylb_model::conformance::sample_spec;
+use ferrylb_model::{Listener, Target};
+use proptest::prelude::*;
+
+use super::*;
+
+fn target(node: &str, ip: &str) -> Target {
+    Target {
+        node: node.into(),
+        addresses: vec![ip.parse().unwrap()],
+        provider_id: None,
+    }
+}
+
+fn global() -> GlobalSettings {
+    GlobalSettings {
+        admin_socket: "/run/ferrylb/admin.sock".into(),
+        hard_stop_after: Duration::from_secs(30),
+    }
+}
+
+fn entry(name: &str, vip: &str, annotations: BTreeMap<String, String>) -> Entry {
+    let mut spec = sample_spec("shop", name, 30080, vec![target("n2", "127.0.0.12"), target("n1", "127.0.0.11")]);
+    spec.targets.sort();
+    spec.annotations = annotations;
+    let options = Options::parse(&spec.annotations).unwrap();
+    Entry { spec, vip: vip.parse().unwrap(), options }
+}
+
+#[test]
+fn renders_frontend_and_backend_per_tcp_port() {
+    let mut e = entry("web", "127.0.0.100", BTreeMap::new());
+    e.spec.listeners.push(Listener { protocol: Protocol::Udp, port: 53, node_port: 30053, name: "dns".into() });
+    e.spec.source_ranges = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.5/32".parse().unwrap()];
+    let cfg = render(&global(), &[e.clone()]);
+    let lb = &e.spec.lb.name;
+    let expected_tail = format!(
+        "frontend fe_{lb}_80\n  bind 127.0.0.100:80\n  timeout client 60000ms\n  \
+         tcp-request connection reject if !{{ src 10.0.0.0/8 127.0.0.5/32 }}\n  default_backend be_{lb}_80\n\n\
+         backend be_{lb}_80\n  balance roundrobin\n  timeout connect 5000ms\n  timeout server 60000ms\n  \
+         default-server check inter 2000ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
+    );
+    assert!(cfg.ends_with(&expected_tail), "{cfg}");
+    assert!(!cfg.contains("53"), "UDP ports are not rendered: {cfg}");
+    assert!(cfg.contains("stats socket /run/ferrylb/admin.sock mode 600 level admin"));
+}
+
+#[test]
+fn local_traffic_policy_and_proxy_protocol() {
+    let mut e = entry("web", "fd00::10", [(crate::options::PROXY_PROTOCOL.to_owned(), "v2".to_owned())].into());
+    e.spec.health_check = HealthCheck::Http { port: 32000, path: "/healthz".into() };
+    let cfg = render(&global(), &[e]);
+    assert!(cfg.contains("  bind [fd00::10]:80\n"), "{cfg}");
+    assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
+    assert!(cfg.contains("  default-server check inter 2000ms port 32000 send-proxy-v2\n"));
+}
+
+#[test]
+fn output_is_sorted_whatever_the_input_order() {
+    let a = entry("a", "127.0.0.101", BTreeMap::new());
+    let b = entry("b", "127.0.0.100", BTreeMap::new());
+    let one = render(&global(), &[a.clone(), b.clone()]);
+    assert_eq!(one, render(&global(), &[b.clone(), a.clone()]));
+    assert!(one.find(&b.spec.lb.name).unwrap() < one.find(&a.spec.lb.name).unwrap());
+}
+
+#[test]
+fn server_names_keep_only_safe_characters() {
+    assert_eq!(server_name("node-1.eu.example"), "node-1.eu.example");
+    assert_eq!(server_name("a b\nc#d"), "a_b_c_d");
+    assert_eq!(server_name(""), "_");
+}
+
+/// The first word of every line: the configuration's structure.
+fn shape(cfg: &str) -> Vec<String> {
+    cfg.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_owned()).collect()
+}
+
+const KEYS: &[&str] = &[
+    crate::options::BALANCE,
+    crate::options::TIMEOUT_CONNECT,
+    crate::options::TIMEOUT_CLIENT,
+    crate::options::TIMEOUT_SERVER,
+    crate::options::CHECK_INTERVAL,
+    crate::options::PROXY_PROTOCOL,
+    "ferrylb.io/haproxy-anything",
+];
+
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // Near-valid values with hostile suffixes.
+        (prop::sample::select(vec!["30s", "leastconn", "v2", "5m", "100ms"]), "[\\n\\r#;\"'\\\\${}\\[\\] a-z]{0,12}")
+            .prop_map(|(a, b)| format!("{a}{b}")),
+        any::<String>(),
+        Just("1s\nlisten evil\n  bind :1".to_owned()),
+        Just("30s # comment".to_owned()),
+        Just("\"${HOME}\"".to_owned()),
+    ]
+}
+
+proptest! {
+    /// No annotation value, however hostile, adds a line or a directive: it
+    /// is either rejected or re-rendered from a typed value.
+    #[test]
+    fn annotations_never_add_lines_or_directives(pairs in prop::collection::btree_map(prop::sample::select(KEYS.to_vec()), value(), 0..6)) {
+        let annotations: BTreeMap<String, String> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let Ok(options) = Options::parse(&annotations) else { return Ok(()); };
+        let mut e = entry("web", "127.0.0.100", BTreeMap::new());
+        e.spec.annotations = annotations;
+        e.options = options;
+        let cfg = render(&global(), &[e]);
+        let baseline = render(&global(), &[entry("web", "127.0.0.100", BTreeMap::new())]);
+        prop_assert_eq!(shape(&cfg), shape(&baseline));
+        for line in cfg.lines() {
+            prop_assert!(line.chars().all(|c| c.is_ascii_alphanumeric() || " ._:/[]{}!#,;-".contains(c)), "unexpected character in {:?}", line);
+            prop_assert!(!line.contains('"') && !line.contains('$') && !line.contains('\\'));
+        }
+    }
+}
