@@ -4,3 +4,5 @@
 
 pub mod controller;
 pub mod spec;
+pub mod cli;
+pub mod plan;

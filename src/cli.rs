@@ -1,0 +1,177 @@
+//! The command line. Every flag can also be set through the environment
+//! variable named beside it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrylb_haproxy::pool::AddressPool;
+use ferrylb_haproxy::process::{ProcessSettings, RunMode};
+use ferrylb_haproxy::HaproxySettings;
+
+/// Kubernetes LoadBalancer Services on AWS and bare metal.
+#[derive(Debug, Parser)]
+#[command(name = "ferrylb", version)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "FERRYLB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch Services and Nodes and provision load balancers.
+    Controller(ControllerArgs),
+    /// Print the address assignments and the HAProxy configuration FerryLB
+    /// would apply for Service and Node manifests, without a cluster.
+    Plan(PlanArgs),
+}
+
+/// Providers FerryLB can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderName {
+    Haproxy,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Providers to run, comma-separated.
+    #[arg(long, env = "FERRYLB_PROVIDERS", value_delimiter = ',', required = true)]
+    pub providers: Vec<ProviderName>,
+
+    /// The provider that serves Services without spec.loadBalancerClass.
+    /// Unset: such Services are left to another implementation.
+    #[arg(long, env = "FERRYLB_DEFAULT_PROVIDER")]
+    pub default_provider: Option<ProviderName>,
+
+    /// Services reconciled at the same time.
+    #[arg(long, env = "FERRYLB_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// How often every Service is ensured again, repairing drift.
+    #[arg(long, env = "FERRYLB_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+
+    /// Watch Services in this namespace only.
+    #[arg(long, env = "FERRYLB_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Only Nodes matching this label selector receive traffic.
+    #[arg(long, env = "FERRYLB_NODE_SELECTOR")]
+    pub node_selector: Option<String>,
+
+    /// This replica's name in Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+
+    #[command(flatten)]
+    pub haproxy: HaproxyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HaproxyArgs {
+    /// loadBalancerClass served by the HAProxy provider.
+    #[arg(long, env = "FERRYLB_HAPROXY_CLASS", default_value = "ferrylb.io/haproxy")]
+    pub haproxy_class: String,
+
+    /// VIP pool: CIDRs and ranges, comma-separated
+    /// (e.g. 192.0.2.10-192.0.2.50,2001:db8::/120).
+    #[arg(long, env = "FERRYLB_HAPROXY_POOL")]
+    pub haproxy_pool: Option<AddressPool>,
+
+    /// managed: FerryLB runs and supervises haproxy itself; external:
+    /// another process runs it and FerryLB reloads it through the master socket.
+    #[arg(long, env = "FERRYLB_HAPROXY_MODE", value_enum, default_value_t = HaproxyMode::Managed)]
+    pub haproxy_mode: HaproxyMode,
+
+    /// The haproxy binary (managed mode, and for validating configurations).
+    #[arg(long, env = "FERRYLB_HAPROXY_BINARY", default_value = "haproxy")]
+    pub haproxy_binary: PathBuf,
+
+    /// Directory for haproxy.cfg and the sockets (created if missing).
+    #[arg(long, env = "FERRYLB_HAPROXY_DIR", default_value = "/var/run/ferrylb")]
+    pub haproxy_dir: PathBuf,
+
+    /// The configuration file FerryLB owns (default: <dir>/haproxy.cfg).
+    #[arg(long, env = "FERRYLB_HAPROXY_CONFIG")]
+    pub haproxy_config: Option<PathBuf>,
+
+    /// HAProxy's master CLI socket (default: <dir>/master.sock).
+    #[arg(long, env = "FERRYLB_HAPROXY_MASTER_SOCKET")]
+    pub haproxy_master_socket: Option<PathBuf>,
+
+    /// Add each VIP to this interface and remove it when freed (needs
+    /// NET_ADMIN). Unset: the host already owns the pool's addresses.
+    #[arg(long, env = "FERRYLB_HAPROXY_VIP_INTERFACE")]
+    pub haproxy_vip_interface: Option<String>,
+
+    /// Old workers still draining connections after a reload stop after this.
+    #[arg(long, env = "FERRYLB_HAPROXY_HARD_STOP_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub haproxy_hard_stop_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HaproxyMode {
+    Managed,
+    External,
+}
+
+impl HaproxyArgs {
+    /// The provider's settings.
+    ///
+    /// # Errors
+    /// When no pool is given.
+    pub fn settings(&self) -> anyhow::Result<HaproxySettings> {
+        let pool = self
+            .haproxy_pool
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the haproxy provider needs --haproxy-pool (FERRYLB_HAPROXY_POOL)"))?;
+        let dir = &self.haproxy_dir;
+        Ok(HaproxySettings {
+            pool,
+            process: ProcessSettings {
+                binary: self.haproxy_binary.clone(),
+                config_path: self.haproxy_config.clone().unwrap_or_else(|| dir.join("haproxy.cfg")),
+                master_socket: self
+                    .haproxy_master_socket
+                    .clone()
+                    .unwrap_or_else(|| dir.join("master.sock")),
+                mode: match self.haproxy_mode {
+                    HaproxyMode::Managed => RunMode::Managed,
+                    HaproxyMode::External => RunMode::External,
+                },
+            },
+            admin_socket: dir.join("admin.sock"),
+            vip_interface: self.haproxy_vip_interface.clone(),
+            hard_stop_after: self.haproxy_hard_stop_after,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// YAML or JSON manifests of Services and Nodes (several documents, or
+    /// `kind: List`); `-` reads standard input.
+    pub file: PathBuf,
+
+    /// loadBalancerClass planned for; Services with no class are included too.
+    #[arg(long, env = "FERRYLB_HAPROXY_CLASS", default_value = "ferrylb.io/haproxy")]
+    pub haproxy_class: String,
+
+    /// VIP pool: CIDRs and ranges, comma-separated.
+    #[arg(long, env = "FERRYLB_HAPROXY_POOL", default_value = "192.0.2.10-192.0.2.50")]
+    pub haproxy_pool: AddressPool,
+}

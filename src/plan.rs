@@ -1,0 +1,165 @@
+//! `ferrylb plan`: what the HAProxy provider would do for a set of Service
+//! and Node manifests, without a cluster. The same spec builder, address
+//! allocation and renderer as the controller, minus the I/O.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ferrylb_haproxy::pool::AddressPool;
+use ferrylb_haproxy::process::{ProcessSettings, RunMode};
+use ferrylb_haproxy::{HaproxyProvider, HaproxySettings, status_of};
+use k8s_openapi::api::core::v1::{Node, Service};
+use serde::Deserialize;
+
+/// Reads every object in a multi-document YAML (or JSON) text, flattening
+/// `kind: List`.
+pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> {
+    let mut services: Vec<Service> = Vec::new();
+    let mut nodes = Vec::new();
+    let mut pending: Vec<serde_json::Value> = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(doc).with_context(|| format!("document {}", i + 1))?;
+        pending.push(value);
+    }
+    while let Some(v) = pending.pop() {
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("List") => pending.extend(v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default()),
+            Some("Service") => services.push(serde_json::from_value(v).context("reading a Service")?),
+            Some("Node") => nodes.push(serde_json::from_value(v).context("reading a Node")?),
+            _ => {}
+        }
+    }
+    services.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    Ok((services, nodes))
+}
+
+/// The plan as text: assignments (or why a Service gets none), then the
+/// configuration.
+pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String> {
+    let (services, nodes) = parse_manifests(text)?;
+    let provider = HaproxyProvider::new(HaproxySettings {
+        pool,
+        process: ProcessSettings {
+            binary: "haproxy".into(),
+            config_path: PathBuf::from("/var/run/ferrylb/haproxy.cfg"),
+            master_socket: PathBuf::from("/var/run/ferrylb/master.sock"),
+            mode: RunMode::Managed,
+        },
+        admin_socket: PathBuf::from("/var/run/ferrylb/admin.sock"),
+        vip_interface: None,
+        hard_stop_after: Duration::from_secs(30),
+    });
+    let targets = crate::spec::targets(&nodes);
+    let ours: Vec<&Service> = services
+        .iter()
+        .filter(|s| {
+            s.spec.as_ref().is_some_and(|spec| {
+                spec.type_.as_deref() == Some("LoadBalancer")
+                    && spec.load_balancer_class.as_deref().is_none_or(|c| c == class)
+            })
+        })
+        .collect();
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# {} eligible node(s): {}", targets.len(), targets.iter().map(|t| t.node.as_str()).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(out, "# Address assignments");
+    // Services that already carry an address keep it: plan them first.
+    let mut specs = Vec::new();
+    for svc in &ours {
+        let name = format!(
+            "{}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or("default"),
+            svc.metadata.name.as_deref().unwrap_or_default()
+        );
+        let mut svc = (*svc).clone();
+        svc.metadata.namespace.get_or_insert_with(|| "default".into());
+        svc.metadata.uid.get_or_insert_with(|| format!("plan-{name}"));
+        match crate::spec::build(&svc, &targets) {
+            Ok(spec) => specs.push((name, spec)),
+            Err(e) => {
+                let _ = writeln!(out, "#   {name}: not provisioned: {e}");
+            }
+        }
+    }
+    specs.sort_by_key(|(_, s)| s.status_ips.is_empty());
+    for (name, spec) in &specs {
+        match provider.plan(spec) {
+            Ok((entry, _)) => {
+                let status = status_of(&entry);
+                let ports: Vec<String> = spec
+                    .listeners
+                    .iter()
+                    .map(|l| format!("{}/{}->{}", l.port, l.protocol, l.node_port))
+                    .collect();
+                let _ = writeln!(out, "#   {name}: {} ports {}", entry.vip, ports.join(","));
+                for w in status.warnings {
+                    let _ = writeln!(out, "#     warning: {}", w.message);
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "#   {name}: not provisioned: {e}");
+            }
+        }
+    }
+    let _ = writeln!(out, "# HAProxy configuration");
+    out.push_str(&provider.render());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 10.0.0.11}]}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n2, labels: {node.kubernetes.io/exclude-from-external-load-balancers: ""}}
+  status: {addresses: [{type: InternalIP, address: 10.0.0.12}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  ports: [{port: 80, nodePort: 30080}, {name: dns, port: 53, protocol: UDP, nodePort: 30053}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kept, namespace: shop}
+spec: {type: LoadBalancer, ports: [{port: 80, nodePort: 30081}]}
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: shop, annotations: {ferrylb.io/haproxy-balance: static-rr}}
+spec: {type: LoadBalancer, ports: [{port: 80, nodePort: 30082}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: elsewhere, namespace: shop}
+spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 80, nodePort: 30083}]}
+"#;
+
+    #[test]
+    fn plans_addresses_and_configuration() {
+        let out = plan(MANIFESTS, "ferrylb.io/haproxy", "192.0.2.10-192.0.2.20".parse().unwrap()).unwrap();
+        assert!(out.contains("# 1 eligible node(s): n1"), "{out}");
+        assert!(out.contains("shop/kept: 192.0.2.10 "), "the status address is kept: {out}");
+        assert!(out.contains("shop/web: 192.0.2.11 ports 80/TCP->30080,53/UDP->30053"), "{out}");
+        assert!(out.contains("warning: port 53/UDP is not served"), "{out}");
+        assert!(out.contains("shop/bad: not provisioned: invalid value \"static-rr\" for ferrylb.io/haproxy-balance"), "{out}");
+        assert!(!out.contains("elsewhere"), "{out}");
+        assert!(out.contains("bind 192.0.2.11:80") && out.contains("server n1 10.0.0.11:30080"), "{out}");
+        assert!(!out.contains("10.0.0.12"), "{out}");
+    }
+}
