@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrylb_haproxy::HaproxySettings;
 use ferrylb_haproxy::pool::AddressPool;
 use ferrylb_haproxy::process::{ProcessSettings, RunMode};
-use ferrylb_haproxy::HaproxySettings;
 
 /// Kubernetes LoadBalancer Services on AWS and bare metal.
 #[derive(Debug, Parser)]
@@ -49,7 +49,12 @@ pub struct ControllerArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// Providers to run, comma-separated.
-    #[arg(long, env = "FERRYLB_PROVIDERS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "FERRYLB_PROVIDERS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub providers: Vec<ProviderName>,
 
     /// The provider that serves Services without spec.loadBalancerClass.
@@ -84,7 +89,11 @@ pub struct ControllerArgs {
 #[derive(Debug, Args)]
 pub struct HaproxyArgs {
     /// loadBalancerClass served by the HAProxy provider.
-    #[arg(long, env = "FERRYLB_HAPROXY_CLASS", default_value = "ferrylb.io/haproxy")]
+    #[arg(
+        long,
+        env = "FERRYLB_HAPROXY_CLASS",
+        default_value = "ferrylb.io/haproxy"
+    )]
     pub haproxy_class: String,
 
     /// VIP pool: CIDRs and ranges, comma-separated
@@ -135,16 +144,18 @@ impl HaproxyArgs {
     /// # Errors
     /// When no pool is given.
     pub fn settings(&self) -> anyhow::Result<HaproxySettings> {
-        let pool = self
-            .haproxy_pool
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the haproxy provider needs --haproxy-pool (FERRYLB_HAPROXY_POOL)"))?;
+        let pool = self.haproxy_pool.clone().ok_or_else(|| {
+            anyhow::anyhow!("the haproxy provider needs --haproxy-pool (FERRYLB_HAPROXY_POOL)")
+        })?;
         let dir = &self.haproxy_dir;
         Ok(HaproxySettings {
             pool,
             process: ProcessSettings {
                 binary: self.haproxy_binary.clone(),
-                config_path: self.haproxy_config.clone().unwrap_or_else(|| dir.join("haproxy.cfg")),
+                config_path: self
+                    .haproxy_config
+                    .clone()
+                    .unwrap_or_else(|| dir.join("haproxy.cfg")),
                 master_socket: self
                     .haproxy_master_socket
                     .clone()
@@ -168,10 +179,18 @@ pub struct PlanArgs {
     pub file: PathBuf,
 
     /// loadBalancerClass planned for; Services with no class are included too.
-    #[arg(long, env = "FERRYLB_HAPROXY_CLASS", default_value = "ferrylb.io/haproxy")]
+    #[arg(
+        long,
+        env = "FERRYLB_HAPROXY_CLASS",
+        default_value = "ferrylb.io/haproxy"
+    )]
     pub haproxy_class: String,
 
     /// VIP pool: CIDRs and ranges, comma-separated.
-    #[arg(long, env = "FERRYLB_HAPROXY_POOL", default_value = "192.0.2.10-192.0.2.50")]
+    #[arg(
+        long,
+        env = "FERRYLB_HAPROXY_POOL",
+        default_value = "192.0.2.10-192.0.2.50"
+    )]
     pub haproxy_pool: AddressPool,
 }

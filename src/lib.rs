@@ -2,7 +2,7 @@
 //! Load Balancers) and bare metal (HAProxy).
 #![forbid(unsafe_code)]
 
-pub mod controller;
-pub mod spec;
 pub mod cli;
+pub mod controller;
 pub mod plan;
+pub mod spec;

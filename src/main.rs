@@ -24,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -35,9 +37,13 @@ fn run_plan(args: &PlanArgs) -> anyhow::Result<()> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
     };
-    print!("{}", ferrylb::plan::plan(&text, &args.haproxy_class, args.haproxy_pool.clone())?);
+    print!(
+        "{}",
+        ferrylb::plan::plan(&text, &args.haproxy_class, args.haproxy_pool.clone())?
+    );
     Ok(())
 }
 
@@ -46,10 +52,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+            let config =
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
             kube::Client::try_from(config)?
         }
-        None => kube::Client::try_default().await.context("loading in-cluster configuration")?,
+        None => kube::Client::try_default()
+            .await
+            .context("loading in-cluster configuration")?,
     };
 
     let mut classes: BTreeMap<String, Arc<dyn LoadBalancerProvider>> = BTreeMap::new();
@@ -59,7 +68,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             ProviderName::Haproxy => {
                 let settings = args.haproxy.settings()?;
                 if let Some(dir) = settings.process.config_path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let provider = Arc::new(HaproxyProvider::new(settings));
                 haproxy = Some(provider.clone());

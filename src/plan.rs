@@ -20,18 +20,28 @@ pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> 
     let mut nodes = Vec::new();
     let mut pending: Vec<serde_json::Value> = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(doc).with_context(|| format!("document {}", i + 1))?;
+        let value =
+            serde_json::Value::deserialize(doc).with_context(|| format!("document {}", i + 1))?;
         pending.push(value);
     }
     while let Some(v) = pending.pop() {
         match v.get("kind").and_then(|k| k.as_str()) {
-            Some("List") => pending.extend(v.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default()),
-            Some("Service") => services.push(serde_json::from_value(v).context("reading a Service")?),
+            Some("List") => pending.extend(
+                v.get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            Some("Service") => {
+                services.push(serde_json::from_value(v).context("reading a Service")?)
+            }
             Some("Node") => nodes.push(serde_json::from_value(v).context("reading a Node")?),
             _ => {}
         }
     }
-    services.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    services.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
     Ok((services, nodes))
 }
 
@@ -57,13 +67,25 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
         .filter(|s| {
             s.spec.as_ref().is_some_and(|spec| {
                 spec.type_.as_deref() == Some("LoadBalancer")
-                    && spec.load_balancer_class.as_deref().is_none_or(|c| c == class)
+                    && spec
+                        .load_balancer_class
+                        .as_deref()
+                        .is_none_or(|c| c == class)
             })
         })
         .collect();
 
     let mut out = String::new();
-    let _ = writeln!(out, "# {} eligible node(s): {}", targets.len(), targets.iter().map(|t| t.node.as_str()).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        out,
+        "# {} eligible node(s): {}",
+        targets.len(),
+        targets
+            .iter()
+            .map(|t| t.node.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(out, "# Address assignments");
     // Services that already carry an address keep it: plan them first.
     let mut specs = Vec::new();
@@ -74,8 +96,12 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
             svc.metadata.name.as_deref().unwrap_or_default()
         );
         let mut svc = (*svc).clone();
-        svc.metadata.namespace.get_or_insert_with(|| "default".into());
-        svc.metadata.uid.get_or_insert_with(|| format!("plan-{name}"));
+        svc.metadata
+            .namespace
+            .get_or_insert_with(|| "default".into());
+        svc.metadata
+            .uid
+            .get_or_insert_with(|| format!("plan-{name}"));
         match crate::spec::build(&svc, &targets) {
             Ok(spec) => specs.push((name, spec)),
             Err(e) => {
@@ -152,14 +178,28 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
 
     #[test]
     fn plans_addresses_and_configuration() {
-        let out = plan(MANIFESTS, "ferrylb.io/haproxy", "192.0.2.10-192.0.2.20".parse().unwrap()).unwrap();
+        let out = plan(
+            MANIFESTS,
+            "ferrylb.io/haproxy",
+            "192.0.2.10-192.0.2.20".parse().unwrap(),
+        )
+        .unwrap();
         assert!(out.contains("# 1 eligible node(s): n1"), "{out}");
-        assert!(out.contains("shop/kept: 192.0.2.10 "), "the status address is kept: {out}");
-        assert!(out.contains("shop/web: 192.0.2.11 ports 80/TCP->30080,53/UDP->30053"), "{out}");
+        assert!(
+            out.contains("shop/kept: 192.0.2.10 "),
+            "the status address is kept: {out}"
+        );
+        assert!(
+            out.contains("shop/web: 192.0.2.11 ports 80/TCP->30080,53/UDP->30053"),
+            "{out}"
+        );
         assert!(out.contains("warning: port 53/UDP is not served"), "{out}");
         assert!(out.contains("shop/bad: not provisioned: invalid value \"static-rr\" for ferrylb.io/haproxy-balance"), "{out}");
         assert!(!out.contains("elsewhere"), "{out}");
-        assert!(out.contains("bind 192.0.2.11:80") && out.contains("server n1 10.0.0.11:30080"), "{out}");
+        assert!(
+            out.contains("bind 192.0.2.11:80") && out.contains("server n1 10.0.0.11:30080"),
+            "{out}"
+        );
         assert!(!out.contains("10.0.0.12"), "{out}");
     }
 }

@@ -3,148 +3,31 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use ferrylb::controller::FINALIZER;
-use ferrylb::controller::status::CONDITION_TYPE;
-use k8s_openapi::api::core::v1::{Node, Service};
-use kube::Client;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::controller::{RunningController, config};
+use support::harness::{Harness, WAIT, condition, has_finalizer, ingress_hostname};
 use support::recording::{Call, RecordingProvider};
-use support::{env, kube as k, wait};
+use support::{kube as k, wait};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// One test's world: a namespace, a node label, a class, a recording
-/// provider and a controller serving that class in that namespace.
-struct Harness {
-    client: Client,
-    ns: String,
-    label: String,
-    class: String,
-    provider: Arc<RecordingProvider>,
-    nodes: Vec<String>,
-}
-
-impl Harness {
-    async fn new(prefix: &str) -> Self {
-        let client = k::client(env::shared()).await;
-        let ns = k::namespace(&client, prefix).await;
-        Harness {
-            label: format!("test.ferrylb.io/{ns}"),
-            class: format!("test.ferrylb.io/{ns}"),
-            provider: Arc::new(RecordingProvider::new(Some(client.clone()))),
-            client,
-            ns,
-            nodes: vec![],
-        }
-    }
-
-    fn start(&self, default: bool) -> RunningController {
-        let cfg = config(
-            vec![(self.class.clone(), self.provider.clone())],
-            default.then(|| self.class.clone()),
-            &self.ns,
-            &self.label,
-        );
-        RunningController::start(self.client.clone(), cfg)
-    }
-
-    async fn node(&mut self, suffix: &str, ip: &str) -> String {
-        let name = format!("{}-{suffix}", self.ns);
-        k::create_labelled_node(&self.client, &name, ip, &[(&self.label, "true")]).await;
-        self.nodes.push(name.clone());
-        name
-    }
-
-    fn services(&self) -> Api<Service> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn service(&self, name: &str, ports: &[i32], class: Option<&str>) -> Service {
-        let mut svc = k::lb_service(name, ports);
-        svc.spec.as_mut().unwrap().load_balancer_class = class.map(str::to_owned);
-        self.services()
-            .create(&PostParams::default(), &svc)
-            .await
-            .expect("creating the Service")
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("{}/{name}", self.ns)
-    }
-
-    /// Waits until the provider's last call about `name` satisfies `pred`.
-    async fn wait_call(&self, what: &str, name: &str, pred: impl Fn(&Call) -> bool) -> Call {
-        let key = self.key(name);
-        wait::until(what, WAIT, || {
-            let last = self
-                .provider
-                .calls_for(&key)
-                .last()
-                .filter(|c| pred(c))
-                .cloned();
-            async move { last }
-        })
-        .await
-    }
-
-    async fn wait_service(
-        &self,
-        what: &str,
-        name: &str,
-        pred: impl Fn(&Service) -> bool,
-    ) -> Service {
-        wait::until(what, WAIT, || async {
-            self.services()
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|s| pred(s))
-        })
-        .await
-    }
-
-    async fn cleanup_nodes(&self) {
-        for n in &self.nodes {
-            k::delete_node(&self.client, n).await;
-        }
-    }
-}
-
-fn ingress_hostname(svc: &Service) -> Option<String> {
-    svc.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .hostname
-        .clone()
-}
-
-fn has_finalizer(svc: &Service) -> bool {
-    svc.metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .any(|f| f == FINALIZER)
-}
-
-fn condition(svc: &Service) -> Option<(String, String, String)> {
-    let c = svc
-        .status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == CONDITION_TYPE)?;
-    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+/// Waits until the provider's last call about `name` satisfies `pred`.
+async fn wait_call(
+    h: &Harness<RecordingProvider>,
+    what: &str,
+    name: &str,
+    pred: impl Fn(&Call) -> bool,
+) -> Call {
+    let key = h.key(name);
+    wait::until(what, WAIT, || {
+        let last = h
+            .provider
+            .calls_for(&key)
+            .last()
+            .filter(|c| pred(c))
+            .cloned();
+        async move { last }
+    })
+    .await
 }
 
 fn targets_of(call: &Call) -> Vec<String> {
@@ -154,16 +37,21 @@ fn targets_of(call: &Call) -> Vec<String> {
     }
 }
 
+async fn new(prefix: &str) -> Harness<RecordingProvider> {
+    Harness::new(prefix, |c| RecordingProvider::new(Some(c.clone()))).await
+}
+
 #[tokio::test]
 async fn new_service_gets_finalizer_before_ensure_then_status_and_events() {
-    let mut h = Harness::new("ctl-new").await;
+    let mut h = new("ctl-new").await;
     let n1 = h.node("n1", "127.0.0.11").await;
     let _ctl = h.start(false);
     h.service("web", &[80], Some(&h.class.clone())).await;
 
-    let call = h
-        .wait_call("ensure of web", "web", |c| matches!(c, Call::Ensure { .. }))
-        .await;
+    let call = wait_call(&h, "ensure of web", "web", |c| {
+        matches!(c, Call::Ensure { .. })
+    })
+    .await;
     let Call::Ensure {
         finalizer_present,
         created,
@@ -213,7 +101,7 @@ async fn new_service_gets_finalizer_before_ensure_then_status_and_events() {
 
 #[tokio::test]
 async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
-    let mut h = Harness::new("ctl-nodes").await;
+    let mut h = new("ctl-nodes").await;
     let n1 = h.node("n1", "127.0.0.11").await;
     let n2 = h.node("n2", "127.0.0.12").await;
     let _ctl = h.start(false);
@@ -221,16 +109,13 @@ async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
     h.service("a", &[80], Some(&class)).await;
     h.service("b", &[81], Some(&class)).await;
     for s in ["a", "b"] {
-        h.wait_call("first ensure", s, |c| targets_of(c).len() == 2)
-            .await;
+        wait_call(&h, "first ensure", s, |c| targets_of(c).len() == 2).await;
     }
 
     // Added: both Services see the third node through the target-only path.
     let n3 = h.node("n3", "127.0.0.13").await;
     for s in ["a", "b"] {
-        let c = h
-            .wait_call("node added", s, |c| targets_of(c).len() == 3)
-            .await;
+        let c = wait_call(&h, "node added", s, |c| targets_of(c).len() == 3).await;
         assert!(matches!(c, Call::UpdateTargets { .. }), "{c:?}");
     }
     // Labelled excluded.
@@ -239,16 +124,20 @@ async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
         .patch(&n1, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})))
         .await
         .unwrap();
-    h.wait_call("node excluded", "a", |c| {
+    wait_call(&h, "node excluded", "a", |c| {
         targets_of(c) == vec![n2.clone(), n3.clone()]
     })
     .await;
     // Removed.
     k::delete_node(&h.client, &n2).await;
-    h.wait_call("node removed", "a", |c| targets_of(c) == vec![n3.clone()])
-        .await;
-    h.wait_call("node removed", "b", |c| targets_of(c) == vec![n3.clone()])
-        .await;
+    wait_call(&h, "node removed", "a", |c| {
+        targets_of(c) == vec![n3.clone()]
+    })
+    .await;
+    wait_call(&h, "node removed", "b", |c| {
+        targets_of(c) == vec![n3.clone()]
+    })
+    .await;
 
     // Ready → NotReady → Ready: no provider call. A later real change is the
     // barrier that proves the flaps were processed and ignored.
@@ -260,10 +149,8 @@ async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
             .unwrap();
     }
     let n4 = h.node("n4", "127.0.0.14").await;
-    h.wait_call("barrier node", "a", |c| targets_of(c).contains(&n4))
-        .await;
-    h.wait_call("barrier node", "b", |c| targets_of(c).contains(&n4))
-        .await;
+    wait_call(&h, "barrier node", "a", |c| targets_of(c).contains(&n4)).await;
+    wait_call(&h, "barrier node", "b", |c| targets_of(c).contains(&n4)).await;
     assert_eq!(
         h.provider.calls().len(),
         before + 2,
@@ -277,8 +164,7 @@ async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
         .patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ports": [{"name": "p80", "port": 8080, "targetPort": 80, "protocol": "TCP"}]}})))
         .await
         .unwrap();
-    h.wait_call("port change", "a", |c| matches!(c, Call::Ensure { .. }))
-        .await;
+    wait_call(&h, "port change", "a", |c| matches!(c, Call::Ensure { .. })).await;
     let after: Vec<Call> = h.provider.calls()[before..].to_vec();
     assert!(
         after.iter().all(|c| c.svc() == Some(&h.key("a"))),
@@ -289,7 +175,7 @@ async fn node_changes_reach_the_provider_and_ready_flaps_do_not() {
 
 #[tokio::test]
 async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
-    let mut h = Harness::new("ctl-del").await;
+    let mut h = new("ctl-del").await;
     h.node("n1", "127.0.0.11").await;
     let _ctl = h.start(false);
     let class = h.class.clone();
@@ -305,7 +191,7 @@ async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
         .patch("to-cip", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null, "allocateLoadBalancerNodePorts": null, "externalTrafficPolicy": null, "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "nodePort": null}]}})))
         .await
         .expect("changing the type to ClusterIP");
-    h.wait_call("delete after type change", "to-cip", |c| {
+    wait_call(&h, "delete after type change", "to-cip", |c| {
         matches!(c, Call::Delete { .. })
     })
     .await;
@@ -323,7 +209,7 @@ async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
         .delete("doomed", &DeleteParams::default())
         .await
         .unwrap();
-    h.wait_call("failing delete", "doomed", |c| {
+    wait_call(&h, "failing delete", "doomed", |c| {
         matches!(c, Call::Delete { .. })
     })
     .await;
@@ -378,7 +264,7 @@ async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
 
 #[tokio::test]
 async fn other_classes_are_untouched_and_no_class_needs_a_default() {
-    let mut h = Harness::new("ctl-class").await;
+    let mut h = new("ctl-class").await;
     h.node("n1", "127.0.0.11").await;
     let ctl = h.start(false);
     h.service("other", &[80], Some("example.com/someone-else"))
@@ -418,7 +304,7 @@ async fn other_classes_are_untouched_and_no_class_needs_a_default() {
 
 #[tokio::test]
 async fn invalid_input_warns_names_the_value_and_leaves_others_alone() {
-    let mut h = Harness::new("ctl-bad").await;
+    let mut h = new("ctl-bad").await;
     h.node("n1", "127.0.0.11").await;
     let _ctl = h.start(false);
     let class = h.class.clone();
@@ -503,7 +389,7 @@ async fn invalid_input_warns_names_the_value_and_leaves_others_alone() {
 
 #[tokio::test]
 async fn transient_provider_failures_back_off_and_recover() {
-    let mut h = Harness::new("ctl-retry").await;
+    let mut h = new("ctl-retry").await;
     h.node("n1", "127.0.0.11").await;
     h.provider.set_fail_ensures(true);
     let _ctl = h.start(false);
@@ -525,7 +411,7 @@ async fn transient_provider_failures_back_off_and_recover() {
 
 #[tokio::test]
 async fn a_restarted_controller_converges_without_duplicate_creates() {
-    let mut h = Harness::new("ctl-restart").await;
+    let mut h = new("ctl-restart").await;
     h.node("n1", "127.0.0.11").await;
     let class = h.class.clone();
     let ctl = h.start(false);

@@ -53,10 +53,14 @@ async fn watches_resume_after_an_api_server_restart() {
         .expect("patching after the restart");
     k::create_labelled_node(&client, "restart-n2", "127.0.0.12", &[(&label, "true")]).await;
 
-    wait::until("the change to reach the provider", Duration::from_secs(60), || async {
-        provider
-            .current(&key)
-            .filter(|s| s.listeners[0].port == 9090 && s.targets.len() == 2)
-    })
+    wait::until(
+        "the change to reach the provider",
+        Duration::from_secs(60),
+        || async {
+            provider
+                .current(&key)
+                .filter(|s| s.listeners[0].port == 9090 && s.targets.len() == 2)
+        },
+    )
     .await;
 }

@@ -70,6 +70,9 @@ pub struct Context {
     config: ControllerConfig,
     nodes: Store<Node>,
     services: Mutex<HashMap<ObjectRef<Service>, ServiceState>>,
+    /// Asks for every Service to be reconciled again: after a load balancer
+    /// is deleted, Services waiting for an address or port may get one.
+    retry_all: tokio::sync::mpsc::Sender<()>,
 }
 
 /// What this process remembers of a Service between reconciles.
@@ -125,6 +128,7 @@ pub async fn run(
     // Signal each time the set of eligible targets changes (after any
     // event, the initial listing's end included).
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let node_changed_tx = changed_tx.clone();
     let node_store = nodes.clone();
     let node_task = tokio::spawn(async move {
         let mut last: Option<Vec<Target>> = None;
@@ -148,10 +152,11 @@ pub async fn run(
                 tracing::info!(targets = now.len(), "eligible nodes changed");
                 last = Some(now);
                 // A full channel already holds a pending signal: enough.
-                let _ = changed_tx.try_send(());
+                let _ = node_changed_tx.try_send(());
             }
         }
     });
+    let retry_all = changed_tx.clone();
     let target_changes = tokio_stream::wrappers::ReceiverStream::new(changed_rx);
 
     let reporter = Reporter {
@@ -164,6 +169,7 @@ pub async fn run(
         config: config.clone(),
         nodes: nodes.clone(),
         services: Mutex::default(),
+        retry_all,
     });
 
     let services: Api<Service> = match &config.namespace {

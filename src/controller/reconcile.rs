@@ -226,6 +226,7 @@ async fn cleanup(
     }
     status::remove_finalizer(&ctx.client, svc).await?;
     forget(ctx, svc);
+    let _ = ctx.retry_all.try_send(());
     Ok(())
 }
 

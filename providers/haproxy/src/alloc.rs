@@ -26,7 +26,11 @@ impl Holder {
         Holder {
             vip,
             shared_key: spec.shared_ip_key.clone(),
-            ports: spec.listeners.iter().map(|l| (l.protocol, l.port)).collect(),
+            ports: spec
+                .listeners
+                .iter()
+                .map(|l| (l.protocol, l.port))
+                .collect(),
         }
     }
 }
@@ -37,7 +41,10 @@ fn conflict(
     spec: &LoadBalancerSpec,
     holders: &BTreeMap<LoadBalancerRef, Holder>,
 ) -> Option<ProviderError> {
-    for (r, h) in holders.iter().filter(|(r, h)| h.vip == ip && **r != spec.lb) {
+    for (r, h) in holders
+        .iter()
+        .filter(|(r, h)| h.vip == ip && **r != spec.lb)
+    {
         let same_key = spec.shared_ip_key.is_some() && spec.shared_ip_key == h.shared_key;
         if !same_key {
             return Some(ProviderError::retry_after(
@@ -50,7 +57,11 @@ fn conflict(
                 ),
             ));
         }
-        if let Some(p) = spec.listeners.iter().find(|l| h.ports.contains(&(l.protocol, l.port))) {
+        if let Some(p) = spec
+            .listeners
+            .iter()
+            .find(|l| h.ports.contains(&(l.protocol, l.port)))
+        {
             return Some(ProviderError::retry_after(
                 RETRY,
                 "PortCollision",
@@ -85,7 +96,9 @@ pub fn allocate(
         if !pool.contains(ip) {
             return Err(ProviderError::permanent(
                 "AddressNotInPool",
-                format!("requested address {ip} is not in the HAProxy address pool; request an address from the pool or leave it unset"),
+                format!(
+                    "requested address {ip} is not in the HAProxy address pool; request an address from the pool or leave it unset"
+                ),
             ));
         }
         return match conflict(ip, spec, holders) {
@@ -106,7 +119,10 @@ pub fn allocate(
             .collect();
         shared.sort();
         shared.dedup();
-        if let Some(ip) = shared.into_iter().find(|ip| conflict(*ip, spec, holders).is_none()) {
+        if let Some(ip) = shared
+            .into_iter()
+            .find(|ip| conflict(*ip, spec, holders).is_none())
+        {
             return Ok(ip);
         }
     }
@@ -176,7 +192,10 @@ mod tests {
     fn keeps_current_and_status_addresses() {
         let mut h = BTreeMap::new();
         let a = spec("a", 80, None);
-        assert_eq!(allocate(&pool(), &a, Some(ip("127.0.0.102")), &h).unwrap(), ip("127.0.0.102"));
+        assert_eq!(
+            allocate(&pool(), &a, Some(ip("127.0.0.102")), &h).unwrap(),
+            ip("127.0.0.102")
+        );
         let mut b = spec("b", 80, None);
         b.status_ips = vec![ip("10.9.9.9"), ip("127.0.0.101")];
         assert_eq!(allocate(&pool(), &b, None, &h).unwrap(), ip("127.0.0.101"));
@@ -199,7 +218,10 @@ mod tests {
         assert!(e.message.contains("ns/a"), "{e}");
         b.requested_ips = vec![ip("192.0.2.1")];
         let e = allocate(&pool(), &b, None, &h).unwrap_err();
-        assert_eq!((e.reason.as_str(), e.kind), ("AddressNotInPool", ferrylb_model::ErrorKind::Permanent));
+        assert_eq!(
+            (e.reason.as_str(), e.kind),
+            ("AddressNotInPool", ferrylb_model::ErrorKind::Permanent)
+        );
     }
 
     #[test]
@@ -210,12 +232,22 @@ mod tests {
         let b = spec("b", 443, Some("k"));
         assert_eq!(allocate(&pool(), &b, None, &h).unwrap(), ip("127.0.0.100"));
         let c = spec("c", 80, Some("k"));
-        assert_eq!(allocate(&pool(), &c, None, &h).unwrap(), ip("127.0.0.101"), "port 80 collides, so a new address");
+        assert_eq!(
+            allocate(&pool(), &c, None, &h).unwrap(),
+            ip("127.0.0.101"),
+            "port 80 collides, so a new address"
+        );
         let mut d = spec("d", 80, Some("k"));
         d.requested_ips = vec![ip("127.0.0.100")];
-        assert_eq!(allocate(&pool(), &d, None, &h).unwrap_err().reason, "PortCollision");
+        assert_eq!(
+            allocate(&pool(), &d, None, &h).unwrap_err().reason,
+            "PortCollision"
+        );
         let mut e = spec("e", 8080, Some("other"));
         e.requested_ips = vec![ip("127.0.0.100")];
-        assert_eq!(allocate(&pool(), &e, None, &h).unwrap_err().reason, "AddressInUse");
+        assert_eq!(
+            allocate(&pool(), &e, None, &h).unwrap_err().reason,
+            "AddressInUse"
+        );
     }
 }

@@ -69,7 +69,13 @@ impl HaproxyProvider {
 
     /// The configuration for the current state, as it would be written.
     pub fn render(&self) -> String {
-        let entries: Vec<Entry> = self.entries.lock().expect("entries lock").values().cloned().collect();
+        let entries: Vec<Entry> = self
+            .entries
+            .lock()
+            .expect("entries lock")
+            .values()
+            .cloned()
+            .collect();
         render::render(&self.global(), &entries)
     }
 
@@ -140,7 +146,11 @@ impl HaproxyProvider {
     }
 
     fn vip_still_used(&self, ip: IpAddr) -> bool {
-        self.entries.lock().expect("entries lock").values().any(|e| e.vip == ip)
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .values()
+            .any(|e| e.vip == ip)
     }
 }
 
@@ -187,7 +197,12 @@ impl LoadBalancerProvider for HaproxyProvider {
     }
 
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
-        Ok(self.entries.lock().expect("entries lock").get(lb).map(status_of))
+        Ok(self
+            .entries
+            .lock()
+            .expect("entries lock")
+            .get(lb)
+            .map(status_of))
     }
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {

@@ -15,7 +15,14 @@ pub const CHECK_INTERVAL: &str = "ferrylb.io/haproxy-check-interval";
 pub const PROXY_PROTOCOL: &str = "ferrylb.io/haproxy-proxy-protocol";
 
 const PREFIX: &str = "ferrylb.io/haproxy-";
-const KNOWN: &[&str] = &[BALANCE, TIMEOUT_CONNECT, TIMEOUT_CLIENT, TIMEOUT_SERVER, CHECK_INTERVAL, PROXY_PROTOCOL];
+const KNOWN: &[&str] = &[
+    BALANCE,
+    TIMEOUT_CONNECT,
+    TIMEOUT_CLIENT,
+    TIMEOUT_SERVER,
+    CHECK_INTERVAL,
+    PROXY_PROTOCOL,
+];
 
 /// Load-balancing algorithms: only HAProxy's dynamic ones, so servers can
 /// change through the runtime API without a reload.
@@ -80,7 +87,13 @@ impl Options {
                         "leastconn" => Balance::LeastConn,
                         "first" => Balance::First,
                         "random" => Balance::Random,
-                        _ => return Err(ProviderError::invalid(k, v, "one of roundrobin, leastconn, first, random")),
+                        _ => {
+                            return Err(ProviderError::invalid(
+                                k,
+                                v,
+                                "one of roundrobin, leastconn, first, random",
+                            ));
+                        }
                     }
                 }
                 TIMEOUT_CONNECT => o.timeout_connect = duration(k, v)?,
@@ -109,7 +122,13 @@ impl Options {
 
 /// `<number><unit>` with unit ms, s, m or h; 1 ms to 24 h.
 fn duration(key: &str, v: &str) -> Result<Duration, ProviderError> {
-    let bad = || ProviderError::invalid(key, v, "a duration such as 500ms, 30s, 5m or 1h, between 1ms and 24h");
+    let bad = || {
+        ProviderError::invalid(
+            key,
+            v,
+            "a duration such as 500ms, 30s, 5m or 1h, between 1ms and 24h",
+        )
+    };
     let split = v.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = v.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -131,7 +150,12 @@ mod tests {
     use super::*;
 
     fn parse(pairs: &[(&str, &str)]) -> Result<Options, ProviderError> {
-        Options::parse(&pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Options::parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -168,7 +192,10 @@ mod tests {
             ("ferrylb.io/haproxy-timeout-clinet", "30s"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
-            assert!(e.message.contains(k) && e.message.contains(&format!("{v:?}")), "{e}");
+            assert!(
+                e.message.contains(k) && e.message.contains(&format!("{v:?}")),
+                "{e}"
+            );
             assert_eq!(e.reason, "InvalidAnnotation");
         }
     }

@@ -61,7 +61,9 @@ impl FromStr for AddressPool {
 impl AddressPool {
     /// Whether `ip` belongs to the pool.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.blocks.iter().any(|b| b.first.is_ipv4() == ip.is_ipv4() && b.first <= ip && ip <= b.last)
+        self.blocks
+            .iter()
+            .any(|b| b.first.is_ipv4() == ip.is_ipv4() && b.first <= ip && ip <= b.last)
     }
 
     /// The pool's addresses in order, lazily (a /64 is not materialised).
@@ -89,14 +91,27 @@ mod tests {
     use super::*;
 
     fn ips(pool: &str) -> Vec<String> {
-        pool.parse::<AddressPool>().unwrap().iter().map(|i| i.to_string()).collect()
+        pool.parse::<AddressPool>()
+            .unwrap()
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
     }
 
     #[test]
     fn ranges_and_cidrs_in_order() {
-        assert_eq!(ips("127.0.0.100-127.0.0.102"), vec!["127.0.0.100", "127.0.0.101", "127.0.0.102"]);
-        assert_eq!(ips("10.0.0.0/31, 127.0.0.5-127.0.0.5"), vec!["10.0.0.0", "10.0.0.1", "127.0.0.5"]);
-        assert_eq!(ips("fd00::fe-fd00::100"), vec!["fd00::fe", "fd00::ff", "fd00::100"]);
+        assert_eq!(
+            ips("127.0.0.100-127.0.0.102"),
+            vec!["127.0.0.100", "127.0.0.101", "127.0.0.102"]
+        );
+        assert_eq!(
+            ips("10.0.0.0/31, 127.0.0.5-127.0.0.5"),
+            vec!["10.0.0.0", "10.0.0.1", "127.0.0.5"]
+        );
+        assert_eq!(
+            ips("fd00::fe-fd00::100"),
+            vec!["fd00::fe", "fd00::ff", "fd00::100"]
+        );
         let big: AddressPool = "2001:db8::/64".parse().unwrap();
         assert_eq!(big.iter().take(2).count(), 2);
         assert!(big.contains("2001:db8::ffff".parse().unwrap()));
@@ -105,7 +120,14 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["", "pool", "10.0.0.5-10.0.0.1", "10.0.0.1-fd00::1", "10.0.0.0/33", "1.2.3.4-"] {
+        for bad in [
+            "",
+            "pool",
+            "10.0.0.5-10.0.0.1",
+            "10.0.0.1-fd00::1",
+            "10.0.0.0/33",
+            "1.2.3.4-",
+        ] {
             assert!(bad.parse::<AddressPool>().is_err(), "{bad:?}");
         }
     }

@@ -73,7 +73,12 @@ impl Process {
             .arg(&tmp)
             .output()
             .await
-            .map_err(|e| unavailable(format!("running {} -c: {e}", self.settings.binary.display())))?;
+            .map_err(|e| {
+                unavailable(format!(
+                    "running {} -c: {e}",
+                    self.settings.binary.display()
+                ))
+            })?;
         if !out.status.success() {
             let rejected = sibling(path, "rejected");
             let _ = tokio::fs::rename(&tmp, &rejected).await;
@@ -85,7 +90,10 @@ impl Process {
                 .join("; ");
             return Err(ProviderError::transient(
                 "InvalidHAProxyConfiguration",
-                format!("haproxy rejected the rendered configuration (kept as {}): {alerts}", rejected.display()),
+                format!(
+                    "haproxy rejected the rendered configuration (kept as {}): {alerts}",
+                    rejected.display()
+                ),
             ));
         }
         tokio::fs::rename(&tmp, path)
@@ -119,7 +127,9 @@ impl Process {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(unavailable("haproxy did not confirm the reload within 15s".into()));
+                return Err(unavailable(
+                    "haproxy did not confirm the reload within 15s".into(),
+                ));
             }
         }
     }
@@ -128,8 +138,14 @@ impl Process {
     async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
         let out = master_command(&self.settings.master_socket, "show proc")
             .await
-            .map_err(|e| unavailable(format!("haproxy master socket {}: {e}", self.settings.master_socket.display())))?;
-        parse_master_line(&out).ok_or_else(|| unavailable(format!("unexpected `show proc` output: {out:?}")))
+            .map_err(|e| {
+                unavailable(format!(
+                    "haproxy master socket {}: {e}",
+                    self.settings.master_socket.display()
+                ))
+            })?;
+        parse_master_line(&out)
+            .ok_or_else(|| unavailable(format!("unexpected `show proc` output: {out:?}")))
     }
 
     async fn running(&self) -> bool {
@@ -172,7 +188,10 @@ impl Drop for Process {
     }
 }
 
-async fn spawn(settings: &ProcessSettings, slot: &Mutex<Option<Child>>) -> Result<(), ProviderError> {
+async fn spawn(
+    settings: &ProcessSettings,
+    slot: &Mutex<Option<Child>>,
+) -> Result<(), ProviderError> {
     let _ = tokio::fs::remove_file(&settings.master_socket).await;
     let child = Command::new(&settings.binary)
         .arg("-W")
@@ -188,9 +207,14 @@ async fn spawn(settings: &ProcessSettings, slot: &Mutex<Option<Child>>) -> Resul
     tracing::info!(pid = child.id(), config = %settings.config_path.display(), "started haproxy");
     *slot.lock().await = Some(child);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while master_command(&settings.master_socket, "show proc").await.is_err() {
+    while master_command(&settings.master_socket, "show proc")
+        .await
+        .is_err()
+    {
         if tokio::time::Instant::now() > deadline {
-            return Err(unavailable("haproxy's master socket did not come up within 10s".into()));
+            return Err(unavailable(
+                "haproxy's master socket did not come up within 10s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -239,10 +263,21 @@ pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String>
 
 /// From `show proc`: `<pid> master <reloads> [failed: <n>] ...`.
 fn parse_master_line(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.split_whitespace().nth(1) == Some("master"))?;
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("master"))?;
     let mut words = line.split_whitespace().skip(2);
     let reloads = words.next()?.parse().ok()?;
-    let failed = line.split("failed:").nth(1)?.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).split(']').next()?.trim().parse().ok()?;
+    let failed = line
+        .split("failed:")
+        .nth(1)?
+        .trim()
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .split(']')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
     Some((reloads, failed))
 }
 
@@ -261,6 +296,9 @@ mod tests {
 
     #[test]
     fn siblings_sit_next_to_the_config() {
-        assert_eq!(sibling(Path::new("/etc/haproxy/ferrylb.cfg"), "new"), PathBuf::from("/etc/haproxy/ferrylb.cfg.new"));
+        assert_eq!(
+            sibling(Path::new("/etc/haproxy/ferrylb.cfg"), "new"),
+            PathBuf::from("/etc/haproxy/ferrylb.cfg.new")
+        );
     }
 }

@@ -21,7 +21,8 @@ impl VipBinder {
 
     /// Removes `ip` from the interface; already absent is fine.
     pub async fn remove(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        self.ip_addr("del", ip, "Cannot assign requested address").await
+        self.ip_addr("del", ip, "Cannot assign requested address")
+            .await
     }
 
     async fn ip_addr(&self, verb: &str, ip: IpAddr, benign: &str) -> Result<(), ProviderError> {
@@ -33,14 +34,19 @@ impl VipBinder {
             .args(["addr", verb, &format!("{ip}/{prefix}"), "dev", dev])
             .output()
             .await
-            .map_err(|e| ProviderError::transient("VipBindFailed", format!("running ip addr {verb}: {e}")))?;
+            .map_err(|e| {
+                ProviderError::transient("VipBindFailed", format!("running ip addr {verb}: {e}"))
+            })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || stderr.contains(benign) {
             return Ok(());
         }
         Err(ProviderError::transient(
             "VipBindFailed",
-            format!("ip addr {verb} {ip}/{prefix} dev {dev} failed: {} (FerryLB needs NET_ADMIN for this)", stderr.trim()),
+            format!(
+                "ip addr {verb} {ip}/{prefix} dev {dev} failed: {} (FerryLB needs NET_ADMIN for this)",
+                stderr.trim()
+            ),
         ))
     }
 }

@@ -22,18 +22,35 @@ fn global() -> GlobalSettings {
 }
 
 fn entry(name: &str, vip: &str, annotations: BTreeMap<String, String>) -> Entry {
-    let mut spec = sample_spec("shop", name, 30080, vec![target("n2", "127.0.0.12"), target("n1", "127.0.0.11")]);
+    let mut spec = sample_spec(
+        "shop",
+        name,
+        30080,
+        vec![target("n2", "127.0.0.12"), target("n1", "127.0.0.11")],
+    );
     spec.targets.sort();
     spec.annotations = annotations;
     let options = Options::parse(&spec.annotations).unwrap();
-    Entry { spec, vip: vip.parse().unwrap(), options }
+    Entry {
+        spec,
+        vip: vip.parse().unwrap(),
+        options,
+    }
 }
 
 #[test]
 fn renders_frontend_and_backend_per_tcp_port() {
     let mut e = entry("web", "127.0.0.100", BTreeMap::new());
-    e.spec.listeners.push(Listener { protocol: Protocol::Udp, port: 53, node_port: 30053, name: "dns".into() });
-    e.spec.source_ranges = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.5/32".parse().unwrap()];
+    e.spec.listeners.push(Listener {
+        protocol: Protocol::Udp,
+        port: 53,
+        node_port: 30053,
+        name: "dns".into(),
+    });
+    e.spec.source_ranges = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "127.0.0.5/32".parse().unwrap(),
+    ];
     let cfg = render(&global(), &[e.clone()]);
     let lb = &e.spec.lb.name;
     let expected_tail = format!(
@@ -49,8 +66,15 @@ fn renders_frontend_and_backend_per_tcp_port() {
 
 #[test]
 fn local_traffic_policy_and_proxy_protocol() {
-    let mut e = entry("web", "fd00::10", [(crate::options::PROXY_PROTOCOL.to_owned(), "v2".to_owned())].into());
-    e.spec.health_check = HealthCheck::Http { port: 32000, path: "/healthz".into() };
+    let mut e = entry(
+        "web",
+        "fd00::10",
+        [(crate::options::PROXY_PROTOCOL.to_owned(), "v2".to_owned())].into(),
+    );
+    e.spec.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
     let cfg = render(&global(), &[e]);
     assert!(cfg.contains("  bind [fd00::10]:80\n"), "{cfg}");
     assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
@@ -75,7 +99,9 @@ fn server_names_keep_only_safe_characters() {
 
 /// The first word of every line: the configuration's structure.
 fn shape(cfg: &str) -> Vec<String> {
-    cfg.lines().map(|l| l.split_whitespace().next().unwrap_or("").to_owned()).collect()
+    cfg.lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .collect()
 }
 
 const KEYS: &[&str] = &[
@@ -91,7 +117,10 @@ const KEYS: &[&str] = &[
 fn value() -> impl Strategy<Value = String> {
     prop_oneof![
         // Near-valid values with hostile suffixes.
-        (prop::sample::select(vec!["30s", "leastconn", "v2", "5m", "100ms"]), "[\\n\\r#;\"'\\\\${}\\[\\] a-z]{0,12}")
+        (
+            prop::sample::select(vec!["30s", "leastconn", "v2", "5m", "100ms"]),
+            "[\\n\\r#;\"'\\\\${}\\[\\] a-z]{0,12}"
+        )
             .prop_map(|(a, b)| format!("{a}{b}")),
         any::<String>(),
         Just("1s\nlisten evil\n  bind :1".to_owned()),
