@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch Services and Nodes and provision load balancers.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the address assignments and the HAProxy configuration FerryLB
     /// would apply for Service and Node manifests, without a cluster.
     Plan(PlanArgs),

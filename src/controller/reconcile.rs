@@ -160,6 +160,10 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             "Ensured load balancer".into(),
         )
         .await;
+        for w in &lb_status.warnings {
+            tracing::warn!(service = %svc_name(svc), reason = %w.reason, "{}", w.message);
+            events::publish(&ctx.recorder, svc, true, &w.reason, w.message.clone()).await;
+        }
     }
     remember(ctx, key, spec, lb_status);
     Ok(Action::requeue(ctx.config.resync))

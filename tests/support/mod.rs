@@ -10,4 +10,5 @@ pub mod harness;
 pub mod kube;
 pub mod process;
 pub mod recording;
+pub mod traffic;
 pub mod wait;

@@ -111,7 +111,11 @@ impl Process {
         let before = self.reload_counters().await?;
         // The master re-executes itself on reload and answers nothing on 2.6;
         // the counters in `show proc` tell whether it worked.
-        let _ = master_command(&self.settings.master_socket, "reload").await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            master_command(&self.settings.master_socket, "reload"),
+        )
+        .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -247,14 +251,25 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Sends one command to HAProxy's master CLI and returns its answer.
+/// Sends one command to HAProxy's master CLI and returns its answer, which
+/// ends at an empty line (the master does not always close the connection).
 pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String> {
     let io = async {
         let mut s = UnixStream::connect(socket).await?;
         s.write_all(format!("{cmd}\n").as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok(out)
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.ends_with(b"\n\n") {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(3), io)
         .await

@@ -1,0 +1,458 @@
+//! The HAProxy provider end to end: the real API server, the controller, a
+//! real haproxy, and real TCP traffic from a VIP to stand-in nodes on
+//! 127.0.0.11-14. Each test has its own slice of 127.0.0.0/8 for VIPs and
+//! its own haproxy.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ferrylb_haproxy::process::{ProcessSettings, RunMode};
+use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
+use ferrylb_model::conformance;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::controller::{RunningController, config};
+use support::harness::{Harness, WAIT, condition};
+use support::process::require_program;
+use support::traffic::{self, names};
+use support::{env, kube as k, wait};
+
+fn provider(pool: &str) -> HaproxyProvider {
+    let binary = require_program(
+        "haproxy",
+        ".ci/run installs it with `apt-get install haproxy`",
+    );
+    let dir = env::tempdir("haproxy");
+    HaproxyProvider::new(HaproxySettings {
+        pool: pool.parse().unwrap(),
+        process: ProcessSettings {
+            binary,
+            config_path: dir.join("haproxy.cfg"),
+            master_socket: dir.join("master.sock"),
+            mode: RunMode::Managed,
+        },
+        admin_socket: dir.join("admin.sock"),
+        vip_interface: None,
+        hard_stop_after: Duration::from_secs(5),
+    })
+}
+
+async fn harness(prefix: &str, pool: &'static str) -> Harness<HaproxyProvider> {
+    Harness::new(prefix, |_| provider(pool)).await
+}
+
+fn vip(svc: &Service) -> Option<IpAddr> {
+    let ing = svc
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?
+        .clone();
+    assert_eq!(ing.ip_mode.as_deref(), Some("Proxy"));
+    ing.ip?.parse().ok()
+}
+
+fn node_port(svc: &Service, i: usize) -> u16 {
+    svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[i]
+        .node_port
+        .unwrap() as u16
+}
+
+async fn create(h: &Harness<HaproxyProvider>, mut svc: Service) -> Service {
+    svc.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
+    h.services()
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("creating the Service")
+}
+
+async fn wait_vip(h: &Harness<HaproxyProvider>, name: &str) -> (Service, IpAddr) {
+    let svc = h
+        .wait_service("a VIP in the status", name, |s| vip(s).is_some())
+        .await;
+    let ip = vip(&svc).unwrap();
+    (svc, ip)
+}
+
+/// Waits until `n` connections to `addr` are answered by exactly `expected`.
+async fn wait_answers(addr: SocketAddr, expected: &[&str]) {
+    let want = names(expected);
+    wait::until(
+        &format!("{addr} to be answered by {expected:?}"),
+        WAIT,
+        || async { (traffic::sample(addr, 4 * expected.len().max(1)).await == want).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn haproxy_provider_passes_the_conformance_suite() {
+    let p = provider("127.0.0.90-127.0.0.99");
+    let t = |n: &str, ip: &str| ferrylb_model::Target {
+        node: n.into(),
+        addresses: vec![ip.parse().unwrap()],
+        provider_id: None,
+    };
+    let a = conformance::sample_spec(
+        "conf",
+        "a",
+        30001,
+        vec![t("n1", "127.0.0.11"), t("n2", "127.0.0.12")],
+    );
+    let b = conformance::sample_spec(
+        "conf",
+        "b",
+        30002,
+        vec![t("n1", "127.0.0.11"), t("n2", "127.0.0.12")],
+    );
+    conformance::run(&p, &a, &b).await;
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn traffic_reaches_every_node_and_follows_node_changes() {
+    let mut h = harness("hx-e2e", "127.0.0.100-127.0.0.109").await;
+    for (n, ip) in [
+        ("n1", "127.0.0.11"),
+        ("n2", "127.0.0.12"),
+        ("n3", "127.0.0.13"),
+    ] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    let (svc, ip) = {
+        create(&h, k::lb_service("web", &[80])).await;
+        wait_vip(&h, "web").await
+    };
+    assert!((100..=109).contains(&match ip {
+        IpAddr::V4(v) => v.octets()[3],
+        IpAddr::V6(_) => 0,
+    }));
+    let np = node_port(&svc, 0);
+    let _l1 = traffic::answer("127.0.0.11", np, "n1").await;
+    let _l2 = traffic::answer("127.0.0.12", np, "n2").await;
+    let _l3 = traffic::answer("127.0.0.13", np, "n3").await;
+    let _l4 = traffic::answer("127.0.0.14", np, "n4").await;
+    let addr = SocketAddr::new(ip, 80);
+    wait_answers(addr, &["n1", "n2", "n3"]).await;
+
+    // Excluded: no more traffic to n1.
+    let n1 = format!("{}-n1", h.ns);
+    Api::<Node>::all(h.client.clone())
+        .patch(&n1, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}}})))
+        .await
+        .unwrap();
+    wait_answers(addr, &["n2", "n3"]).await;
+    // Added: traffic to n4. Removed: none to n2.
+    h.node("n4", "127.0.0.14").await;
+    wait_answers(addr, &["n2", "n3", "n4"]).await;
+    k::delete_node(&h.client, &format!("{}-n2", h.ns)).await;
+    wait_answers(addr, &["n3", "n4"]).await;
+
+    // Deleted: the frontend goes and the VIP is free again.
+    h.services()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("the Service and its frontend to go", WAIT, || async {
+        (h.services().get_opt("web").await.unwrap().is_none()
+            && traffic::reply_from(addr, None).await.is_none())
+        .then_some(())
+    })
+    .await;
+    assert!(h.provider.assignments().is_empty());
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn refusals_are_reported_and_leave_other_services_working() {
+    let mut h = harness("hx-refuse", "127.0.0.110-127.0.0.111").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+
+    let (a, a_ip) = {
+        create(&h, k::lb_service("a", &[80])).await;
+        wait_vip(&h, "a").await
+    };
+    assert_eq!(a_ip.to_string(), "127.0.0.110");
+    let _la = traffic::answer("127.0.0.11", node_port(&a, 0), "a").await;
+
+    // Asking for an address in use.
+    let mut b = k::lb_service("b", &[80]);
+    b.spec.as_mut().unwrap().load_balancer_ip = Some("127.0.0.110".into());
+    create(&h, b).await;
+    let svc = h
+        .wait_service("b's AddressInUse condition", "b", |s| {
+            condition(s).is_some_and(|c| c.1 == "AddressInUse")
+        })
+        .await;
+    assert!(condition(&svc).unwrap().2.contains("127.0.0.110"));
+
+    // UDP next to TCP: a Warning, and the TCP port works.
+    let mut c = k::lb_service("c", &[81]);
+    c.metadata.annotations =
+        Some([("ferrylb.io/allow-shared-ip".to_owned(), "k".to_owned())].into());
+    c.spec.as_mut().unwrap().ports.as_mut().unwrap().push(
+        k8s_openapi::api::core::v1::ServicePort {
+            name: Some("dns".into()),
+            port: 53,
+            protocol: Some("UDP".into()),
+            ..Default::default()
+        },
+    );
+    create(&h, c).await;
+    let (c, c_ip) = wait_vip(&h, "c").await;
+    let _lc = traffic::answer("127.0.0.11", node_port(&c, 0), "c").await;
+    wait_answers(SocketAddr::new(c_ip, 81), &["c"]).await;
+    let warning = wait::until("an UnsupportedProtocol Warning on c", WAIT, || async {
+        k::events(&h.client, &h.ns, "c")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("UnsupportedProtocol"))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(warning.note.unwrap().contains("53/UDP"));
+
+    // Sharing c's address on a colliding port.
+    let mut d = k::lb_service("d", &[81]);
+    d.metadata.annotations = Some(
+        [
+            ("ferrylb.io/allow-shared-ip".to_owned(), "k".to_owned()),
+            ("ferrylb.io/load-balancer-ips".to_owned(), c_ip.to_string()),
+        ]
+        .into(),
+    );
+    create(&h, d).await;
+    h.wait_service("d's PortCollision condition", "d", |s| {
+        condition(s).is_some_and(|c| c.1 == "PortCollision")
+    })
+    .await;
+
+    // The pool is used up.
+    create(&h, k::lb_service("e", &[80])).await;
+    h.wait_service("e's PoolExhausted condition", "e", |s| {
+        condition(s).is_some_and(|c| c.1 == "PoolExhausted")
+    })
+    .await;
+
+    // Everyone else kept working throughout.
+    wait_answers(SocketAddr::new(a_ip, 80), &["a"]).await;
+    let warning = k::events(&h.client, &h.ns, "e")
+        .await
+        .into_iter()
+        .find(|e| e.type_.as_deref() == Some("Warning"))
+        .expect("a Warning on e");
+    assert!(warning.note.unwrap().contains("pool"));
+
+    // Freeing a's address lets b have it at once (no waiting for a retry timer).
+    h.services()
+        .delete("e", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.services()
+        .delete("a", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (_, b_ip) = wait_vip(&h, "b").await;
+    assert_eq!(b_ip.to_string(), "127.0.0.110");
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn no_connection_fails_across_ten_reloads() {
+    let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;
+    for (n, ip) in [
+        ("n1", "127.0.0.11"),
+        ("n2", "127.0.0.12"),
+        ("n3", "127.0.0.13"),
+    ] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    create(&h, k::lb_service("web", &[80])).await;
+    let (svc, ip) = wait_vip(&h, "web").await;
+    let np = node_port(&svc, 0);
+    let _ls: Vec<_> = futures::future::join_all(
+        [
+            ("127.0.0.11", "n1"),
+            ("127.0.0.12", "n2"),
+            ("127.0.0.13", "n3"),
+            ("127.0.0.14", "n4"),
+        ]
+        .map(|(a, n)| traffic::answer(a, np, n)),
+    )
+    .await;
+    let addr = SocketAddr::new(ip, 80);
+    wait_answers(addr, &["n1", "n2", "n3"]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            // Bounded: at most 100,000 connections.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                match traffic::reply_from(addr, None).await {
+                    Some(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    None => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let n4 = format!("{}-n4", h.ns);
+    for i in 0..10 {
+        let before = ok.load(Ordering::SeqCst);
+        if i % 2 == 0 {
+            k::create_labelled_node(&h.client, &n4, "127.0.0.14", &[(&h.label, "true")]).await;
+        } else {
+            k::delete_node(&h.client, &n4).await;
+        }
+        let present = i % 2 == 0;
+        wait::until("the node change to be loaded", WAIT, || async {
+            (h.provider.render().contains("127.0.0.14") == present).then_some(())
+        })
+        .await;
+        // Let traffic flow through the new worker before the next change.
+        wait::until("traffic after the reload", WAIT, || async {
+            (ok.load(Ordering::SeqCst) >= before + 20).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    eprintln!("{ok} connections succeeded, {failed} failed across 10 reloads");
+    assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
+    assert!(ok >= 200);
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn local_traffic_policy_skips_nodes_whose_health_check_fails() {
+    let mut h = harness("hx-local", "127.0.0.130-127.0.0.139").await;
+    for (n, ip) in [
+        ("n1", "127.0.0.11"),
+        ("n2", "127.0.0.12"),
+        ("n3", "127.0.0.13"),
+    ] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    let mut svc = k::lb_service("local", &[80]);
+    svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+    svc.metadata.annotations = Some(
+        [(
+            "ferrylb.io/haproxy-check-interval".to_owned(),
+            "200ms".to_owned(),
+        )]
+        .into(),
+    );
+    create(&h, svc).await;
+    let (svc, ip) = wait_vip(&h, "local").await;
+    let np = node_port(&svc, 0);
+    let hc = svc.spec.as_ref().unwrap().health_check_node_port.unwrap() as u16;
+    let _a: Vec<_> = futures::future::join_all(
+        [
+            ("127.0.0.11", "n1"),
+            ("127.0.0.12", "n2"),
+            ("127.0.0.13", "n3"),
+        ]
+        .map(|(a, n)| traffic::answer(a, np, n)),
+    )
+    .await;
+    let _h1 = traffic::health("127.0.0.11", hc, 503).await;
+    let _h2 = traffic::health("127.0.0.12", hc, 200).await;
+    let _h3 = traffic::health("127.0.0.13", hc, 200).await;
+    let addr = SocketAddr::new(ip, 80);
+    wait_answers(addr, &["n2", "n3"]).await;
+    let later = traffic::sample(addr, 30).await;
+    assert!(
+        !later.contains("n1"),
+        "n1 answers 503 on its health check and must get no traffic: {later:?}"
+    );
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn source_ranges_refuse_other_clients() {
+    let mut h = harness("hx-src", "127.0.0.140-127.0.0.149").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let mut svc = k::lb_service("guarded", &[80]);
+    svc.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["127.0.0.50/32".into()]);
+    create(&h, svc).await;
+    let (svc, ip) = wait_vip(&h, "guarded").await;
+    let _l = traffic::answer("127.0.0.11", node_port(&svc, 0), "n1").await;
+    let addr = SocketAddr::new(ip, 80);
+    wait::until("the allowed client to get through", WAIT, || {
+        traffic::reply_from(addr, Some("127.0.0.50"))
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            traffic::reply_from(addr, Some("127.0.0.51")).await,
+            None,
+            "a client outside the range got through"
+        );
+    }
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn restarting_the_controller_keeps_every_vip() {
+    let mut h = harness("hx-restart", "127.0.0.150-127.0.0.159").await;
+    h.node("n1", "127.0.0.11").await;
+    let ctl = h.start(false);
+    create(&h, k::lb_service("a", &[80])).await;
+    create(&h, k::lb_service("b", &[80])).await;
+    let (a, a_ip) = wait_vip(&h, "a").await;
+    let (_, b_ip) = wait_vip(&h, "b").await;
+    ctl.stop().await;
+    h.provider.shutdown().await;
+
+    // A new process: new provider (no memory), new haproxy. A Service
+    // created first must not take a or b's address.
+    create(&h, k::lb_service("c", &[80])).await;
+    let fresh = Arc::new(provider("127.0.0.150-127.0.0.159"));
+    let _ctl = RunningController::start(
+        h.client.clone(),
+        config(
+            vec![(h.class.clone(), fresh.clone())],
+            None,
+            &h.ns,
+            &h.label,
+        ),
+    );
+    let (_, c_ip) = wait_vip(&h, "c").await;
+    assert_ne!(c_ip, a_ip);
+    assert_ne!(c_ip, b_ip);
+    for (name, ip) in [("a", a_ip), ("b", b_ip)] {
+        let svc: Service = h.services().get(name).await.unwrap();
+        assert_eq!(
+            vip(&svc),
+            Some(ip),
+            "{name} changed address across a restart"
+        );
+    }
+    let _l = traffic::answer("127.0.0.11", node_port(&a, 0), "a").await;
+    wait_answers(SocketAddr::new(a_ip, 80), &["a"]).await;
+    fresh.shutdown().await;
+    h.cleanup_nodes().await;
+}

@@ -1,0 +1,96 @@
+//! Real traffic for the HAProxy tests: stand-in node listeners, health
+//! endpoints, and clients that count what answered.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+
+/// A TCP server that answers every connection with its name and closes;
+/// stops when dropped.
+pub struct Answerer(JoinHandle<()>);
+
+impl Drop for Answerer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Listens on `ip:port` and answers each connection with `name`.
+pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
+    let listener = TcpListener::bind((ip, port))
+        .await
+        .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
+    let name = name.to_owned();
+    Answerer(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _ = conn.write_all(name.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// Listens on `ip:port` and answers every HTTP request with `status`, as
+/// kube-proxy's health check node port does.
+pub async fn health(ip: &str, port: u16, status: u16) -> Answerer {
+    let listener = TcpListener::bind((ip, port))
+        .await
+        .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
+    Answerer(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let reason = if status == 200 {
+                    "OK"
+                } else {
+                    "Service Unavailable"
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// Connects to `addr` (from `from`, if given) and returns what the server
+/// said, or `None` if the connection failed or closed silently.
+pub async fn reply_from(addr: SocketAddr, from: Option<&str>) -> Option<String> {
+    let io = async {
+        let socket = TcpSocket::new_v4().ok()?;
+        if let Some(src) = from {
+            socket.bind(format!("{src}:0").parse().ok()?).ok()?;
+        }
+        let mut conn = socket.connect(addr).await.ok()?;
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.ok()?;
+        (!out.is_empty()).then_some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What answered `n` connections to `addr` (failures are left out).
+pub async fn sample(addr: SocketAddr, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        if let Some(r) = reply_from(addr, None).await {
+            seen.insert(r);
+        }
+    }
+    seen
+}
+
+/// A set of names.
+pub fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
