@@ -270,7 +270,7 @@ async fn refusals_are_reported_and_leave_other_services_working() {
 }
 
 #[tokio::test]
-async fn no_connection_fails_across_ten_reloads() {
+async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
     let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;
     for (n, ip) in [
         ("n1", "127.0.0.11"),
@@ -313,29 +313,67 @@ async fn no_connection_fails_across_ten_reloads() {
             }
         })
     };
+    // Ten node changes: the runtime API, no reload.
+    let reloads_before = h.provider.reload_counters().await.unwrap().0;
     let n4 = format!("{}-n4", h.ns);
     for i in 0..10 {
         let before = ok.load(Ordering::SeqCst);
-        if i % 2 == 0 {
+        let present = i % 2 == 0;
+        if present {
             k::create_labelled_node(&h.client, &n4, "127.0.0.14", &[(&h.label, "true")]).await;
         } else {
             k::delete_node(&h.client, &n4).await;
         }
-        let present = i % 2 == 0;
-        wait::until("the node change to be loaded", WAIT, || async {
+        wait::until("the node change to be applied", WAIT, || async {
             (h.provider.render().contains("127.0.0.14") == present).then_some(())
         })
         .await;
-        // Let traffic flow through the new worker before the next change.
+        wait::until("traffic after the change", WAIT, || async {
+            (ok.load(Ordering::SeqCst) >= before + 20).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        h.provider.reload_counters().await.unwrap().0,
+        reloads_before,
+        "node changes must not reload"
+    );
+
+    // Ten option changes: ten reloads.
+    for i in 0..10 {
+        let before = ok.load(Ordering::SeqCst);
+        let timeout = format!("{}s", 61 + i);
+        h.services()
+            .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"ferrylb.io/haproxy-timeout-client": timeout}}})))
+            .await
+            .unwrap();
+        let want = reloads_before + 1 + i;
+        wait::until("the option change to be loaded", WAIT, || async {
+            h.provider
+                .reload_counters()
+                .await
+                .ok()
+                .filter(|(n, _)| *n >= want)
+        })
+        .await;
         wait::until("traffic after the reload", WAIT, || async {
             (ok.load(Ordering::SeqCst) >= before + 20).then_some(())
         })
         .await;
     }
+    let (reloads, failed_reloads) = h.provider.reload_counters().await.unwrap();
+    assert_eq!(
+        reloads,
+        reloads_before + 10,
+        "each option change reloads once"
+    );
+    assert_eq!(failed_reloads, 0);
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    eprintln!("{ok} connections succeeded, {failed} failed across 10 reloads");
+    eprintln!(
+        "{ok} connections succeeded, {failed} failed across 10 runtime updates and 10 reloads"
+    );
     assert_eq!(failed, 0, "{failed} of {} connections failed", ok + failed);
     assert!(ok >= 200);
     h.provider.shutdown().await;

@@ -12,6 +12,7 @@ pub mod options;
 pub mod pool;
 pub mod process;
 pub mod render;
+mod runtime;
 pub mod vip;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,12 @@ impl HaproxyProvider {
             .iter()
             .map(|(r, e)| (r.clone(), e.vip))
             .collect()
+    }
+
+    /// How many times HAProxy's master has reloaded, and how many of those
+    /// failed (from the master CLI's `show proc`).
+    pub async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
+        self.process.reload_counters().await
     }
 
     /// Stops a managed HAProxy.
@@ -222,6 +229,50 @@ impl LoadBalancerProvider for HaproxyProvider {
             self.vips.remove(old.vip).await?;
         }
         Ok(status_of(&entry))
+    }
+
+    /// Target-only changes go through the runtime API, without a reload,
+    /// and are written to the configuration file too. Anything unexpected
+    /// (HAProxy not running, a refused command) falls back to a reload.
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        let (entry, previous) = self.plan(spec)?;
+        let Some(old) = previous.clone().filter(|p| p.vip == entry.vip) else {
+            return self.ensure(spec).await.map(|_| ());
+        };
+        let mut applied = self.applied.lock().await;
+        let text = self.render();
+        if applied.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        let mut runtime_ok = applied.is_some();
+        if runtime_ok {
+            for batch in runtime::commands(&old, &entry) {
+                if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
+                    tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
+                    runtime_ok = false;
+                    break;
+                }
+            }
+        }
+        let result = async {
+            self.process.install(&text).await?;
+            if !runtime_ok {
+                self.process.reload().await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                *applied = Some(text);
+                Ok(())
+            }
+            Err(e) => {
+                drop(applied);
+                self.roll_back(&spec.lb, previous);
+                Err(e)
+            }
+        }
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {

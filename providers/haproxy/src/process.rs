@@ -139,7 +139,7 @@ impl Process {
     }
 
     /// (reloads, failed reloads) from the master's `show proc` line.
-    async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
+    pub async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
         let out = master_command(&self.settings.master_socket, "show proc")
             .await
             .map_err(|e| {
