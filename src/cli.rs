@@ -130,6 +130,13 @@ pub struct HaproxyArgs {
     /// Old workers still draining connections after a reload stop after this.
     #[arg(long, env = "FERRYLB_HAPROXY_HARD_STOP_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub haproxy_hard_stop_after: Duration,
+
+    /// Check each node once with `GET /healthz` on this port (kube-proxy's
+    /// health port is 10256) and let every Service track that check. Needed
+    /// for large clusters: per-Service checks cost a file descriptor per
+    /// Service and node. Unset: each server checks its own nodePort.
+    #[arg(long, env = "FERRYLB_HAPROXY_NODE_CHECK_PORT")]
+    pub haproxy_node_check_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +175,7 @@ impl HaproxyArgs {
             admin_socket: dir.join("admin.sock"),
             vip_interface: self.haproxy_vip_interface.clone(),
             hard_stop_after: self.haproxy_hard_stop_after,
+            node_check_port: self.haproxy_node_check_port,
         })
     }
 }

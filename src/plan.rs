@@ -60,6 +60,7 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
         admin_socket: PathBuf::from("/var/run/ferrylb/admin.sock"),
         vip_interface: None,
         hard_stop_after: Duration::from_secs(30),
+        node_check_port: None,
     });
     let targets = crate::spec::targets(&nodes);
     let ours: Vec<&Service> = services

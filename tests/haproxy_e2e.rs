@@ -39,6 +39,7 @@ fn provider(pool: &str) -> HaproxyProvider {
         admin_socket: dir.join("admin.sock"),
         vip_interface: None,
         hard_stop_after: Duration::from_secs(5),
+        node_check_port: None,
     })
 }
 

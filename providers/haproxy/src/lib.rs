@@ -17,6 +17,7 @@ pub mod vip;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +44,8 @@ pub struct HaproxySettings {
     pub vip_interface: Option<String>,
     /// Old workers draining connections are stopped after this long.
     pub hard_stop_after: Duration,
+    /// See [`GlobalSettings::node_check_port`].
+    pub node_check_port: Option<u16>,
 }
 
 /// The HAProxy provider.
@@ -51,8 +54,43 @@ pub struct HaproxyProvider {
     process: Process,
     vips: VipBinder,
     entries: std::sync::Mutex<BTreeMap<LoadBalancerRef, Entry>>,
-    /// Serialises configuration applies; holds the text last loaded.
-    applied: tokio::sync::Mutex<Option<String>>,
+    /// What HAProxy runs now; its lock serialises every change to HAProxy.
+    loaded: Arc<tokio::sync::Mutex<Loaded>>,
+    /// Wakes the task that writes runtime API changes to the file.
+    flush: Arc<tokio::sync::Notify>,
+    flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+/// The entries HAProxy runs, and whether the file lags behind them.
+#[derive(Default)]
+struct Loaded {
+    entries: Option<BTreeMap<LoadBalancerRef, Entry>>,
+    file_stale: bool,
+}
+
+/// Writes what HAProxy runs to the file once a burst of runtime API changes
+/// settles: one write per burst instead of one per Service.
+async fn flush_loop(
+    loaded: Arc<tokio::sync::Mutex<Loaded>>,
+    notify: Arc<tokio::sync::Notify>,
+    global: GlobalSettings,
+    config_path: std::path::PathBuf,
+) {
+    loop {
+        notify.notified().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut l = loaded.lock().await;
+        if !l.file_stale {
+            continue;
+        }
+        let entries: Vec<Entry> = l.entries.iter().flat_map(|e| e.values().cloned()).collect();
+        match process::write_atomically(&config_path, &render::render(&global, &entries)).await {
+            Ok(()) => l.file_stale = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "writing runtime API changes to the configuration file failed")
+            }
+        }
+    }
 }
 
 impl HaproxyProvider {
@@ -64,7 +102,9 @@ impl HaproxyProvider {
             },
             settings,
             entries: std::sync::Mutex::default(),
-            applied: tokio::sync::Mutex::new(None),
+            loaded: Arc::default(),
+            flush: Arc::default(),
+            flusher: std::sync::OnceLock::new(),
         }
     }
 
@@ -98,6 +138,9 @@ impl HaproxyProvider {
 
     /// Stops a managed HAProxy.
     pub async fn shutdown(&self) {
+        if let Some(f) = self.flusher.get() {
+            f.abort();
+        }
         self.process.stop().await;
     }
 
@@ -105,6 +148,7 @@ impl HaproxyProvider {
         GlobalSettings {
             admin_socket: self.settings.admin_socket.clone(),
             hard_stop_after: self.settings.hard_stop_after,
+            node_check_port: self.settings.node_check_port,
         }
     }
 
@@ -132,15 +176,32 @@ impl HaproxyProvider {
     /// what is loaded, install and reload. Callers queued behind a reload
     /// find their change already applied by it (coalescing).
     async fn sync(&self) -> Result<(), ProviderError> {
-        let mut applied = self.applied.lock().await;
-        let text = self.render();
-        if applied.as_deref() == Some(text.as_str()) {
+        let mut loaded = self.loaded.lock().await;
+        let desired = self.entries.lock().expect("entries lock").clone();
+        if loaded.entries.as_ref() == Some(&desired) {
             return Ok(());
         }
-        self.process.install(&text).await?;
+        let entries: Vec<Entry> = desired.values().cloned().collect();
+        self.process
+            .install(&render::render(&self.global(), &entries))
+            .await?;
         self.process.reload().await?;
-        *applied = Some(text);
+        loaded.entries = Some(desired);
+        loaded.file_stale = false;
         Ok(())
+    }
+
+    /// [`Self::sync`], rolling `lb` back to `previous` when it fails.
+    async fn sync_or_roll_back(
+        &self,
+        lb: &LoadBalancerRef,
+        previous: Option<Entry>,
+    ) -> Result<(), ProviderError> {
+        let result = self.sync().await;
+        if result.is_err() {
+            self.roll_back(lb, previous);
+        }
+        result
     }
 
     /// Puts back `previous` for `lb` (or removes it) after a failed apply.
@@ -236,43 +297,60 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// (HAProxy not running, a refused command) falls back to a reload.
     async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
         let (entry, previous) = self.plan(spec)?;
-        let Some(old) = previous.clone().filter(|p| p.vip == entry.vip) else {
-            return self.ensure(spec).await.map(|_| ());
+        let mut loaded = self.loaded.lock().await;
+        // Diff against what HAProxy runs; anything else is a reload.
+        let running_old = loaded
+            .entries
+            .as_ref()
+            .and_then(|r| r.get(&spec.lb))
+            .filter(|old| {
+                old.vip == entry.vip
+                    && old.options == entry.options
+                    && (old.spec.same_desired_state(&entry.spec)
+                        || old.spec.differs_only_in_targets(&entry.spec))
+            })
+            .cloned();
+        let Some(old) = running_old else {
+            drop(loaded);
+            return self.sync_or_roll_back(&spec.lb, previous).await;
         };
-        let mut applied = self.applied.lock().await;
-        let text = self.render();
-        if applied.as_deref() == Some(text.as_str()) {
+        if old == entry {
             return Ok(());
         }
-        let mut runtime_ok = applied.is_some();
-        if runtime_ok {
-            for batch in runtime::commands(&old, &entry) {
-                if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
-                    tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
-                    runtime_ok = false;
-                    break;
-                }
+        let Some(plan) = runtime::commands(&old, &entry, self.settings.node_check_port.is_some())
+        else {
+            drop(loaded);
+            return self.sync_or_roll_back(&spec.lb, previous).await;
+        };
+        for batch in plan.batches {
+            if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
+                tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
+                // HAProxy's state is now unknown: the reload makes it certain.
+                loaded.entries = None;
+                drop(loaded);
+                return self.sync_or_roll_back(&spec.lb, previous).await;
             }
         }
-        let result = async {
-            self.process.install(&text).await?;
-            if !runtime_ok {
-                self.process.reload().await?;
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                *applied = Some(text);
-                Ok(())
-            }
-            Err(e) => {
-                drop(applied);
-                self.roll_back(&spec.lb, previous);
-                Err(e)
+        for del in plan.deletions {
+            if let Err(e) = runtime::run(&self.settings.admin_socket, &del).await {
+                tracing::debug!(error = %e, "server kept in maintenance until the next reload");
             }
         }
+        if let Some(running) = loaded.entries.as_mut() {
+            running.insert(spec.lb.clone(), entry);
+        }
+        loaded.file_stale = true;
+        drop(loaded);
+        self.flusher.get_or_init(|| {
+            tokio::spawn(flush_loop(
+                self.loaded.clone(),
+                self.flush.clone(),
+                self.global(),
+                self.settings.process.config_path.clone(),
+            ))
+        });
+        self.flush.notify_one();
+        Ok(())
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {

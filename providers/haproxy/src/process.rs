@@ -101,6 +101,13 @@ impl Process {
             .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
     }
 
+    /// Writes `text` into place atomically without validating it: for state
+    /// HAProxy already runs (applied through the runtime API), so that the
+    /// next reload or restart keeps it.
+    pub async fn write(&self, text: &str) -> Result<(), ProviderError> {
+        write_atomically(&self.settings.config_path, text).await
+    }
+
     /// Makes the running HAProxy load the installed configuration: starts it
     /// in managed mode when it is not running, otherwise reloads through the
     /// master CLI and waits until the master confirms the reload.
@@ -243,6 +250,17 @@ async fn supervise(settings: ProcessSettings, slot: Arc<Mutex<Option<Child>>>) {
             }
         }
     }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename.
+pub async fn write_atomically(path: &Path, text: &str) -> Result<(), ProviderError> {
+    let tmp = sibling(path, "runtime");
+    tokio::fs::write(&tmp, text)
+        .await
+        .map_err(|e| unavailable(format!("writing {}: {e}", tmp.display())))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

@@ -17,10 +17,22 @@ pub struct GlobalSettings {
     pub admin_socket: PathBuf,
     /// Old workers still draining connections are stopped after this long.
     pub hard_stop_after: Duration,
+    /// Check each node once, with `GET /healthz` on this port (kube-proxy's
+    /// health port, 10256), and let every Service's servers for that node
+    /// `track` it (KEP-3458). `None`: each server checks its own nodePort.
+    /// One check per node instead of one per Service and node is what lets
+    /// 1,000 Services × 50 nodes run at all: every checked server holds a
+    /// file descriptor.
+    pub node_check_port: Option<u16>,
+}
+
+/// The backend holding the shared health check of one node.
+pub fn node_check_backend(server: &str) -> String {
+    format!("ferrylb_node_{server}")
 }
 
 /// One Service as rendered: its spec, its VIP, its typed options.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub spec: LoadBalancerSpec,
     pub vip: IpAddr,
@@ -87,6 +99,24 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out, "  timeout client 60s");
     let _ = writeln!(out, "  timeout server 60s");
 
+    if let Some(port) = global.node_check_port {
+        let mut nodes: Vec<(String, IpAddr)> = entries
+            .iter()
+            .filter(|e| e.spec.health_check == HealthCheck::TrafficPort)
+            .flat_map(|e| e.spec.targets.iter())
+            .filter_map(|t| Some((server_name(&t.node), *t.addresses.first()?)))
+            .collect();
+        nodes.sort();
+        nodes.dedup_by(|a, b| a.0 == b.0);
+        for (name, ip) in nodes {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "backend {}", node_check_backend(&name));
+            let _ = writeln!(out, "  option httpchk GET /healthz");
+            let _ = writeln!(out, "  http-check expect status 200");
+            let _ = writeln!(out, "  server {name} {} check inter 2000ms", addr(ip, port));
+        }
+    }
+
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by(|a, b| (a.vip, &a.spec.lb.name).cmp(&(b.vip, &b.spec.lb.name)));
     for e in sorted {
@@ -97,7 +127,13 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
             .filter(|l| l.protocol == Protocol::Tcp)
         {
             render_frontend(&mut out, e, l.port);
-            render_backend(&mut out, e, l.port, l.node_port);
+            render_backend(
+                &mut out,
+                e,
+                l.port,
+                l.node_port,
+                global.node_check_port.is_some(),
+            );
         }
     }
     out
@@ -119,14 +155,19 @@ fn render_frontend(out: &mut String, e: &Entry, port: u16) {
     let _ = writeln!(out, "  default_backend {}", backend_name(e, port));
 }
 
-fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16) {
+fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16, node_checks: bool) {
     let o = &e.options;
     let _ = writeln!(out);
     let _ = writeln!(out, "backend {}", backend_name(e, port));
     let _ = writeln!(out, "  balance {}", o.balance.as_str());
     let _ = writeln!(out, "  timeout connect {}", ms(o.timeout_connect));
     let _ = writeln!(out, "  timeout server {}", ms(o.timeout_server));
-    let mut server_opts = format!("check inter {}", ms(o.check_interval));
+    let tracked = node_checks && e.spec.health_check == HealthCheck::TrafficPort;
+    let mut server_opts = if tracked {
+        String::new()
+    } else {
+        format!("check inter {}", ms(o.check_interval))
+    };
     if let HealthCheck::Http { port, path } = &e.spec.health_check {
         // The path is ours ("/healthz"), but keep it to safe characters.
         let path: String = path
@@ -140,15 +181,19 @@ fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16) {
     if o.proxy_protocol_v2 {
         server_opts.push_str(" send-proxy-v2");
     }
-    let _ = writeln!(out, "  default-server {server_opts}");
+    let server_opts = server_opts.trim();
+    if !server_opts.is_empty() {
+        let _ = writeln!(out, "  default-server {server_opts}");
+    }
     for t in &e.spec.targets {
         if let Some(ip) = t.addresses.first() {
-            let _ = writeln!(
-                out,
-                "  server {} {}",
-                server_name(&t.node),
-                addr(*ip, node_port)
-            );
+            let name = server_name(&t.node);
+            let track = if tracked {
+                format!(" track {}/{name}", node_check_backend(&name))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "  server {name} {}{track}", addr(*ip, node_port));
         }
     }
 }

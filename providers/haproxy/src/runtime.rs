@@ -28,8 +28,17 @@ const FAILURE_MARKERS: &[&str] = &[
 
 /// The runtime commands that turn `old`'s servers into `new`'s, one batch
 /// (`;`-separated) per backend. `old` and `new` differ in targets only.
-pub fn commands(old: &Entry, new: &Entry) -> Vec<String> {
-    let mut batches = Vec::new();
+///
+/// Removed servers are put in maintenance (no new connections) in the
+/// batch; deleting them is best effort (`deletions`), since HAProxy refuses
+/// while a connection is still open and cutting it would fail a client. A
+/// server left in maintenance disappears at the next reload.
+///
+/// `None` when the change needs a reload: a new server that would track a
+/// shared node check (its check backend may not exist yet).
+pub fn commands(old: &Entry, new: &Entry, node_checks: bool) -> Option<RuntimePlan> {
+    let tracked = node_checks && new.spec.health_check == HealthCheck::TrafficPort;
+    let mut plan = RuntimePlan::default();
     for l in new
         .spec
         .listeners
@@ -54,6 +63,7 @@ pub fn commands(old: &Entry, new: &Entry) -> Vec<String> {
                     "set server {target} addr {ip} port {}",
                     l.node_port
                 )),
+                None if tracked => return None,
                 None => {
                     cmds.push(format!(
                         "add server {target} {} {}",
@@ -68,14 +78,22 @@ pub fn commands(old: &Entry, new: &Entry) -> Vec<String> {
         for name in before.keys().filter(|n| !after.contains_key(*n)) {
             let target = format!("{backend}/{name}");
             cmds.push(format!("set server {target} state maint"));
-            cmds.push(format!("shutdown sessions server {target}"));
-            cmds.push(format!("del server {target}"));
+            plan.deletions.push(format!("del server {target}"));
         }
         if !cmds.is_empty() {
-            batches.push(cmds.join("; "));
+            plan.batches.push(cmds.join("; "));
         }
     }
-    batches
+    Some(plan)
+}
+
+/// Runtime API commands for one change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RuntimePlan {
+    /// Must all succeed, one batch per backend.
+    pub batches: Vec<String>,
+    /// May be refused while connections drain.
+    pub deletions: Vec<String>,
 }
 
 /// Dynamic servers do not inherit `default-server`: the same options, spelt out.
@@ -154,13 +172,27 @@ mod tests {
         let new = entry(&[("n2", "10.0.0.22"), ("n3", "10.0.0.3")]);
         let be = backend_name(&new, 80);
         assert_eq!(
-            commands(&old, &new),
-            vec![format!(
-                "set server {be}/n2 addr 10.0.0.22 port 30080; \
-                 add server {be}/n3 10.0.0.3:30080 check inter 2000ms; enable health {be}/n3; enable server {be}/n3; \
-                 set server {be}/n1 state maint; shutdown sessions server {be}/n1; del server {be}/n1"
-            )]
+            commands(&old, &new, false).unwrap(),
+            RuntimePlan {
+                batches: vec![format!(
+                    "set server {be}/n2 addr 10.0.0.22 port 30080; \
+                     add server {be}/n3 10.0.0.3:30080 check inter 2000ms; enable health {be}/n3; enable server {be}/n3; \
+                     set server {be}/n1 state maint"
+                )],
+                deletions: vec![format!("del server {be}/n1")],
+            }
         );
-        assert!(commands(&new, &new).is_empty());
+        assert_eq!(commands(&new, &new, false).unwrap(), RuntimePlan::default());
+        assert_eq!(
+            commands(&old, &new, true),
+            None,
+            "a tracked server cannot be added at runtime"
+        );
+        let fewer = entry(&[("n1", "10.0.0.1")]);
+        assert_eq!(
+            commands(&old, &fewer, true).unwrap().batches.len(),
+            1,
+            "removals still can"
+        );
     }
 }

@@ -18,6 +18,7 @@ fn global() -> GlobalSettings {
     GlobalSettings {
         admin_socket: "/run/ferrylb/admin.sock".into(),
         hard_stop_after: Duration::from_secs(30),
+        node_check_port: None,
     }
 }
 
@@ -147,4 +148,34 @@ proptest! {
             prop_assert!(!line.contains('"') && !line.contains('$') && !line.contains('\\'));
         }
     }
+}
+
+#[test]
+fn shared_node_checks_are_tracked_by_every_service() {
+    let mut g = global();
+    g.node_check_port = Some(10256);
+    let a = entry("a", "127.0.0.100", BTreeMap::new());
+    let mut local = entry("local", "127.0.0.101", BTreeMap::new());
+    local.spec.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
+    let cfg = render(&g, &[a.clone(), local]);
+    assert_eq!(
+        cfg.matches("backend ferrylb_node_").count(),
+        2,
+        "one check backend per node: {cfg}"
+    );
+    assert!(cfg.contains("backend ferrylb_node_n1\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 2000ms\n"), "{cfg}");
+    let be = format!("backend be_{}_80", a.spec.lb.name);
+    let a_part = &cfg[cfg.find(&be).unwrap()..];
+    assert!(
+        a_part.contains("  server n1 127.0.0.11:30080 track ferrylb_node_n1/n1\n"),
+        "{cfg}"
+    );
+    // eTP Local keeps its own per-Service check.
+    assert!(
+        cfg.contains("default-server check inter 2000ms port 32000"),
+        "{cfg}"
+    );
 }
