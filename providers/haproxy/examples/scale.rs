@@ -98,8 +98,8 @@ async fn main() {
 
     // A change to one Service's options: render + validate + reload everything.
     let mut reloads = Vec::new();
-    for round in 0..5 {
-        let mut s = specs[round].clone();
+    for (round, spec) in specs.iter().take(5).enumerate() {
+        let mut s = spec.clone();
         s.annotations.insert(
             "ferrylb.io/haproxy-timeout-client".into(),
             format!("{}s", 61 + round),
