@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::controller::{RunningController, config};
-use support::harness::{Harness, WAIT, condition};
+use support::harness::{Harness, WAIT, condition, first_ingress};
 use support::process::require_program;
 use support::traffic::{self, names};
 use support::{env, kube as k, wait};
@@ -43,20 +43,37 @@ fn provider(pool: &str) -> HaproxyProvider {
     })
 }
 
+/// The stand-in nodes: (InternalIP, name).
+const NODES: &[(&str, &str)] = &[
+    ("127.0.0.11", "n1"),
+    ("127.0.0.12", "n2"),
+    ("127.0.0.13", "n3"),
+    ("127.0.0.14", "n4"),
+];
+
+/// Nodes n1, n2, n3 at 127.0.0.11-13.
+async fn three_nodes(h: &mut Harness<HaproxyProvider>) {
+    for (ip, n) in &NODES[..3] {
+        h.node(n, ip).await;
+    }
+}
+
+/// A stand-in for each node, answering with its name on `node_port`.
+async fn stand_ins(node_port: u16, nodes: &[(&str, &str)]) -> Vec<traffic::Answerer> {
+    futures::future::join_all(
+        nodes
+            .iter()
+            .map(|(ip, name)| traffic::answer(ip, node_port, name)),
+    )
+    .await
+}
+
 async fn harness(prefix: &str, pool: &'static str) -> Harness<HaproxyProvider> {
     Harness::new(prefix, |_| provider(pool)).await
 }
 
 fn vip(svc: &Service) -> Option<IpAddr> {
-    let ing = svc
-        .status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .clone();
+    let ing = first_ingress(svc)?;
     assert_eq!(ing.ip_mode.as_deref(), Some("Proxy"));
     ing.ip?.parse().ok()
 }
@@ -121,13 +138,7 @@ async fn haproxy_provider_passes_the_conformance_suite() {
 #[tokio::test]
 async fn traffic_reaches_every_node_and_follows_node_changes() {
     let mut h = harness("hx-e2e", "127.0.0.100-127.0.0.109").await;
-    for (n, ip) in [
-        ("n1", "127.0.0.11"),
-        ("n2", "127.0.0.12"),
-        ("n3", "127.0.0.13"),
-    ] {
-        h.node(n, ip).await;
-    }
+    three_nodes(&mut h).await;
     let _ctl = h.start(false);
     let (svc, ip) = {
         create(&h, k::lb_service("web", &[80])).await;
@@ -138,10 +149,7 @@ async fn traffic_reaches_every_node_and_follows_node_changes() {
         IpAddr::V6(_) => 0,
     }));
     let np = node_port(&svc, 0);
-    let _l1 = traffic::answer("127.0.0.11", np, "n1").await;
-    let _l2 = traffic::answer("127.0.0.12", np, "n2").await;
-    let _l3 = traffic::answer("127.0.0.13", np, "n3").await;
-    let _l4 = traffic::answer("127.0.0.14", np, "n4").await;
+    let _ls = stand_ins(np, NODES).await;
     let addr = SocketAddr::new(ip, 80);
     wait_answers(addr, &["n1", "n2", "n3"]).await;
 
@@ -273,27 +281,12 @@ async fn refusals_are_reported_and_leave_other_services_working() {
 #[tokio::test]
 async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
     let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;
-    for (n, ip) in [
-        ("n1", "127.0.0.11"),
-        ("n2", "127.0.0.12"),
-        ("n3", "127.0.0.13"),
-    ] {
-        h.node(n, ip).await;
-    }
+    three_nodes(&mut h).await;
     let _ctl = h.start(false);
     create(&h, k::lb_service("web", &[80])).await;
     let (svc, ip) = wait_vip(&h, "web").await;
     let np = node_port(&svc, 0);
-    let _ls: Vec<_> = futures::future::join_all(
-        [
-            ("127.0.0.11", "n1"),
-            ("127.0.0.12", "n2"),
-            ("127.0.0.13", "n3"),
-            ("127.0.0.14", "n4"),
-        ]
-        .map(|(a, n)| traffic::answer(a, np, n)),
-    )
-    .await;
+    let _ls = stand_ins(np, NODES).await;
     let addr = SocketAddr::new(ip, 80);
     wait_answers(addr, &["n1", "n2", "n3"]).await;
 
@@ -384,13 +377,7 @@ async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
 #[tokio::test]
 async fn local_traffic_policy_skips_nodes_whose_health_check_fails() {
     let mut h = harness("hx-local", "127.0.0.130-127.0.0.139").await;
-    for (n, ip) in [
-        ("n1", "127.0.0.11"),
-        ("n2", "127.0.0.12"),
-        ("n3", "127.0.0.13"),
-    ] {
-        h.node(n, ip).await;
-    }
+    three_nodes(&mut h).await;
     let _ctl = h.start(false);
     let mut svc = k::lb_service("local", &[80]);
     svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
@@ -405,15 +392,7 @@ async fn local_traffic_policy_skips_nodes_whose_health_check_fails() {
     let (svc, ip) = wait_vip(&h, "local").await;
     let np = node_port(&svc, 0);
     let hc = svc.spec.as_ref().unwrap().health_check_node_port.unwrap() as u16;
-    let _a: Vec<_> = futures::future::join_all(
-        [
-            ("127.0.0.11", "n1"),
-            ("127.0.0.12", "n2"),
-            ("127.0.0.13", "n3"),
-        ]
-        .map(|(a, n)| traffic::answer(a, np, n)),
-    )
-    .await;
+    let _a = stand_ins(np, &NODES[..3]).await;
     let _h1 = traffic::health("127.0.0.11", hc, 503).await;
     let _h2 = traffic::health("127.0.0.12", hc, 200).await;
     let _h3 = traffic::health("127.0.0.13", hc, 200).await;

@@ -14,13 +14,7 @@ pub const DELETED: &str = "DeletedLoadBalancer";
 
 /// Publishes an Event on `svc`. Failing to publish is logged, never fatal:
 /// an Event is a courtesy, the reconcile's outcome is what matters.
-pub async fn publish(
-    recorder: &Recorder,
-    svc: &Service,
-    warning: bool,
-    reason: &str,
-    note: String,
-) {
+async fn publish(recorder: &Recorder, svc: &Service, warning: bool, reason: &str, note: String) {
     let ev = Event {
         type_: if warning {
             EventType::Warning
@@ -40,6 +34,16 @@ pub async fn publish(
             "publishing an Event failed"
         );
     }
+}
+
+/// Publishes a Normal Event.
+pub async fn normal(recorder: &Recorder, svc: &Service, reason: &str, note: impl Into<String>) {
+    publish(recorder, svc, false, reason, note.into()).await;
+}
+
+/// Publishes a Warning Event.
+pub async fn warning(recorder: &Recorder, svc: &Service, reason: &str, note: impl Into<String>) {
+    publish(recorder, svc, true, reason, note.into()).await;
 }
 
 fn action_for(reason: &str) -> &'static str {

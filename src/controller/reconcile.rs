@@ -114,12 +114,11 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
     } else {
         if !unchanged {
             tracing::info!(service = %name, provider = provider.name(), "ensuring load balancer");
-            events::publish(
+            events::normal(
                 &ctx.recorder,
                 svc,
-                false,
                 events::ENSURING,
-                "Ensuring load balancer".into(),
+                "Ensuring load balancer",
             )
             .await;
         }
@@ -150,19 +149,12 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             "Updated load balancer with new hosts ({} targets)",
             spec.targets.len()
         );
-        events::publish(&ctx.recorder, svc, false, events::UPDATED, note).await;
+        events::normal(&ctx.recorder, svc, events::UPDATED, note).await;
     } else if !unchanged {
-        events::publish(
-            &ctx.recorder,
-            svc,
-            false,
-            events::ENSURED,
-            "Ensured load balancer".into(),
-        )
-        .await;
+        events::normal(&ctx.recorder, svc, events::ENSURED, "Ensured load balancer").await;
         for w in &lb_status.warnings {
             tracing::warn!(service = %svc_name(svc), reason = %w.reason, "{}", w.message);
-            events::publish(&ctx.recorder, svc, true, &w.reason, w.message.clone()).await;
+            events::warning(&ctx.recorder, svc, &w.reason, w.message.clone()).await;
         }
     }
     remember(ctx, key, spec, lb_status);
@@ -192,12 +184,11 @@ async fn cleanup(
         uid: svc.metadata.uid.clone().unwrap_or_default(),
     });
     tracing::info!(service = %name, provider = provider.name(), lb = %lb.name, "deleting load balancer");
-    events::publish(
+    events::normal(
         &ctx.recorder,
         svc,
-        false,
         events::DELETING,
-        "Deleting load balancer".into(),
+        "Deleting load balancer",
     )
     .await;
     if let Err(source) = provider.ensure_deleted(&lb).await {
@@ -207,24 +198,10 @@ async fn cleanup(
             source,
         };
         tracing::warn!(error = %err, "deleting load balancer failed");
-        events::publish(
-            &ctx.recorder,
-            svc,
-            true,
-            events::SYNC_FAILED,
-            err.to_string(),
-        )
-        .await;
+        events::warning(&ctx.recorder, svc, events::SYNC_FAILED, err.to_string()).await;
         return Err(err);
     }
-    events::publish(
-        &ctx.recorder,
-        svc,
-        false,
-        events::DELETED,
-        "Deleted load balancer".into(),
-    )
-    .await;
+    events::normal(&ctx.recorder, svc, events::DELETED, "Deleted load balancer").await;
     if clear_status {
         status::write_status(&ctx.client, svc, None, None).await?;
     }
@@ -238,14 +215,7 @@ async fn cleanup(
 /// False with the reason, keeping whatever address the Service already has.
 async fn report_failure(svc: &Service, err: &Error, ctx: &Context) {
     tracing::warn!(service = %svc_name(svc), reason = err.reason(), error = %err, "load balancer not ready");
-    events::publish(
-        &ctx.recorder,
-        svc,
-        true,
-        events::SYNC_FAILED,
-        err.to_string(),
-    )
-    .await;
+    events::warning(&ctx.recorder, svc, events::SYNC_FAILED, err.to_string()).await;
     let current = svc
         .status
         .as_ref()

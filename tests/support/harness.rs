@@ -7,7 +7,7 @@ use std::time::Duration;
 use ferrylb::controller::FINALIZER;
 use ferrylb::controller::status::CONDITION_TYPE;
 use ferrylb_model::LoadBalancerProvider;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -99,16 +99,20 @@ impl<P: LoadBalancerProvider> Harness<P> {
     }
 }
 
-pub fn ingress_hostname(svc: &Service) -> Option<String> {
+/// The first `status.loadBalancer.ingress` entry.
+pub fn first_ingress(svc: &Service) -> Option<LoadBalancerIngress> {
     svc.status
         .as_ref()?
         .load_balancer
         .as_ref()?
         .ingress
         .as_ref()?
-        .first()?
-        .hostname
-        .clone()
+        .first()
+        .cloned()
+}
+
+pub fn ingress_hostname(svc: &Service) -> Option<String> {
+    first_ingress(svc)?.hostname
 }
 
 pub fn has_finalizer(svc: &Service) -> bool {
