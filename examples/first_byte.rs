@@ -14,7 +14,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ferrylb_haproxy::process::{ProcessSettings, RunMode};
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
@@ -30,17 +29,8 @@ async fn main() {
     let dir = support::env::tempdir("first-byte");
     let mut h = Harness::new("bench-fb", |_| {
         HaproxyProvider::new(HaproxySettings {
-            pool: "127.0.0.200-127.0.0.250".parse().unwrap(),
-            process: ProcessSettings {
-                binary: "haproxy".into(),
-                config_path: dir.join("haproxy.cfg"),
-                master_socket: dir.join("master.sock"),
-                mode: RunMode::Managed,
-            },
-            admin_socket: dir.join("admin.sock"),
-            vip_interface: None,
             hard_stop_after: Duration::from_secs(5),
-            node_check_port: None,
+            ..HaproxySettings::in_dir("127.0.0.200-127.0.0.250".parse().unwrap(), &dir)
         })
     })
     .await;

@@ -3,12 +3,10 @@
 //! allocation and renderer as the controller, minus the I/O.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::Context as _;
 use ferrylb_haproxy::pool::AddressPool;
-use ferrylb_haproxy::process::{ProcessSettings, RunMode};
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings, status_of};
 use k8s_openapi::api::core::v1::{Node, Service};
 use serde::Deserialize;
@@ -49,19 +47,10 @@ pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> 
 /// configuration.
 pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String> {
     let (services, nodes) = parse_manifests(text)?;
-    let provider = HaproxyProvider::new(HaproxySettings {
-        pool,
-        process: ProcessSettings {
-            binary: "haproxy".into(),
-            config_path: PathBuf::from("/var/run/ferrylb/haproxy.cfg"),
-            master_socket: PathBuf::from("/var/run/ferrylb/master.sock"),
-            mode: RunMode::Managed,
-        },
-        admin_socket: PathBuf::from("/var/run/ferrylb/admin.sock"),
-        vip_interface: None,
-        hard_stop_after: Duration::from_secs(30),
-        node_check_port: None,
-    });
+    // Nothing is written or started: the directory only appears in the
+    // rendered `stats socket` line.
+    let provider =
+        HaproxyProvider::new(HaproxySettings::in_dir(pool, Path::new("/var/run/ferrylb")));
     let targets = crate::spec::targets(&nodes);
     let ours: Vec<&Service> = services
         .iter()

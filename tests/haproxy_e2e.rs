@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ferrylb_haproxy::process::{ProcessSettings, RunMode};
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
 use ferrylb_model::conformance;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -28,19 +27,10 @@ fn provider(pool: &str) -> HaproxyProvider {
         ".ci/run installs it with `apt-get install haproxy`",
     );
     let dir = env::tempdir("haproxy");
-    HaproxyProvider::new(HaproxySettings {
-        pool: pool.parse().unwrap(),
-        process: ProcessSettings {
-            binary,
-            config_path: dir.join("haproxy.cfg"),
-            master_socket: dir.join("master.sock"),
-            mode: RunMode::Managed,
-        },
-        admin_socket: dir.join("admin.sock"),
-        vip_interface: None,
-        hard_stop_after: Duration::from_secs(5),
-        node_check_port: None,
-    })
+    let mut settings = HaproxySettings::in_dir(pool.parse().unwrap(), &dir);
+    settings.process.binary = binary;
+    settings.hard_stop_after = Duration::from_secs(5);
+    HaproxyProvider::new(settings)
 }
 
 /// The stand-in nodes: (InternalIP, name).

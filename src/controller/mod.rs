@@ -23,7 +23,7 @@ use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 
 pub use error::Error;
@@ -68,7 +68,9 @@ pub struct Context {
     client: Client,
     recorder: Recorder,
     config: ControllerConfig,
-    nodes: Store<Node>,
+    /// The eligible targets, computed once per Node change by the node task;
+    /// `None` until the initial Node listing is complete.
+    targets: tokio::sync::watch::Receiver<Option<Arc<Vec<Target>>>>,
     services: Mutex<HashMap<ObjectRef<Service>, ServiceState>>,
     /// Asks for every Service to be reconciled again: after a load balancer
     /// is deleted, Services waiting for an address or port may get one.
@@ -85,10 +87,15 @@ struct ServiceState {
 }
 
 impl Context {
-    /// The eligible targets, from the Node store.
-    fn targets(&self) -> Vec<Target> {
-        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
-        crate::spec::targets(&nodes)
+    /// The eligible targets (empty only before the Node listing completed,
+    /// which `run` waits for).
+    fn targets(&self) -> Arc<Vec<Target>> {
+        self.targets.borrow().clone().unwrap_or_default()
+    }
+
+    /// Services in the namespace this controller watches (or all).
+    fn services_api(&self) -> Api<Service> {
+        services_api(&self.client, self.config.namespace.as_deref())
     }
 
     /// The class this controller serves the Service under, if any: only
@@ -111,7 +118,7 @@ impl Context {
 /// first.
 ///
 /// # Errors
-/// When the Node cache's writer goes away before it was filled.
+/// When the Node watch ends before its initial listing completed.
 pub async fn run(
     client: Client,
     config: ControllerConfig,
@@ -125,13 +132,12 @@ pub async fn run(
     let node_events = watcher(Api::<Node>::all(client.clone()), node_watch)
         .default_backoff()
         .reflect(node_writer);
-    // Signal each time the set of eligible targets changes (after any
-    // event, the initial listing's end included).
+    // Publish the targets and signal each time the set of eligible targets
+    // changes (after any event, the initial listing's end included).
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let node_changed_tx = changed_tx.clone();
-    let node_store = nodes.clone();
+    let (targets_tx, mut targets_rx) = tokio::sync::watch::channel(None::<Arc<Vec<Target>>>);
     let node_task = tokio::spawn(async move {
-        let mut last: Option<Vec<Target>> = None;
         let mut listed = false;
         futures::pin_mut!(node_events);
         while let Some(ev) = node_events.next().await {
@@ -146,11 +152,11 @@ pub async fn run(
             if !listed {
                 continue;
             }
-            let all: Vec<Node> = node_store.state().iter().map(|n| (**n).clone()).collect();
+            let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
             let now = crate::spec::targets(&all);
-            if last.as_ref() != Some(&now) {
+            if targets_tx.borrow().as_deref() != Some(&now) {
                 tracing::info!(targets = now.len(), "eligible nodes changed");
-                last = Some(now);
+                targets_tx.send_replace(Some(Arc::new(now)));
                 // A full channel already holds a pending signal: enough.
                 let _ = node_changed_tx.try_send(());
             }
@@ -167,16 +173,12 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         config: config.clone(),
-        nodes: nodes.clone(),
+        targets: targets_rx.clone(),
         services: Mutex::default(),
         retry_all,
     });
 
-    let services: Api<Service> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let controller = Controller::new(services, watcher::Config::default())
+    let controller = Controller::new(ctx.services_api(), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .reconcile_all_on(target_changes)
         .graceful_shutdown_on(shutdown);
@@ -184,7 +186,7 @@ pub async fn run(
     // Reconciling before the Node cache is filled would strip every load
     // balancer of its targets; and providers hear what exists before the
     // first ensure.
-    nodes.wait_until_ready().await?;
+    targets_rx.wait_for(Option::is_some).await?;
     reconcile::restore(&ctx).await;
 
     controller
@@ -199,6 +201,14 @@ pub async fn run(
         .await;
     node_task.abort();
     Ok(())
+}
+
+/// Services in `namespace`, or in all namespaces.
+fn services_api(client: &Client, namespace: Option<&str>) -> Api<Service> {
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Decides when a failed Service is tried again: permanent errors wait for

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ServiceKey};
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
@@ -269,11 +269,7 @@ fn forget(ctx: &Context, svc: &Service) {
 /// already provisioned (those carrying the finalizer and their class).
 /// Failures are logged: a provider then simply starts from nothing.
 pub(super) async fn restore(ctx: &Context) {
-    let api: Api<Service> = match &ctx.config.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let services = match api.list(&ListParams::default()).await {
+    let services = match ctx.services_api().list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(e) => {
             tracing::warn!(error = %e, "listing Services to restore provider state failed");

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ferrylb_haproxy::process::{ProcessSettings, RunMode, master_command};
+use ferrylb_haproxy::process::master_command;
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
 use ferrylb_model::conformance::sample_spec;
 use ferrylb_model::{LoadBalancerProvider, LoadBalancerSpec, Target};
@@ -41,17 +41,9 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("ferrylb-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let provider = HaproxyProvider::new(HaproxySettings {
-        pool: "127.1.0.0/16".parse().unwrap(),
-        process: ProcessSettings {
-            binary: "haproxy".into(),
-            config_path: dir.join("haproxy.cfg"),
-            master_socket: dir.join("master.sock"),
-            mode: RunMode::Managed,
-        },
-        admin_socket: dir.join("admin.sock"),
-        vip_interface: None,
         hard_stop_after: Duration::from_secs(10),
         node_check_port: Some(10256),
+        ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
     });
     let targets: Vec<Target> = (1..=nodes)
         .map(|i| Target {

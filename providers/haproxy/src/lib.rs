@@ -48,6 +48,28 @@ pub struct HaproxySettings {
     pub node_check_port: Option<u16>,
 }
 
+impl HaproxySettings {
+    /// Settings for a managed `haproxy` (found on `PATH`) whose
+    /// configuration and sockets live in `dir`: `haproxy.cfg`,
+    /// `master.sock`, `admin.sock`. Per-server health checks, 30 s
+    /// hard-stop-after, VIPs already owned by the host.
+    pub fn in_dir(pool: AddressPool, dir: &std::path::Path) -> Self {
+        HaproxySettings {
+            pool,
+            process: ProcessSettings {
+                binary: "haproxy".into(),
+                config_path: dir.join("haproxy.cfg"),
+                master_socket: dir.join("master.sock"),
+                mode: process::RunMode::Managed,
+            },
+            admin_socket: dir.join("admin.sock"),
+            vip_interface: None,
+            hard_stop_after: Duration::from_secs(30),
+            node_check_port: None,
+        }
+    }
+}
+
 /// The HAProxy provider.
 pub struct HaproxyProvider {
     settings: HaproxySettings,
