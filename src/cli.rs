@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrylb_aws::{AwsSettings, RateLimits};
 use ferrylb_haproxy::HaproxySettings;
 use ferrylb_haproxy::pool::AddressPool;
 use ferrylb_haproxy::process::{ProcessSettings, RunMode};
@@ -34,11 +35,15 @@ pub enum Command {
     /// Print the address assignments and the HAProxy configuration FerryLB
     /// would apply for Service and Node manifests, without a cluster.
     Plan(PlanArgs),
+    /// List (and with --delete, remove) cloud resources tagged for this
+    /// cluster whose Service no longer exists.
+    Gc(Box<GcArgs>),
 }
 
 /// Providers FerryLB can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderName {
+    Aws,
     Haproxy,
 }
 
@@ -83,7 +88,108 @@ pub struct ControllerArgs {
     pub instance: Option<String>,
 
     #[command(flatten)]
+    pub aws: AwsArgs,
+
+    #[command(flatten)]
     pub haproxy: HaproxyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// loadBalancerClass served by the AWS provider.
+    #[arg(long, env = "FERRYLB_AWS_CLASS", default_value = "ferrylb.io/aws")]
+    pub aws_class: String,
+
+    /// This cluster's name: tagged on every resource FerryLB creates and the
+    /// scope of garbage collection. Clusters sharing an account must differ.
+    #[arg(long, env = "FERRYLB_AWS_CLUSTER_NAME")]
+    pub aws_cluster_name: Option<String>,
+
+    /// AWS region (default: AWS_REGION or the profile's).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// Endpoint for every AWS API, for LocalStack or moto
+    /// (e.g. http://127.0.0.1:4566).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+
+    /// Discover subnets in this VPC only.
+    #[arg(long, env = "FERRYLB_AWS_VPC_ID")]
+    pub aws_vpc_id: Option<String>,
+
+    /// Multiplies FerryLB's client-side AWS rate limits (1 keeps inside
+    /// AWS's published buckets; raise it only for local endpoints).
+    #[arg(long, env = "FERRYLB_AWS_API_RATE_SCALE", default_value_t = 1.0)]
+    pub aws_api_rate_scale: f64,
+
+    /// Share of the ELBv2 describe budget that periodic drift checks may use.
+    #[arg(long, env = "FERRYLB_AWS_RESYNC_DESCRIBE_SHARE", default_value_t = 0.5)]
+    pub aws_resync_describe_share: f64,
+
+    /// Delete orphaned AWS resources (tagged for this cluster, Service gone)
+    /// this often. Unset: never (run `ferrylb gc` by hand).
+    #[arg(long, env = "FERRYLB_AWS_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub aws_gc_interval: Option<Duration>,
+}
+
+impl AwsArgs {
+    /// The provider's settings.
+    ///
+    /// # Errors
+    /// When no cluster name is given or a rate is out of range.
+    pub fn settings(&self) -> anyhow::Result<AwsSettings> {
+        let cluster = self.aws_cluster_name.clone().ok_or_else(|| {
+            anyhow::anyhow!("the aws provider needs --aws-cluster-name (FERRYLB_AWS_CLUSTER_NAME)")
+        })?;
+        anyhow::ensure!(
+            !cluster.is_empty()
+                && cluster.len() <= 63
+                && cluster
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "--aws-cluster-name {cluster:?}: 1-63 letters, digits, '-', '_' or '.'"
+        );
+        anyhow::ensure!(
+            self.aws_api_rate_scale > 0.0,
+            "--aws-api-rate-scale must be positive"
+        );
+        anyhow::ensure!(
+            self.aws_resync_describe_share > 0.0 && self.aws_resync_describe_share <= 1.0,
+            "--aws-resync-describe-share must be in (0, 1]"
+        );
+        let mut s = AwsSettings::new(cluster);
+        s.vpc_id = self.aws_vpc_id.clone();
+        s.limits = RateLimits {
+            scale: self.aws_api_rate_scale,
+            resync_share: self.aws_resync_describe_share,
+        };
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The provider whose resources to collect.
+    #[arg(long, value_enum)]
+    pub provider: GcProvider,
+
+    /// Delete the orphans (default: only list them).
+    #[arg(long)]
+    pub delete: bool,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// Providers that create cloud resources which can be orphaned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GcProvider {
+    Aws,
 }
 
 #[derive(Debug, Args)]

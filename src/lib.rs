@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod controller;
+pub mod gc;
 pub mod plan;
 pub mod spec;

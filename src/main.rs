@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ferrylb::cli::{Cli, Command, ControllerArgs, LogFormat, PlanArgs, ProviderName};
+use ferrylb::cli::{
+    AwsArgs, Cli, Command, ControllerArgs, GcArgs, GcProvider, LogFormat, PlanArgs, ProviderName,
+};
 use ferrylb::controller::{self, ControllerConfig};
+use ferrylb_aws::AwsProvider;
 use ferrylb_haproxy::HaproxyProvider;
 use ferrylb_model::LoadBalancerProvider;
 use tracing_subscriber::EnvFilter;
@@ -19,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Controller(args) => run_controller(*args).await,
         Command::Plan(args) => run_plan(&args),
+        Command::Gc(args) => run_gc(*args).await,
     }
 }
 
@@ -47,8 +51,8 @@ fn run_plan(args: &PlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = match &args.kubeconfig {
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -59,12 +63,55 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         None => kube::Client::try_default()
             .await
             .context("loading in-cluster configuration")?,
+    })
+}
+
+async fn aws_provider(args: &AwsArgs) -> anyhow::Result<AwsProvider> {
+    let settings = args.settings()?;
+    let sdk =
+        ferrylb_aws::load_sdk_config(args.aws_region.as_deref(), args.aws_endpoint_url.as_deref())
+            .await;
+    anyhow::ensure!(
+        sdk.region().is_some(),
+        "the aws provider needs a region: --aws-region, AWS_REGION or a profile's region"
+    );
+    Ok(AwsProvider::new(&sdk, settings))
+}
+
+async fn run_gc(args: GcArgs) -> anyhow::Result<()> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let provider = match args.provider {
+        GcProvider::Aws => aws_provider(&args.aws).await?,
     };
+    let report = ferrylb::gc::collect(&client, &provider, args.delete).await?;
+    print!("{}", ferrylb::gc::render(&report, args.delete));
+    anyhow::ensure!(
+        report.failed.is_empty(),
+        "{} orphan(s) could not be deleted",
+        report.failed.len()
+    );
+    Ok(())
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
 
     let mut classes: BTreeMap<String, Arc<dyn LoadBalancerProvider>> = BTreeMap::new();
     let mut haproxy: Option<Arc<HaproxyProvider>> = None;
+    let mut gc_task = None;
     for p in &args.providers {
         match p {
+            ProviderName::Aws => {
+                let provider = Arc::new(aws_provider(&args.aws).await?);
+                if let Some(every) = args.aws.aws_gc_interval {
+                    gc_task = Some(tokio::spawn(periodic_gc(
+                        client.clone(),
+                        provider.clone(),
+                        every,
+                    )));
+                }
+                classes.insert(args.aws.aws_class.clone(), provider);
+            }
             ProviderName::Haproxy => {
                 let settings = args.haproxy.settings()?;
                 if let Some(dir) = settings.process.config_path.parent() {
@@ -78,6 +125,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
     }
     let class_of = |p: ProviderName| match p {
+        ProviderName::Aws => args.aws.aws_class.clone(),
         ProviderName::Haproxy => args.haproxy.haproxy_class.clone(),
     };
     let default_class = match args.default_provider {
@@ -97,11 +145,32 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     tracing::info!(classes = ?config.classes.keys().collect::<Vec<_>>(), default = ?config.default_class, "starting controller");
     controller::run(client, config, shutdown_signal()).await?;
+    if let Some(t) = gc_task {
+        t.abort();
+    }
     if let Some(h) = haproxy {
         h.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes orphaned AWS resources every `every`.
+async fn periodic_gc(client: kube::Client, provider: Arc<AwsProvider>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match ferrylb::gc::collect(&client, &provider, true).await {
+            Ok(r) if r.orphans.is_empty() => tracing::debug!("garbage collection: no orphans"),
+            Ok(r) => tracing::info!(
+                orphans = r.orphans.len(),
+                failed = r.failed.len(),
+                "garbage collection done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -36,6 +36,15 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
         self.ensure(spec).await.map(|_| ())
     }
 
+    /// Called after the status returned by [`ensure`](Self::ensure) was
+    /// published on the Service. A provider that replaced a load balancer
+    /// (a change the cloud cannot make in place) deletes the old one here, so
+    /// the Service never points at an address that is already gone. The
+    /// default does nothing.
+    async fn published(&self, _spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Deletes the load balancer and everything created for it.
     ///
     /// # Contract

@@ -157,6 +157,17 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             events::warning(&ctx.recorder, svc, &w.reason, w.message.clone()).await;
         }
     }
+    // Only now that the Service names the new load balancer may the
+    // provider let go of one it replaced.
+    if let Err(source) = provider.published(&spec).await {
+        let err = Error::Ensure {
+            svc: svc_name(svc),
+            provider: provider.name().to_owned(),
+            source,
+        };
+        report_failure(svc, &err, ctx).await;
+        return Err(err);
+    }
     remember(ctx, key, spec, lb_status);
     Ok(Action::requeue(ctx.config.resync))
 }

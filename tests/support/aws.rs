@@ -1,17 +1,15 @@
-//! AWS helpers: SDK clients for the environment's moto server, each test in
-//! an AWS account of its own so tests running in parallel never see each
-//! other's resources.
+//! AWS helpers: SDK clients for the environment's moto server, and a VPC
+//! per test. moto serves every access key from one account, so tests keep
+//! apart by VPC and cluster name: each test seeds its own VPC, runs the
+//! provider with that VPC and a cluster name of its own, and lists only what
+//! is in its VPC.
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::Credentials;
 
 use super::env::TestEnv;
 
-/// SDK configuration pointing at moto, in a fresh account.
-///
-/// moto keys its state by account, and takes a 12-digit access key id as the
-/// account id, so a new id gives this test an empty account: the isolation a
-/// server-wide reset would give, without disturbing tests running alongside.
+/// SDK configuration pointing at moto.
 pub async fn sdk_config(env: &TestEnv) -> SdkConfig {
     sdk_config_for_account(env, &fresh_account_id()).await
 }
@@ -38,4 +36,272 @@ pub fn fresh_account_id() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     format!("{:07}{:05}", std::process::id() % 10_000_000, n % 100_000)
+}
+
+/// A VPC with one subnet per zone (tagged for internet-facing and internal
+/// load balancers of `cluster`) and EC2 instances standing for nodes.
+pub struct Seed {
+    /// A cluster name used by no other test.
+    pub cluster: String,
+    pub vpc: String,
+    pub subnets: Vec<String>,
+    /// (instance id, zone).
+    pub instances: Vec<(String, String)>,
+}
+
+impl Seed {
+    /// The Node `spec.providerID` of instance `i`.
+    pub fn provider_id(&self, i: usize) -> String {
+        let (id, zone) = &self.instances[i];
+        format!("aws:///{zone}/{id}")
+    }
+}
+
+/// Creates the VPC, subnets and `instances` instances (spread over zones).
+pub async fn seed(conf: &SdkConfig, instances: usize) -> Seed {
+    let cluster = &format!("test-{}", fresh_account_id());
+    use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .expect("CreateVpc")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("a VPC id")
+        .to_owned();
+    let mut subnets = Vec::new();
+    let zones = ["us-east-1a", "us-east-1b"];
+    for (i, zone) in zones.iter().enumerate() {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Subnet)
+            .tags(
+                Tag::builder()
+                    .key("kubernetes.io/role/elb")
+                    .value("1")
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key("kubernetes.io/role/internal-elb")
+                    .value("1")
+                    .build(),
+            )
+            .tags(
+                Tag::builder()
+                    .key(format!("kubernetes.io/cluster/{cluster}"))
+                    .value("shared")
+                    .build(),
+            )
+            .build();
+        let s = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .cidr_block(format!("10.0.{}.0/24", i + 1))
+            .availability_zone(*zone)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .expect("CreateSubnet");
+        subnets.push(
+            s.subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("a subnet id")
+                .to_owned(),
+        );
+    }
+    let mut out = Vec::new();
+    for i in 0..instances {
+        let z = i % zones.len();
+        let run = ec2
+            .run_instances()
+            .image_id("ami-12345678")
+            .instance_type(InstanceType::T3Micro)
+            .subnet_id(&subnets[z])
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .expect("RunInstances");
+        let id = run.instances()[0]
+            .instance_id()
+            .expect("an instance id")
+            .to_owned();
+        out.push((id, zones[z].to_owned()));
+    }
+    Seed {
+        cluster: cluster.clone(),
+        vpc,
+        subnets,
+        instances: out,
+    }
+}
+
+/// An AWS provider for the seed's cluster and VPC. moto does not throttle,
+/// so FerryLB's own pacing is scaled up to keep tests fast.
+pub fn provider(conf: &SdkConfig, seed: &Seed) -> ferrylb_aws::AwsProvider {
+    ferrylb_aws::AwsProvider::new(conf, settings(seed))
+}
+
+/// Test settings for the seed's cluster and VPC (fast pacing).
+pub fn settings(seed: &Seed) -> ferrylb_aws::AwsSettings {
+    let mut s = ferrylb_aws::AwsSettings::new(&seed.cluster);
+    s.vpc_id = Some(seed.vpc.clone());
+    s.limits.scale = 1000.0;
+    s
+}
+
+/// Everything ELBv2 and EC2 security groups hold in the seed's VPC.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub load_balancers: Vec<aws_sdk_elasticloadbalancingv2::types::LoadBalancer>,
+    pub target_groups: Vec<aws_sdk_elasticloadbalancingv2::types::TargetGroup>,
+    /// Listeners of every load balancer.
+    pub listeners: Vec<aws_sdk_elasticloadbalancingv2::types::Listener>,
+    /// (target group name, target id, port), sorted.
+    pub targets: Vec<(String, String, u16)>,
+    /// Security groups other than the VPCs' default ones.
+    pub security_groups: Vec<aws_sdk_ec2::types::SecurityGroup>,
+}
+
+impl Inventory {
+    /// Whether nothing FerryLB could have made exists.
+    pub fn is_empty(&self) -> bool {
+        self.load_balancers.is_empty()
+            && self.target_groups.is_empty()
+            && self.listeners.is_empty()
+            && self.security_groups.is_empty()
+    }
+
+    /// Target group name → (protocol, port) and sorted targets.
+    pub fn targets_of(&self, tg_name: &str) -> Vec<(String, u16)> {
+        self.targets
+            .iter()
+            .filter(|(n, _, _)| n == tg_name)
+            .map(|(_, id, port)| (id.clone(), *port))
+            .collect()
+    }
+}
+
+/// Lists the seed's VPC.
+pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
+    let in_vpc = |v: Option<&str>| v == Some(seed.vpc.as_str());
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(conf);
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let mut inv = Inventory {
+        load_balancers: elb
+            .describe_load_balancers()
+            .send()
+            .await
+            .expect("DescribeLoadBalancers")
+            .load_balancers()
+            .iter()
+            .filter(|l| in_vpc(l.vpc_id()))
+            .cloned()
+            .collect(),
+        ..Inventory::default()
+    };
+    for lb in &inv.load_balancers {
+        inv.listeners.extend(
+            elb.describe_listeners()
+                .load_balancer_arn(lb.load_balancer_arn().unwrap())
+                .send()
+                .await
+                .expect("DescribeListeners")
+                .listeners()
+                .iter()
+                .cloned(),
+        );
+    }
+    inv.target_groups = elb
+        .describe_target_groups()
+        .send()
+        .await
+        .expect("DescribeTargetGroups")
+        .target_groups()
+        .iter()
+        .filter(|t| in_vpc(t.vpc_id()))
+        .cloned()
+        .collect();
+    for tg in &inv.target_groups {
+        let h = elb
+            .describe_target_health()
+            .target_group_arn(tg.target_group_arn().unwrap())
+            .send()
+            .await
+            .expect("DescribeTargetHealth");
+        for d in h.target_health_descriptions() {
+            let t = d.target().unwrap();
+            inv.targets.push((
+                tg.target_group_name().unwrap().to_owned(),
+                t.id().unwrap_or_default().to_owned(),
+                t.port().unwrap_or_default() as u16,
+            ));
+        }
+    }
+    inv.targets.sort();
+    inv.security_groups = ec2
+        .describe_security_groups()
+        .send()
+        .await
+        .expect("DescribeSecurityGroups")
+        .security_groups()
+        .iter()
+        .filter(|g| g.group_name() != Some("default") && in_vpc(g.vpc_id()))
+        .cloned()
+        .collect();
+    inv
+}
+
+/// Simulates the process dying around AWS call `k` (counting from 1):
+/// call `k` reaches AWS and takes effect but its answer is lost, and no
+/// later call is sent.
+#[derive(Debug)]
+pub struct CrashAfter {
+    k: usize,
+    sent: std::sync::atomic::AtomicUsize,
+}
+
+impl CrashAfter {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            sent: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for CrashAfter {
+    fn name(&self) -> &'static str {
+        "CrashAfter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        if self.sent.load(Ordering::SeqCst) >= self.k {
+            return Err("process gone: call not sent".into());
+        }
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        _ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use std::sync::atomic::Ordering;
+        if self.sent.load(Ordering::SeqCst) >= self.k {
+            return Err("process gone: answer lost".into());
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,399 @@
+//! What the AWS resources for one Service should look like: names, tags,
+//! listeners, target groups, targets and security-group rules, computed by a
+//! pure function from the provider-neutral spec and the typed options.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol, ProviderError, Warning};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use crate::options::{
+    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, SSL_PORTS, Scheme,
+    TargetType,
+};
+
+/// Tag naming the cluster that owns a resource.
+pub const TAG_CLUSTER: &str = "ferrylb.io/cluster";
+/// Tag naming the owning Service as `namespace/name`.
+pub const TAG_SERVICE: &str = "ferrylb.io/service";
+/// Tag carrying the owning Service's uid: what FerryLB finds resources by.
+pub const TAG_SERVICE_UID: &str = "ferrylb.io/service-uid";
+
+/// The tag AWS tooling uses for cluster ownership.
+pub fn cluster_ownership_tag(cluster: &str) -> String {
+    format!("kubernetes.io/cluster/{cluster}")
+}
+
+/// An ELBv2 protocol for listeners and target groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ElbProtocol {
+    Tcp,
+    Udp,
+    TcpUdp,
+    Tls,
+}
+
+impl ElbProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElbProtocol::Tcp => "TCP",
+            ElbProtocol::Udp => "UDP",
+            ElbProtocol::TcpUdp => "TCP_UDP",
+            ElbProtocol::Tls => "TLS",
+        }
+    }
+
+    /// The IP protocols a security group must open for this listener.
+    fn ip_protocols(self) -> &'static [&'static str] {
+        match self {
+            ElbProtocol::Tcp | ElbProtocol::Tls => &["tcp"],
+            ElbProtocol::Udp => &["udp"],
+            ElbProtocol::TcpUdp => &["tcp", "udp"],
+        }
+    }
+}
+
+/// A target group's health check, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Health {
+    pub protocol: HealthProtocol,
+    pub port: HealthPort,
+    pub path: Option<String>,
+    /// `None` leaves AWS's default (or whatever is set) alone.
+    pub interval: Option<i32>,
+    pub timeout: Option<i32>,
+    pub healthy_threshold: Option<i32>,
+    pub unhealthy_threshold: Option<i32>,
+}
+
+impl Health {
+    fn resolve(spec: &HealthCheck, o: &HealthOverrides) -> Health {
+        let (protocol, port, path) = match spec {
+            HealthCheck::TrafficPort => (HealthProtocol::Tcp, HealthPort::TrafficPort, None),
+            HealthCheck::Http { port, path } => (
+                HealthProtocol::Http,
+                HealthPort::Port(*port),
+                Some(path.clone()),
+            ),
+        };
+        let protocol = o.protocol.unwrap_or(protocol);
+        let path = match protocol {
+            HealthProtocol::Tcp => None,
+            _ => o.path.clone().or(path).or_else(|| Some("/".to_owned())),
+        };
+        Health {
+            protocol,
+            port: o.port.unwrap_or(port),
+            path,
+            interval: o.interval,
+            timeout: o.timeout,
+            healthy_threshold: o.healthy_threshold,
+            unhealthy_threshold: o.unhealthy_threshold,
+        }
+    }
+
+    pub fn protocol_str(&self) -> &'static str {
+        match self.protocol {
+            HealthProtocol::Tcp => "TCP",
+            HealthProtocol::Http => "HTTP",
+            HealthProtocol::Https => "HTTPS",
+        }
+    }
+
+    pub fn port_string(&self) -> String {
+        match self.port {
+            HealthPort::TrafficPort => "traffic-port".to_owned(),
+            HealthPort::Port(p) => p.to_string(),
+        }
+    }
+}
+
+/// A registered target: instance id or IP, on a port.
+pub type TargetKey = (String, u16);
+
+/// One target group. Its name covers everything AWS cannot change in place
+/// (protocol, target type, port), so a change to any of them is a new
+/// target group, never an in-place surprise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTargetGroup {
+    pub name: String,
+    pub protocol: ElbProtocol,
+    pub node_port: u16,
+    pub target_type: TargetType,
+    pub health: Health,
+    pub proxy_protocol: bool,
+    pub targets: BTreeSet<TargetKey>,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredListener {
+    pub port: u16,
+    pub protocol: ElbProtocol,
+    /// Certificate ARN and policy for TLS listeners.
+    pub tls: Option<(String, String)>,
+    pub target_group: DesiredTargetGroup,
+}
+
+/// One security-group ingress rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IngressRule {
+    pub protocol: &'static str,
+    pub port: u16,
+    pub cidr: IpNet,
+}
+
+/// Everything one Service's NLB should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The NLB's name: the Service's load balancer name with a hash that
+    /// also covers scheme and IP address type, which AWS cannot change in
+    /// place; changing either yields a new name and so a replacement.
+    pub name: String,
+    pub scheme: Scheme,
+    pub ip_address_type: IpAddressType,
+    pub subnets: Option<Vec<String>>,
+    pub security_group_name: String,
+    pub ingress: BTreeSet<IngressRule>,
+    /// By listener port.
+    pub listeners: BTreeMap<u16, DesiredListener>,
+    pub tags: BTreeMap<String, String>,
+    pub cross_zone: Option<bool>,
+    pub warnings: Vec<Warning>,
+}
+
+fn hash10(parts: &[&str]) -> String {
+    let digest = Sha256::digest(parts.join("\u{0}"));
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The NLB name for a Service's load balancer name, scheme and address type.
+pub fn nlb_name(lb_name: &str, scheme: Scheme, ip: IpAddressType) -> String {
+    if scheme == Scheme::default() && ip == IpAddressType::default() {
+        return lb_name.to_owned();
+    }
+    let stem = lb_name.rsplit_once('-').map_or(lb_name, |(s, _)| s);
+    format!(
+        "{stem}-{}",
+        hash10(&[lb_name, scheme.as_str(), ip.as_str()])
+    )
+}
+
+/// A target group name: `fl-<hash>-<port>`, at most 32 characters.
+pub fn target_group_name(
+    nlb: &str,
+    port: u16,
+    protocol: ElbProtocol,
+    node_port: u16,
+    target_type: TargetType,
+) -> String {
+    let h = hash10(&[
+        nlb,
+        &port.to_string(),
+        protocol.as_str(),
+        &node_port.to_string(),
+        target_type.as_str(),
+    ]);
+    format!("fl-{h}-{port}")
+}
+
+/// The instance id in a Node's `providerID` (`aws:///us-east-1a/i-0abc…`).
+pub fn instance_id(provider_id: &str) -> Option<&str> {
+    let rest = provider_id.strip_prefix("aws://")?;
+    let id = rest.rsplit('/').next()?;
+    (id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|c| c.is_ascii_alphanumeric()))
+        .then_some(id)
+}
+
+impl Desired {
+    /// Computes the desired resources.
+    ///
+    /// # Errors
+    /// Permanent errors for what AWS cannot build (SCTP only, TLS on UDP,
+    /// TCP and UDP on one port with different nodePorts).
+    pub fn build(
+        spec: &LoadBalancerSpec,
+        o: &AwsOptions,
+        cluster: &str,
+    ) -> Result<Desired, ProviderError> {
+        let name = nlb_name(&spec.lb.name, o.scheme, o.ip_address_type);
+        let mut warnings = o.warnings.clone();
+
+        let mut targets = BTreeSet::new();
+        let mut skipped = Vec::new();
+        for t in &spec.targets {
+            let id = match o.target_type {
+                TargetType::Instance => t
+                    .provider_id
+                    .as_deref()
+                    .and_then(instance_id)
+                    .map(str::to_owned),
+                TargetType::Ip => t
+                    .addresses
+                    .iter()
+                    .find(|a| matches!(a, IpAddr::V4(_)))
+                    .map(ToString::to_string),
+            };
+            match id {
+                Some(id) => {
+                    targets.insert(id);
+                }
+                None => skipped.push(t.node.clone()),
+            }
+        }
+        if !skipped.is_empty() {
+            let what = match o.target_type {
+                TargetType::Instance => "an AWS providerID (aws:///<zone>/i-…)",
+                TargetType::Ip => "an IPv4 InternalIP",
+            };
+            warnings.push(Warning {
+                reason: "NodesNotRegistered".into(),
+                message: format!(
+                    "nodes without {what} are not registered as targets: {}",
+                    skipped.join(", ")
+                ),
+            });
+        }
+
+        // Group the Service's ports by port number: TCP and UDP on one port
+        // become one TCP_UDP listener.
+        let mut by_port: BTreeMap<u16, Vec<&ferrylb_model::Listener>> = BTreeMap::new();
+        for l in &spec.listeners {
+            if l.protocol == Protocol::Sctp {
+                warnings.push(Warning {
+                    reason: "UnsupportedProtocol".into(),
+                    message: format!(
+                        "port {}/SCTP is not served: Network Load Balancers do not support SCTP",
+                        l.port
+                    ),
+                });
+                continue;
+            }
+            by_port.entry(l.port).or_default().push(l);
+        }
+        if by_port.is_empty() {
+            return Err(ProviderError::permanent(
+                "UnsupportedProtocol",
+                "the Service has no TCP or UDP port a Network Load Balancer can serve",
+            ));
+        }
+
+        let health = Health::resolve(&spec.health_check, &o.health);
+        let mut listeners = BTreeMap::new();
+        for (port, ls) in by_port {
+            let (protocol, node_port, names) = match ls.as_slice() {
+                [l] => (
+                    match l.protocol {
+                        Protocol::Udp => ElbProtocol::Udp,
+                        _ => ElbProtocol::Tcp,
+                    },
+                    l.node_port,
+                    vec![l.name.clone()],
+                ),
+                [a, b] if a.node_port == b.node_port => (
+                    ElbProtocol::TcpUdp,
+                    a.node_port,
+                    vec![a.name.clone(), b.name.clone()],
+                ),
+                _ => {
+                    return Err(ProviderError::permanent(
+                        "UnsupportedPorts",
+                        format!(
+                            "port {port} is used for TCP and UDP with different nodePorts; a TCP_UDP listener needs one nodePort"
+                        ),
+                    ));
+                }
+            };
+            let tls_here = o.tls.as_ref().filter(|t| {
+                t.ports.as_ref().is_none_or(|ps| {
+                    ps.contains(&port.to_string()) || names.iter().any(|n| ps.contains(n))
+                })
+            });
+            let (protocol, tls) = match (tls_here, protocol) {
+                (None, p) => (p, None),
+                (Some(t), ElbProtocol::Tcp) => (
+                    ElbProtocol::Tls,
+                    Some((t.certificate_arn.clone(), t.policy.clone())),
+                ),
+                (Some(_), _) if o.tls.as_ref().is_some_and(|t| t.ports.is_none()) => {
+                    (protocol, None)
+                }
+                (Some(_), p) => {
+                    return Err(ProviderError::invalid(
+                        SSL_PORTS,
+                        &port.to_string(),
+                        &format!("TLS is for TCP ports; port {port} is {}", p.as_str()),
+                    ));
+                }
+            };
+            // The target group forwards plain TCP behind a TLS listener.
+            let tg_protocol = if protocol == ElbProtocol::Tls {
+                ElbProtocol::Tcp
+            } else {
+                protocol
+            };
+            let target_group = DesiredTargetGroup {
+                name: target_group_name(&name, port, tg_protocol, node_port, o.target_type),
+                protocol: tg_protocol,
+                node_port,
+                target_type: o.target_type,
+                health: health.clone(),
+                proxy_protocol: o.proxy_protocol,
+                targets: targets.iter().map(|id| (id.clone(), node_port)).collect(),
+            };
+            listeners.insert(
+                port,
+                DesiredListener {
+                    port,
+                    protocol,
+                    tls,
+                    target_group,
+                },
+            );
+        }
+
+        let mut cidrs = spec.source_ranges.clone();
+        if cidrs.is_empty() {
+            cidrs.push("0.0.0.0/0".parse().expect("a CIDR"));
+            if o.ip_address_type == IpAddressType::Dualstack {
+                cidrs.push("::/0".parse().expect("a CIDR"));
+            }
+        }
+        let ingress = listeners
+            .values()
+            .flat_map(|l| {
+                l.protocol.ip_protocols().iter().flat_map(|p| {
+                    cidrs.iter().map(|c| IngressRule {
+                        protocol: p,
+                        port: l.port,
+                        cidr: *c,
+                    })
+                })
+            })
+            .collect();
+
+        let mut tags = o.extra_tags.clone();
+        tags.insert(TAG_CLUSTER.into(), cluster.into());
+        tags.insert(cluster_ownership_tag(cluster), "owned".into());
+        tags.insert(TAG_SERVICE.into(), spec.lb.key.to_string());
+        tags.insert(TAG_SERVICE_UID.into(), spec.lb.key.uid.clone());
+
+        Ok(Desired {
+            security_group_name: spec.lb.name.clone(),
+            name,
+            scheme: o.scheme,
+            ip_address_type: o.ip_address_type,
+            subnets: o.subnets.clone(),
+            ingress,
+            listeners,
+            tags,
+            cross_zone: o.cross_zone,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

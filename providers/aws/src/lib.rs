@@ -1,0 +1,162 @@
+//! FerryLB's AWS provider: one ELBv2 Network Load Balancer per Service, a
+//! target group and a listener per Service port, targets on every eligible
+//! node's nodePort, and a security group carrying the Service's source
+//! ranges.
+//!
+//! # How it finds what it made
+//! Every resource is tagged with the cluster and the Service's uid
+//! ([`desired::TAG_SERVICE_UID`]) at creation, in the creating call itself.
+//! Before creating anything, the provider looks its resources up by those
+//! tags (one Resource Groups Tagging API call), so a restart between any two
+//! calls finds what the earlier run made and never creates a duplicate.
+//!
+//! # What it costs
+//! See `BENCHMARKS.md` for the calls per operation. In short, for P ports
+//! and K nodes: create 4 + 3P calls plus P·⌈K/200⌉ registrations; a node
+//! added costs one RegisterTargets per target group and no describes; a
+//! delete costs 3 + P.
+#![forbid(unsafe_code)]
+
+pub mod client;
+mod converge;
+pub mod desired;
+pub mod gc;
+pub mod options;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
+use ferrylb_model::{
+    LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
+};
+
+pub use client::{CallCounter, Clients, RateLimits, load_sdk_config};
+use desired::TargetKey;
+pub use gc::Orphan;
+
+/// How the provider runs.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    /// The cluster's name: tagged on every resource, and the scope of
+    /// `ferrylb gc`. Two clusters sharing an account must differ.
+    pub cluster: String,
+    /// Restricts subnet discovery to this VPC.
+    pub vpc_id: Option<String>,
+    /// Client-side pacing.
+    pub limits: RateLimits,
+    /// How long discovered subnets are reused before asking EC2 again.
+    pub subnet_cache_ttl: Duration,
+}
+
+impl AwsSettings {
+    /// Settings for `cluster` with AWS's published rates.
+    pub fn new(cluster: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            vpc_id: None,
+            limits: RateLimits::default(),
+            subnet_cache_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the provider remembers about a load balancer it converged, so a
+/// target-only change needs no describe at all. Lost on restart (the next
+/// ensure rebuilds it from AWS).
+#[derive(Debug, Clone)]
+struct Known {
+    spec: LoadBalancerSpec,
+    /// Target groups by name: ARN and the targets registered.
+    target_groups: BTreeMap<String, (String, std::collections::BTreeSet<TargetKey>)>,
+    /// An NLB of an earlier shape (scheme or address type changed) still
+    /// exists and is deleted once the new one's status is published.
+    stale: bool,
+}
+
+/// The AWS provider.
+pub struct AwsProvider {
+    clients: Clients,
+    settings: AwsSettings,
+    known: Mutex<HashMap<String, Known>>,
+    subnets: Mutex<HashMap<converge::SubnetQuery, (std::time::Instant, converge::Subnets)>>,
+}
+
+impl AwsProvider {
+    /// A provider using `sdk`'s credentials, region and endpoint.
+    pub fn new(sdk: &SdkConfig, settings: AwsSettings) -> Self {
+        Self::with_interceptors(sdk, settings, &[])
+    }
+
+    /// A provider whose SDK clients also run `interceptors` (tests inject
+    /// faults this way).
+    pub fn with_interceptors(
+        sdk: &SdkConfig,
+        settings: AwsSettings,
+        interceptors: &[SharedInterceptor],
+    ) -> Self {
+        Self {
+            clients: Clients::new(sdk, settings.limits, interceptors),
+            settings,
+            known: Mutex::new(HashMap::new()),
+            subnets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// AWS requests made so far, by operation.
+    pub fn calls(&self) -> &CallCounter {
+        &self.clients.counter
+    }
+
+    /// The settings the provider runs with.
+    pub fn settings(&self) -> &AwsSettings {
+        &self.settings
+    }
+
+    fn forget(&self, uid: &str) {
+        self.known.lock().expect("known lock").remove(uid);
+    }
+}
+
+#[async_trait]
+impl LoadBalancerProvider for AwsProvider {
+    fn name(&self) -> &str {
+        "aws"
+    }
+
+    async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
+        Ok(self.current_status(lb).await?)
+    }
+
+    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
+        let result = self.converge(spec).await;
+        if result.is_err() {
+            self.forget(&spec.lb.key.uid);
+        }
+        result
+    }
+
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        let result = self.converge_targets(spec).await;
+        if result.is_err() {
+            self.forget(&spec.lb.key.uid);
+        }
+        result
+    }
+
+    async fn published(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        self.delete_stale(spec).await
+    }
+
+    async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
+        self.forget(&lb.key.uid);
+        let owned = self.find_owned(Some(&lb.key.uid)).await?;
+        match owned.get(&lb.key.uid) {
+            Some(o) => self.delete_owned(o).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The AWS provider against moto, without a cluster: the provider contract,
+//! the call budget, and restarts between any two calls of a create.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferrylb_aws::AwsProvider;
+use ferrylb_model::{
+    HealthCheck, Listener, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, Protocol,
+    ServiceKey, Target, conformance,
+};
+use support::aws::{self, CrashAfter, Seed};
+use support::env;
+
+fn target(seed: &Seed, i: usize) -> Target {
+    Target {
+        node: format!("node-{i}"),
+        addresses: vec![format!("10.0.{}.{}", i % 2 + 1, 10 + i).parse().unwrap()],
+        provider_id: Some(seed.provider_id(i)),
+    }
+}
+
+/// A Service with TCP ports 80 and 443 on `nodes` of the seed's instances.
+fn two_port_spec(seed: &Seed, name: &str, nodes: usize) -> LoadBalancerSpec {
+    LoadBalancerSpec {
+        lb: LoadBalancerRef::for_service(ServiceKey {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: format!("uid-{name}-{}", seed.cluster),
+        }),
+        listeners: vec![
+            Listener {
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: 30080,
+                name: "http".into(),
+            },
+            Listener {
+                protocol: Protocol::Tcp,
+                port: 443,
+                node_port: 30443,
+                name: "https".into(),
+            },
+        ],
+        targets: (0..nodes).map(|i| target(seed, i)).collect(),
+        health_check: HealthCheck::TrafficPort,
+        source_ranges: vec![],
+        requested_ips: vec![],
+        shared_ip_key: None,
+        status_ips: vec![],
+        annotations: BTreeMap::new(),
+    }
+}
+
+fn total(calls: &BTreeMap<String, u64>) -> u64 {
+    calls.values().sum()
+}
+
+fn count(calls: &BTreeMap<String, u64>, op: &str) -> u64 {
+    calls
+        .iter()
+        .filter(|(k, _)| k.ends_with(&format!(":{op}")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn describes(calls: &BTreeMap<String, u64>) -> u64 {
+    calls
+        .iter()
+        .filter(|(k, _)| k.contains(":Describe") || k.ends_with(":GetResources"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn aws_provider_passes_the_conformance_suite() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 3).await;
+    let p = aws::provider(&conf, &seed);
+    let targets = |range: std::ops::Range<usize>| range.map(|i| target(&seed, i)).collect();
+    // Names of their own: target group names are unique per region.
+    let a = conformance::sample_spec(&seed.cluster, "a", 30080, targets(0..2));
+    let b = conformance::sample_spec(&seed.cluster, "b", 30081, targets(1..3));
+    conformance::run(&p, &a, &b).await;
+    assert!(
+        aws::inventory(&conf, &seed).await.is_empty(),
+        "conformance left resources behind"
+    );
+}
+
+#[tokio::test]
+async fn create_node_changes_and_delete_stay_within_the_call_budget() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 4).await;
+    let p = aws::provider(&conf, &seed);
+    let spec = two_port_spec(&seed, "web", 3);
+    let ports = spec.listeners.len() as u64;
+
+    // Create: one NLB, a target group and listener per port, 3 targets each.
+    let status = p.ensure(&spec).await.expect("create");
+    let create = p.calls().snapshot();
+    // The subnet lookup is cached after the first create.
+    assert!(
+        total(&create) <= 4 + 3 * ports + ports + 1,
+        "create made {} calls: {create:?}",
+        total(&create)
+    );
+    assert_eq!(count(&create, "CreateLoadBalancer"), 1);
+    assert_eq!(count(&create, "RegisterTargets"), ports);
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(inv.target_groups.len(), 2);
+    assert_eq!(inv.listeners.len(), 2);
+    assert_eq!(inv.security_groups.len(), 1);
+    let dns = inv.load_balancers[0].dns_name().unwrap();
+    assert!(matches!(&status.ingress[0].address, ferrylb_model::Address::Hostname(h) if h == dns));
+    for tg in &inv.target_groups {
+        let want_port = if tg.target_group_name().unwrap().ends_with("-80") {
+            30080
+        } else {
+            30443
+        };
+        let mut want: Vec<(String, u16)> = (0..3)
+            .map(|i| (seed.instances[i].0.clone(), want_port))
+            .collect();
+        want.sort();
+        assert_eq!(inv.targets_of(tg.target_group_name().unwrap()), want);
+    }
+
+    // A node added: one RegisterTargets per target group, nothing else.
+    p.calls().reset();
+    let grown = two_port_spec(&seed, "web", 4);
+    p.update_targets(&grown).await.expect("node add");
+    let add = p.calls().snapshot();
+    assert_eq!(count(&add, "RegisterTargets"), ports, "{add:?}");
+    assert_eq!(total(&add), ports, "node add made other calls: {add:?}");
+
+    // A node removed: one DeregisterTargets per target group.
+    p.calls().reset();
+    p.update_targets(&spec).await.expect("node remove");
+    let remove = p.calls().snapshot();
+    assert_eq!(count(&remove, "DeregisterTargets"), ports, "{remove:?}");
+    assert_eq!(
+        total(&remove),
+        ports,
+        "node remove made other calls: {remove:?}"
+    );
+
+    // Nothing changed: a drift check is describes only.
+    p.calls().reset();
+    p.ensure(&spec).await.expect("resync");
+    let resync = p.calls().snapshot();
+    assert_eq!(
+        describes(&resync),
+        total(&resync),
+        "a resync mutated: {resync:?}"
+    );
+
+    // Delete: at most 3 + P calls, and nothing left.
+    p.calls().reset();
+    p.ensure_deleted(&spec.lb).await.expect("delete");
+    let delete = p.calls().snapshot();
+    assert!(
+        total(&delete) <= 3 + ports,
+        "delete made {} calls: {delete:?}",
+        total(&delete)
+    );
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
+#[tokio::test]
+async fn changing_one_port_touches_only_its_listener_and_target_group() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "ports", 2);
+    p.ensure(&spec).await.unwrap();
+    let before = aws::inventory(&conf, &seed).await;
+    let listener_443 = |inv: &aws::Inventory| {
+        inv.listeners
+            .iter()
+            .find(|l| l.port() == Some(443))
+            .map(|l| {
+                (
+                    l.listener_arn().unwrap().to_owned(),
+                    l.default_actions()[0]
+                        .target_group_arn()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .unwrap()
+    };
+
+    // Port 80 moves to nodePort 30081: a new target group for it, the old one
+    // gone, port 443 untouched.
+    spec.listeners[0].node_port = 30081;
+    p.calls().reset();
+    p.ensure(&spec).await.unwrap();
+    let calls = p.calls().snapshot();
+    let after = aws::inventory(&conf, &seed).await;
+    assert_eq!(listener_443(&before), listener_443(&after));
+    assert_eq!(count(&calls, "CreateTargetGroup"), 1, "{calls:?}");
+    assert_eq!(count(&calls, "ModifyListener"), 1, "{calls:?}");
+    assert_eq!(count(&calls, "DeleteTargetGroup"), 1, "{calls:?}");
+    assert_eq!(count(&calls, "RegisterTargets"), 1, "{calls:?}");
+    assert_eq!(after.target_groups.len(), 2);
+    let l80 = after
+        .listeners
+        .iter()
+        .find(|l| l.port() == Some(80))
+        .unwrap();
+    let tg80 = after
+        .target_groups
+        .iter()
+        .find(|t| t.target_group_arn() == l80.default_actions()[0].target_group_arn())
+        .unwrap();
+    assert!(
+        after
+            .targets_of(tg80.target_group_name().unwrap())
+            .iter()
+            .all(|(_, port)| *port == 30081)
+    );
+
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_between_any_two_calls_of_a_create_converges_without_duplicates() {
+    let env = env::shared();
+    // How many calls a clean create makes.
+    let conf = aws::sdk_config(env).await;
+    let seed = aws::seed(&conf, 3).await;
+    let p = aws::provider(&conf, &seed);
+    p.ensure(&two_port_spec(&seed, "crash", 3)).await.unwrap();
+    let calls = total(&p.calls().snapshot()) as usize;
+    assert!(calls >= 8, "a create makes {calls} calls");
+
+    for k in 1..=calls {
+        let conf = aws::sdk_config(env).await;
+        let seed = aws::seed(&conf, 3).await;
+        let spec = two_port_spec(&seed, "crash", 3);
+        let crashing = AwsProvider::with_interceptors(
+            &conf,
+            aws::settings(&seed),
+            &[
+                aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                    CrashAfter::new(k),
+                ),
+            ],
+        );
+        let first = crashing.ensure(&spec).await;
+        assert!(
+            first.is_err() || k == calls,
+            "k={k}: the create should have been cut short"
+        );
+
+        // The restarted process converges to exactly one of everything.
+        let restarted = aws::provider(&conf, &seed);
+        restarted
+            .ensure(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("k={k}: {e}"));
+        let inv = aws::inventory(&conf, &seed).await;
+        assert_eq!(
+            inv.load_balancers.len(),
+            1,
+            "k={k}: {:?}",
+            inv.load_balancers
+        );
+        assert_eq!(inv.target_groups.len(), 2, "k={k}");
+        assert_eq!(inv.listeners.len(), 2, "k={k}");
+        assert_eq!(inv.security_groups.len(), 1, "k={k}");
+        assert_eq!(inv.targets.len(), 6, "k={k}: {:?}", inv.targets);
+
+        restarted.ensure_deleted(&spec.lb).await.unwrap();
+        assert!(
+            aws::inventory(&conf, &seed).await.is_empty(),
+            "k={k}: delete left resources"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_during_delete_leaves_nothing_behind() {
+    let env = env::shared();
+    for k in 1..=4 {
+        let conf = aws::sdk_config(env).await;
+        let seed = aws::seed(&conf, 2).await;
+        let spec = two_port_spec(&seed, "del", 2);
+        aws::provider(&conf, &seed).ensure(&spec).await.unwrap();
+        let crashing = AwsProvider::with_interceptors(
+            &conf,
+            aws::settings(&seed),
+            &[
+                aws_smithy_runtime_api::client::interceptors::SharedInterceptor::new(
+                    CrashAfter::new(k),
+                ),
+            ],
+        );
+        let _ = crashing.ensure_deleted(&spec.lb).await;
+        aws::provider(&conf, &seed)
+            .ensure_deleted(&spec.lb)
+            .await
+            .unwrap_or_else(|e| panic!("k={k}: {e}"));
+        assert!(aws::inventory(&conf, &seed).await.is_empty(), "k={k}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_annotations_are_permanent_errors_naming_the_value() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 1).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "bad", 1);
+    spec.annotations.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-scheme".into(),
+        "public".into(),
+    );
+    let err = p.ensure(&spec).await.unwrap_err();
+    assert_eq!(err.kind, ferrylb_model::ErrorKind::Permanent);
+    assert!(
+        err.message.contains("aws-load-balancer-scheme"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("public"), "{}", err.message);
+    assert!(
+        err.message.contains("internet-facing, internal"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        total(&p.calls().snapshot()),
+        0,
+        "no AWS call for a bad Service"
+    );
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
+#[tokio::test]
+async fn scheme_change_replaces_the_nlb_and_deletes_the_old_one_after_publishing() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = Arc::new(aws::provider(&conf, &seed));
+    let mut spec = two_port_spec(&seed, "scheme", 2);
+    let first = p.ensure(&spec).await.unwrap();
+    spec.annotations.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-scheme".into(),
+        "internal".into(),
+    );
+    let second = p.ensure(&spec).await.unwrap();
+    assert_ne!(first.ingress, second.ingress, "the new NLB has a new name");
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.reason == "ReplacingLoadBalancer")
+    );
+    // Until the status is published both exist.
+    assert_eq!(aws::inventory(&conf, &seed).await.load_balancers.len(), 2);
+    p.published(&spec).await.unwrap();
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(
+        inv.load_balancers[0].scheme().map(|s| s.as_str()),
+        Some("internal")
+    );
+    assert_eq!(inv.target_groups.len(), 2);
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
+#[tokio::test]
+async fn health_check_follows_external_traffic_policy_and_back() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "etp", 2);
+    let hc = |inv: &aws::Inventory| {
+        inv.target_groups
+            .iter()
+            .map(|t| {
+                (
+                    t.health_check_protocol().unwrap().as_str().to_owned(),
+                    t.health_check_port().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    p.ensure(&spec).await.unwrap();
+    assert!(
+        hc(&aws::inventory(&conf, &seed).await)
+            .iter()
+            .all(|h| *h == ("TCP".into(), "traffic-port".into()))
+    );
+
+    spec.health_check = HealthCheck::Http {
+        port: 32100,
+        path: "/healthz".into(),
+    };
+    p.ensure(&spec).await.unwrap();
+    let inv = aws::inventory(&conf, &seed).await;
+    assert!(
+        hc(&inv)
+            .iter()
+            .all(|h| *h == ("HTTP".into(), "32100".into())),
+        "{:?}",
+        hc(&inv)
+    );
+    assert!(
+        inv.target_groups
+            .iter()
+            .all(|t| t.health_check_path() == Some("/healthz"))
+    );
+
+    spec.health_check = HealthCheck::TrafficPort;
+    p.ensure(&spec).await.unwrap();
+    assert!(
+        hc(&aws::inventory(&conf, &seed).await)
+            .iter()
+            .all(|h| *h == ("TCP".into(), "traffic-port".into()))
+    );
+    p.ensure_deleted(&spec.lb).await.unwrap();
+}
+
+#[tokio::test]
+async fn source_ranges_become_security_group_rules_and_follow_changes() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 1).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "ranges", 1);
+    let rules = |inv: &aws::Inventory| {
+        let mut r: Vec<(i32, String)> = inv.security_groups[0]
+            .ip_permissions()
+            .iter()
+            .flat_map(|p| {
+                p.ip_ranges()
+                    .iter()
+                    .map(move |c| (p.from_port().unwrap(), c.cidr_ip().unwrap().to_owned()))
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(
+        rules(&aws::inventory(&conf, &seed).await),
+        vec![(80, "0.0.0.0/0".into()), (443, "0.0.0.0/0".into())]
+    );
+    spec.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(
+        rules(&aws::inventory(&conf, &seed).await),
+        vec![(80, "192.0.2.0/24".into()), (443, "192.0.2.0/24".into())]
+    );
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
