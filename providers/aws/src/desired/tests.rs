@@ -96,12 +96,14 @@ fn tls_applies_to_the_named_ports_only() {
         ],
         vec![],
     );
-    let mut o = AwsOptions::default();
-    o.tls = Some(crate::options::Tls {
-        certificate_arn: "arn:aws:acm:x".into(),
-        ports: Some(["p443".to_owned()].into_iter().collect()),
-        policy: "P".into(),
-    });
+    let o = AwsOptions {
+        tls: Some(crate::options::Tls {
+            certificate_arn: "arn:aws:acm:x".into(),
+            ports: Some(["p443".to_owned()].into_iter().collect()),
+            policy: "P".into(),
+        }),
+        ..AwsOptions::default()
+    };
     let d = Desired::build(&s, &o, "c").unwrap();
     assert_eq!(d.listeners[&80].protocol, ElbProtocol::Tcp);
     assert_eq!(d.listeners[&443].protocol, ElbProtocol::Tls);
