@@ -204,16 +204,18 @@ pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
         ..Inventory::default()
     };
     for lb in &inv.load_balancers {
-        inv.listeners.extend(
-            elb.describe_listeners()
-                .load_balancer_arn(lb.load_balancer_arn().unwrap())
-                .send()
-                .await
-                .expect("DescribeListeners")
-                .listeners()
-                .iter()
-                .cloned(),
-        );
+        let arn = lb.load_balancer_arn().unwrap();
+        match elb.describe_listeners().load_balancer_arn(arn).send().await {
+            Ok(r) => inv.listeners.extend(r.listeners().iter().cloned()),
+            // Deleted since it was listed (a controller is at work).
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_load_balancer_not_found_exception()) => {}
+            Err(e) => panic!(
+                "DescribeListeners {arn}: {}",
+                aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext(e)
+            ),
+        }
     }
     inv.target_groups = elb
         .describe_target_groups()
@@ -226,12 +228,25 @@ pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
         .cloned()
         .collect();
     for tg in &inv.target_groups {
-        let h = elb
+        let arn = tg.target_group_arn().unwrap();
+        let h = match elb
             .describe_target_health()
-            .target_group_arn(tg.target_group_arn().unwrap())
+            .target_group_arn(arn)
             .send()
             .await
-            .expect("DescribeTargetHealth");
+        {
+            Ok(h) => h,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_target_group_not_found_exception()) =>
+            {
+                continue;
+            }
+            Err(e) => panic!(
+                "DescribeTargetHealth {arn}: {}",
+                aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext(e)
+            ),
+        };
         for d in h.target_health_descriptions() {
             let t = d.target().unwrap();
             inv.targets.push((

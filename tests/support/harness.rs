@@ -58,6 +58,21 @@ impl<P: LoadBalancerProvider> Harness<P> {
         name
     }
 
+    /// A node standing for a cloud instance: `spec.providerID` set.
+    pub async fn cloud_node(&mut self, suffix: &str, ip: &str, provider_id: &str) -> String {
+        use k8s_openapi::api::core::v1::Node;
+        let name = format!("{}-{suffix}", self.ns);
+        let mut n = k::node(&name, ip);
+        n.metadata.labels = Some([(self.label.clone(), "true".to_owned())].into());
+        n.spec.get_or_insert_default().provider_id = Some(provider_id.to_owned());
+        Api::<Node>::all(self.client.clone())
+            .create(&PostParams::default(), &n)
+            .await
+            .unwrap_or_else(|e| panic!("creating node {name}: {e}"));
+        self.nodes.push(name.clone());
+        name
+    }
+
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), &self.ns)
     }

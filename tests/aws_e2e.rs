@@ -1,0 +1,277 @@
+//! The AWS provider behind the controller, against the real API server and
+//! moto: Services in, NLBs out, DNS names in the status; Node changes as
+//! target registrations; deletion leaves nothing; `ferrylb gc`.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use ferrylb_aws::AwsProvider;
+use ferrylb_model::LoadBalancerProvider;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use support::aws::{self, Seed};
+use support::harness::{Harness, WAIT, condition, ingress_hostname};
+use support::{env, kube as k, wait};
+
+async fn world(
+    prefix: &str,
+    instances: usize,
+) -> (aws_config::SdkConfig, Seed, Harness<AwsProvider>) {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, instances).await;
+    let h = Harness::new(prefix, |_| aws::provider(&conf, &seed)).await;
+    (conf, seed, h)
+}
+
+fn calls(p: &AwsProvider, op: &str) -> u64 {
+    p.calls()
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.ends_with(&format!(":{op}")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn two_ports_on_three_nodes_become_one_nlb_whose_name_is_in_the_status() {
+    let (conf, seed, mut h) = world("aws-e2e", 4).await;
+    for i in 0..3 {
+        h.cloud_node(
+            &format!("n{i}"),
+            &format!("127.0.3.{}", i + 1),
+            &seed.provider_id(i),
+        )
+        .await;
+    }
+    let ctl = h.start(false);
+    let svc = h.service("web", &[80, 443], Some(&h.class.clone())).await;
+    let node_ports: Vec<u16> = svc
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.node_port.unwrap() as u16)
+        .collect();
+
+    let svc = h
+        .wait_service("a hostname in the status", "web", |s| {
+            ingress_hostname(s).is_some()
+        })
+        .await;
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(
+        ingress_hostname(&svc).as_deref(),
+        inv.load_balancers[0].dns_name()
+    );
+    assert_eq!(inv.listeners.len(), 2);
+    assert_eq!(inv.target_groups.len(), 2);
+    for (port, node_port) in [80, 443].into_iter().zip(&node_ports) {
+        let l = inv
+            .listeners
+            .iter()
+            .find(|l| l.port() == Some(port))
+            .expect("a listener per port");
+        let tg = inv
+            .target_groups
+            .iter()
+            .find(|t| t.target_group_arn() == l.default_actions()[0].target_group_arn())
+            .unwrap();
+        let mut want: Vec<(String, u16)> = (0..3)
+            .map(|i| (seed.instances[i].0.clone(), *node_port))
+            .collect();
+        want.sort();
+        assert_eq!(
+            inv.targets_of(tg.target_group_name().unwrap()),
+            want,
+            "port {port}"
+        );
+    }
+    let (ready, _, _) = condition(&svc).unwrap();
+    assert_eq!(ready, "True");
+
+    // A fourth node: exactly one RegisterTargets per target group.
+    let before = calls(&h.provider, "RegisterTargets");
+    let describes_before = h
+        .provider
+        .calls()
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.contains(":Describe"))
+        .map(|(_, v)| v)
+        .sum::<u64>();
+    h.cloud_node("n3", "127.0.3.4", &seed.provider_id(3)).await;
+    wait::until("the fourth instance registered", WAIT, || async {
+        (aws::inventory(&conf, &seed).await.targets.len() == 8).then_some(())
+    })
+    .await;
+    assert_eq!(calls(&h.provider, "RegisterTargets") - before, 2);
+    let describes_after = h
+        .provider
+        .calls()
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.contains(":Describe"))
+        .map(|(_, v)| v)
+        .sum::<u64>();
+    assert_eq!(
+        describes_after, describes_before,
+        "a node add needs no describe"
+    );
+
+    // Deleting the Service leaves nothing tagged for the cluster.
+    h.services()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("the Service gone", WAIT, || async {
+        h.services()
+            .get_opt("web")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+    assert!(
+        h.provider.tagged().await.unwrap().is_empty(),
+        "resources still tagged for the cluster"
+    );
+    ctl.stop().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn an_invalid_annotation_is_an_event_and_other_services_still_converge() {
+    let (conf, seed, mut h) = world("aws-bad", 2).await;
+    h.cloud_node("n0", "127.0.3.11", &seed.provider_id(0)).await;
+    let ctl = h.start(false);
+    let class = h.class.clone();
+    let mut bad = k::lb_service("bad", &[80]);
+    bad.spec.as_mut().unwrap().load_balancer_class = Some(class.clone());
+    bad.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval".to_owned(),
+            "often".to_owned(),
+        )]
+        .into(),
+    );
+    h.services()
+        .create(&Default::default(), &bad)
+        .await
+        .unwrap();
+    h.service("good", &[80], Some(&class)).await;
+
+    h.wait_service("good ready", "good", |s| ingress_hostname(s).is_some())
+        .await;
+    let bad = h
+        .wait_service("bad's condition", "bad", |s| {
+            condition(s).is_some_and(|(st, _, _)| st == "False")
+        })
+        .await;
+    let (_, _, message) = condition(&bad).unwrap();
+    assert!(
+        message.contains("healthcheck-interval")
+            && message.contains("often")
+            && message.contains("5 to 300"),
+        "{message}"
+    );
+    let events = k::events(&h.client, &h.ns, "bad").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SyncLoadBalancerFailed")
+                && e.note.as_deref().is_some_and(|n| n.contains("often"))),
+        "{events:?}"
+    );
+    assert_eq!(
+        aws::inventory(&conf, &seed).await.load_balancers.len(),
+        1,
+        "only good's NLB"
+    );
+
+    // Fixing the annotation heals it.
+    h.services()
+        .patch(
+            "bad",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval": "10"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait_service("bad healed", "bad", |s| ingress_hostname(s).is_some())
+        .await;
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 2);
+    for name in ["bad", "good"] {
+        h.services()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait::until("both deleted", WAIT, || async {
+        aws::inventory(&conf, &seed).await.is_empty().then_some(())
+    })
+    .await;
+    ctl.stop().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn gc_removes_a_planted_orphan_and_nothing_else() {
+    let (conf, seed, mut h) = world("aws-gc", 2).await;
+    h.cloud_node("n0", "127.0.3.21", &seed.provider_id(0)).await;
+    let ctl = h.start(false);
+    h.service("live", &[80], Some(&h.class.clone())).await;
+    h.wait_service("live ready", "live", |s| ingress_hostname(s).is_some())
+        .await;
+
+    // An orphan: resources of a Service that no longer exists.
+    let mut orphan = ferrylb_model::conformance::sample_spec(&h.ns, "gone", 30999, vec![]);
+    orphan.lb.key.uid = format!("deleted-{}", h.ns);
+    h.provider.ensure(&orphan).await.unwrap();
+    assert_eq!(aws::inventory(&conf, &seed).await.load_balancers.len(), 2);
+
+    let dry = ferrylb::gc::collect(&h.client, &h.provider, false)
+        .await
+        .unwrap();
+    let uids: BTreeSet<&str> = dry.orphans.iter().map(|o| o.uid.as_str()).collect();
+    assert_eq!(uids, [orphan.lb.key.uid.as_str()].into());
+    let text = ferrylb::gc::render(&dry, false);
+    assert!(text.contains("dry run"), "{text}");
+    assert_eq!(
+        aws::inventory(&conf, &seed).await.load_balancers.len(),
+        2,
+        "a dry run deletes nothing"
+    );
+
+    let done = ferrylb::gc::collect(&h.client, &h.provider, true)
+        .await
+        .unwrap();
+    assert!(done.failed.is_empty(), "{:?}", done.failed);
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(inv.target_groups.len(), 1);
+    assert_eq!(inv.security_groups.len(), 1);
+    let live = h.services().get("live").await.unwrap();
+    assert_eq!(
+        ingress_hostname(&live).as_deref(),
+        inv.load_balancers[0].dns_name()
+    );
+
+    h.services()
+        .delete("live", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("live deleted", WAIT, || async {
+        aws::inventory(&conf, &seed).await.is_empty().then_some(())
+    })
+    .await;
+    ctl.stop().await;
+    h.cleanup_nodes().await;
+}
