@@ -460,3 +460,51 @@ async fn source_ranges_become_security_group_rules_and_follow_changes() {
     p.ensure_deleted(&spec.lb).await.unwrap();
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
+
+#[tokio::test]
+async fn throttling_and_lost_answers_in_front_of_moto_converge_without_duplicates() {
+    use support::faults::{FaultProxy, Pattern};
+    let env = env::shared();
+    let direct = aws::sdk_config(env).await;
+    let seed = aws::seed(&direct, 3).await;
+    let proxy = FaultProxy::start(
+        &env.aws_endpoint(),
+        Pattern {
+            throttle_percent: 25,
+            lose_percent: 15,
+        },
+    )
+    .await;
+    let conf = aws::sdk_config_at(&proxy.endpoint, &aws::fresh_account_id()).await;
+    let p = aws::provider(&conf, &seed);
+    let spec = two_port_spec(&seed, "faults", 3);
+
+    // Reconcile as the controller would: again after every failure.
+    let mut failures = 0;
+    while let Err(e) = p.ensure(&spec).await {
+        failures += 1;
+        assert!(failures < 30, "no convergence: {e}");
+    }
+    // And once more, as a resync would, to check nothing drifts.
+    while p.ensure(&spec).await.is_err() {
+        failures += 1;
+        assert!(failures < 30);
+    }
+    assert!(
+        proxy.injected() > 5,
+        "only {} faults injected",
+        proxy.injected()
+    );
+    let inv = aws::inventory(&direct, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1, "{:?}", inv.load_balancers);
+    assert_eq!(inv.target_groups.len(), 2);
+    assert_eq!(inv.listeners.len(), 2, "{:?}", inv.listeners);
+    assert_eq!(inv.security_groups.len(), 1);
+    assert_eq!(inv.targets.len(), 6);
+
+    while p.ensure_deleted(&spec.lb).await.is_err() {
+        failures += 1;
+        assert!(failures < 60);
+    }
+    assert!(aws::inventory(&direct, &seed).await.is_empty());
+}

@@ -14,11 +14,25 @@ pub async fn sdk_config(env: &TestEnv) -> SdkConfig {
     sdk_config_for_account(env, &fresh_account_id()).await
 }
 
-/// SDK configuration pointing at moto, in the given (12-digit) account.
+/// SDK configuration pointing at moto, with the given access key id.
 pub async fn sdk_config_for_account(env: &TestEnv, account: &str) -> SdkConfig {
+    sdk_config_at(&env.aws_endpoint(), account).await
+}
+
+/// SDK configuration for `endpoint`, retrying with short backoffs. (FerryLB
+/// itself uses adaptive retry, which also slows its sending rate after
+/// throttling: right against AWS, but under the fault proxy's constant
+/// throttling it would make a test wait minutes.)
+pub async fn sdk_config_at(endpoint: &str, account: &str) -> SdkConfig {
+    use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(env.aws_endpoint())
+        .endpoint_url(endpoint)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(std::time::Duration::from_millis(20)),
+        )
         .credentials_provider(Credentials::new(
             account,
             "testing",
