@@ -275,3 +275,43 @@ async fn gc_removes_a_planted_orphan_and_nothing_else() {
     ctl.stop().await;
     h.cleanup_nodes().await;
 }
+
+#[tokio::test]
+async fn the_localstack_seed_script_prints_provider_ids_of_real_instances() {
+    let env = env::shared();
+    let out = std::process::Command::new(env::repo_root().join("localstack/seed"))
+        .args([
+            "--endpoint",
+            &env.aws_endpoint(),
+            "--cluster",
+            "seedtest",
+            "--nodes",
+            "2",
+        ])
+        .output()
+        .expect("running localstack/seed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("node "))
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(ids.len(), 2, "{text}");
+    let conf = aws::sdk_config(env).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    for pid in ids {
+        let id = ferrylb_aws::desired::instance_id(pid).unwrap_or_else(|| panic!("{pid}"));
+        let found = ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(found.reservations().len(), 1, "{id} is not an instance");
+    }
+}
