@@ -204,19 +204,26 @@ pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
     let in_vpc = |v: Option<&str>| v == Some(seed.vpc.as_str());
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(conf);
     let ec2 = aws_sdk_ec2::Client::new(conf);
-    let mut inv = Inventory {
-        load_balancers: elb
+    let mut inv = Inventory::default();
+    let mut marker = None;
+    loop {
+        let page = elb
             .describe_load_balancers()
+            .set_marker(marker)
             .send()
             .await
-            .expect("DescribeLoadBalancers")
-            .load_balancers()
-            .iter()
-            .filter(|l| in_vpc(l.vpc_id()))
-            .cloned()
-            .collect(),
-        ..Inventory::default()
-    };
+            .expect("DescribeLoadBalancers");
+        inv.load_balancers.extend(
+            page.load_balancers()
+                .iter()
+                .filter(|l| in_vpc(l.vpc_id()))
+                .cloned(),
+        );
+        marker = page.next_marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
     for lb in &inv.load_balancers {
         let arn = lb.load_balancer_arn().unwrap();
         match elb.describe_listeners().load_balancer_arn(arn).send().await {
@@ -231,16 +238,25 @@ pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
             ),
         }
     }
-    inv.target_groups = elb
-        .describe_target_groups()
-        .send()
-        .await
-        .expect("DescribeTargetGroups")
-        .target_groups()
-        .iter()
-        .filter(|t| in_vpc(t.vpc_id()))
-        .cloned()
-        .collect();
+    let mut marker = None;
+    loop {
+        let page = elb
+            .describe_target_groups()
+            .set_marker(marker)
+            .send()
+            .await
+            .expect("DescribeTargetGroups");
+        inv.target_groups.extend(
+            page.target_groups()
+                .iter()
+                .filter(|t| in_vpc(t.vpc_id()))
+                .cloned(),
+        );
+        marker = page.next_marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
     for tg in &inv.target_groups {
         let arn = tg.target_group_arn().unwrap();
         let h = match elb
@@ -273,6 +289,12 @@ pub async fn inventory(conf: &SdkConfig, seed: &Seed) -> Inventory {
     inv.targets.sort();
     inv.security_groups = ec2
         .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(&seed.vpc)
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeSecurityGroups")

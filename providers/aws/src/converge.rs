@@ -284,10 +284,20 @@ impl AwsProvider {
             scheme: d.scheme,
             explicit: d.subnets.clone(),
         };
-        if let Some((at, s)) = self.subnets.lock().expect("subnet cache lock").get(&q)
-            && at.elapsed() < self.settings.subnet_cache_ttl
-        {
-            return Ok(s.clone());
+        let cached = || {
+            self.subnets
+                .lock()
+                .expect("subnet cache lock")
+                .get(&q)
+                .filter(|(at, _)| at.elapsed() < self.settings.subnet_cache_ttl)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(s) = cached() {
+            return Ok(s);
+        }
+        let _lookup = self.subnet_lookup.lock().await;
+        if let Some(s) = cached() {
+            return Ok(s);
         }
         let mut req = self.clients.ec2.describe_subnets();
         match &q.explicit {

@@ -83,6 +83,9 @@ pub struct AwsProvider {
     settings: AwsSettings,
     known: Mutex<HashMap<String, Known>>,
     subnets: Mutex<HashMap<converge::SubnetQuery, (std::time::Instant, converge::Subnets)>>,
+    /// Held while subnets are looked up, so reconciles that start together
+    /// ask EC2 once, not once each.
+    subnet_lookup: tokio::sync::Mutex<()>,
 }
 
 impl AwsProvider {
@@ -103,6 +106,7 @@ impl AwsProvider {
             settings,
             known: Mutex::new(HashMap::new()),
             subnets: Mutex::new(HashMap::new()),
+            subnet_lookup: tokio::sync::Mutex::new(()),
         }
     }
 
