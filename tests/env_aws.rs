@@ -145,17 +145,35 @@ async fn nlb_with_target_group_listener_and_targets_is_created_and_fully_deleted
         .await
         .unwrap();
 
-    let lbs = elb.describe_load_balancers().send().await.unwrap();
-    assert!(
-        lbs.load_balancers().is_empty(),
-        "load balancers left: {lbs:?}"
-    );
-    let tgs = elb.describe_target_groups().send().await.unwrap();
-    assert!(
-        tgs.target_groups().is_empty(),
-        "target groups left: {tgs:?}"
-    );
-    let live = ec2.describe_instances().send().await.unwrap();
+    // moto is shared by every test running alongside: look in this VPC.
+    let lbs = elb
+        .describe_load_balancers()
+        .names("ferrylb-env-test")
+        .send()
+        .await;
+    let left: Vec<_> = lbs
+        .iter()
+        .flat_map(|r| r.load_balancers())
+        .filter(|l| l.vpc_id() == Some(vpc_id.as_str()))
+        .collect();
+    assert!(left.is_empty(), "load balancers left: {left:?}");
+    let tgs = elb
+        .describe_target_groups()
+        .names("ferrylb-env-test-tg")
+        .send()
+        .await;
+    let left: Vec<_> = tgs
+        .iter()
+        .flat_map(|r| r.target_groups())
+        .filter(|t| t.vpc_id() == Some(vpc_id.as_str()))
+        .collect();
+    assert!(left.is_empty(), "target groups left: {left:?}");
+    let live = ec2
+        .describe_instances()
+        .set_instance_ids(Some(instances.clone()))
+        .send()
+        .await
+        .unwrap();
     let running: Vec<_> = live
         .reservations()
         .iter()
