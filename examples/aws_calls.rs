@@ -14,13 +14,11 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use ferrylb_aws::AwsProvider;
 use ferrylb_model::{
-    HealthCheck, Listener, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, Protocol,
-    ServiceKey, Target,
+    Listener, LoadBalancerProvider, LoadBalancerSpec, Protocol, Target, conformance,
 };
 use futures::stream::{self, StreamExt};
 use support::aws::{self, Seed};
@@ -28,35 +26,22 @@ use support::aws::{self, Seed};
 const CONCURRENCY: usize = 16;
 
 fn spec(seed: &Seed, i: usize, nodes: usize) -> LoadBalancerSpec {
-    LoadBalancerSpec {
-        lb: LoadBalancerRef::for_service(ServiceKey {
-            namespace: "bench".into(),
-            name: format!("svc-{i}"),
-            uid: format!("{}-{i}", seed.cluster),
-        }),
-        listeners: [(80, 30000), (443, 31000)]
-            .into_iter()
-            .map(|(port, base)| Listener {
-                protocol: Protocol::Tcp,
-                port,
-                node_port: base + (i % 1000) as u16,
-                name: format!("p{port}"),
-            })
-            .collect(),
-        targets: (0..nodes)
-            .map(|n| Target {
-                node: format!("node-{n}"),
-                addresses: vec![],
-                provider_id: Some(seed.provider_id(n)),
-            })
-            .collect(),
-        health_check: HealthCheck::TrafficPort,
-        source_ranges: vec![],
-        requested_ips: vec![],
-        shared_ip_key: None,
-        status_ips: vec![],
-        annotations: BTreeMap::new(),
-    }
+    let targets = (0..nodes)
+        .map(|n| Target {
+            node: format!("node-{n}"),
+            addresses: vec![],
+            provider_id: Some(seed.provider_id(n)),
+        })
+        .collect();
+    let node_port = 30000 + (i % 1000) as u16;
+    let mut spec = conformance::sample_spec(&seed.cluster, &format!("svc-{i}"), node_port, targets);
+    spec.listeners.push(Listener {
+        protocol: Protocol::Tcp,
+        port: 443,
+        node_port: node_port + 1000,
+        name: "https".into(),
+    });
+    spec
 }
 
 fn parse_list(arg: Option<String>, default: &[usize]) -> Vec<usize> {
@@ -77,8 +62,9 @@ where
 
 fn report(op: &str, s: usize, k: usize, p: &AwsProvider, started: Instant) {
     let calls = p.calls().snapshot();
-    let total: u64 = calls.values().sum();
+    let total = calls.total();
     let by_op: Vec<String> = calls
+        .0
         .iter()
         .map(|(name, n)| format!("{}={n}", name.rsplit(':').next().unwrap_or(name)))
         .collect();

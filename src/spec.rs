@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ferrylb_model::{
     HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
+    split_list,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -310,14 +311,6 @@ fn requested_ips(
         );
     }
     Ok(ips)
-}
-
-fn split_list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 fn is_sharing_key(v: &str) -> bool {

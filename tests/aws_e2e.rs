@@ -23,13 +23,27 @@ async fn world(
     (conf, seed, h)
 }
 
-fn calls(p: &AwsProvider, op: &str) -> u64 {
-    p.calls()
-        .snapshot()
-        .iter()
-        .filter(|(k, _)| k.ends_with(&format!(":{op}")))
-        .map(|(_, v)| v)
-        .sum()
+/// Deletes `services`, waits until the seed's VPC holds nothing, then stops
+/// the controller and removes the test's Nodes.
+async fn delete_and_stop(
+    h: &Harness<AwsProvider>,
+    ctl: support::controller::RunningController,
+    conf: &aws_config::SdkConfig,
+    seed: &Seed,
+    services: &[&str],
+) {
+    for name in services {
+        h.services()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait::until("every load balancer deleted", WAIT, || async {
+        aws::inventory(conf, seed).await.is_empty().then_some(())
+    })
+    .await;
+    ctl.stop().await;
+    h.cleanup_nodes().await;
 }
 
 #[tokio::test]
@@ -94,29 +108,18 @@ async fn two_ports_on_three_nodes_become_one_nlb_whose_name_is_in_the_status() {
     assert_eq!(ready, "True");
 
     // A fourth node: exactly one RegisterTargets per target group.
-    let before = calls(&h.provider, "RegisterTargets");
-    let describes_before = h
-        .provider
-        .calls()
-        .snapshot()
-        .iter()
-        .filter(|(k, _)| k.contains(":Describe"))
-        .map(|(_, v)| v)
-        .sum::<u64>();
+    let before = h.provider.calls().snapshot().count("RegisterTargets");
+    let describes_before = h.provider.calls().snapshot().describes();
     h.cloud_node("n3", "127.0.3.4", &seed.provider_id(3)).await;
     wait::until("the fourth instance registered", WAIT, || async {
         (aws::inventory(&conf, &seed).await.targets.len() == 8).then_some(())
     })
     .await;
-    assert_eq!(calls(&h.provider, "RegisterTargets") - before, 2);
-    let describes_after = h
-        .provider
-        .calls()
-        .snapshot()
-        .iter()
-        .filter(|(k, _)| k.contains(":Describe"))
-        .map(|(_, v)| v)
-        .sum::<u64>();
+    assert_eq!(
+        h.provider.calls().snapshot().count("RegisterTargets") - before,
+        2
+    );
+    let describes_after = h.provider.calls().snapshot().describes();
     assert_eq!(
         describes_after, describes_before,
         "a node add needs no describe"
@@ -208,18 +211,7 @@ async fn an_invalid_annotation_is_an_event_and_other_services_still_converge() {
         .await;
     let inv = aws::inventory(&conf, &seed).await;
     assert_eq!(inv.load_balancers.len(), 2);
-    for name in ["bad", "good"] {
-        h.services()
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
-    wait::until("both deleted", WAIT, || async {
-        aws::inventory(&conf, &seed).await.is_empty().then_some(())
-    })
-    .await;
-    ctl.stop().await;
-    h.cleanup_nodes().await;
+    delete_and_stop(&h, ctl, &conf, &seed, &["bad", "good"]).await;
 }
 
 #[tokio::test]
@@ -264,16 +256,7 @@ async fn gc_removes_a_planted_orphan_and_nothing_else() {
         inv.load_balancers[0].dns_name()
     );
 
-    h.services()
-        .delete("live", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait::until("live deleted", WAIT, || async {
-        aws::inventory(&conf, &seed).await.is_empty().then_some(())
-    })
-    .await;
-    ctl.stop().await;
-    h.cleanup_nodes().await;
+    delete_and_stop(&h, ctl, &conf, &seed, &["live"]).await;
 }
 
 #[tokio::test]

@@ -3,13 +3,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferrylb_aws::AwsProvider;
 use ferrylb_model::{
-    HealthCheck, Listener, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, Protocol,
-    ServiceKey, Target, conformance,
+    HealthCheck, Listener, LoadBalancerProvider, LoadBalancerSpec, Protocol, Target, conformance,
 };
 use support::aws::{self, CrashAfter, Seed};
 use support::env;
@@ -22,56 +20,18 @@ fn target(seed: &Seed, i: usize) -> Target {
     }
 }
 
-/// A Service with TCP ports 80 and 443 on `nodes` of the seed's instances.
+/// A Service with TCP ports 80 and 443 on `nodes` of the seed's instances,
+/// in a namespace named after the seed's cluster (names and uids of its own).
 fn two_port_spec(seed: &Seed, name: &str, nodes: usize) -> LoadBalancerSpec {
-    LoadBalancerSpec {
-        lb: LoadBalancerRef::for_service(ServiceKey {
-            namespace: "default".into(),
-            name: name.into(),
-            uid: format!("uid-{name}-{}", seed.cluster),
-        }),
-        listeners: vec![
-            Listener {
-                protocol: Protocol::Tcp,
-                port: 80,
-                node_port: 30080,
-                name: "http".into(),
-            },
-            Listener {
-                protocol: Protocol::Tcp,
-                port: 443,
-                node_port: 30443,
-                name: "https".into(),
-            },
-        ],
-        targets: (0..nodes).map(|i| target(seed, i)).collect(),
-        health_check: HealthCheck::TrafficPort,
-        source_ranges: vec![],
-        requested_ips: vec![],
-        shared_ip_key: None,
-        status_ips: vec![],
-        annotations: BTreeMap::new(),
-    }
-}
-
-fn total(calls: &BTreeMap<String, u64>) -> u64 {
-    calls.values().sum()
-}
-
-fn count(calls: &BTreeMap<String, u64>, op: &str) -> u64 {
-    calls
-        .iter()
-        .filter(|(k, _)| k.ends_with(&format!(":{op}")))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn describes(calls: &BTreeMap<String, u64>) -> u64 {
-    calls
-        .iter()
-        .filter(|(k, _)| k.contains(":Describe") || k.ends_with(":GetResources"))
-        .map(|(_, v)| v)
-        .sum()
+    let targets = (0..nodes).map(|i| target(seed, i)).collect();
+    let mut spec = conformance::sample_spec(&seed.cluster, name, 30080, targets);
+    spec.listeners.push(Listener {
+        protocol: Protocol::Tcp,
+        port: 443,
+        node_port: 30443,
+        name: "https".into(),
+    });
+    spec
 }
 
 #[tokio::test]
@@ -103,12 +63,12 @@ async fn create_node_changes_and_delete_stay_within_the_call_budget() {
     let create = p.calls().snapshot();
     // The subnet lookup is cached after the first create.
     assert!(
-        total(&create) <= 4 + 3 * ports + ports + 1,
+        create.total() <= 4 + 3 * ports + ports + 1,
         "create made {} calls: {create:?}",
-        total(&create)
+        create.total()
     );
-    assert_eq!(count(&create, "CreateLoadBalancer"), 1);
-    assert_eq!(count(&create, "RegisterTargets"), ports);
+    assert_eq!(create.count("CreateLoadBalancer"), 1);
+    assert_eq!(create.count("RegisterTargets"), ports);
     let inv = aws::inventory(&conf, &seed).await;
     assert_eq!(inv.load_balancers.len(), 1);
     assert_eq!(inv.target_groups.len(), 2);
@@ -134,16 +94,16 @@ async fn create_node_changes_and_delete_stay_within_the_call_budget() {
     let grown = two_port_spec(&seed, "web", 4);
     p.update_targets(&grown).await.expect("node add");
     let add = p.calls().snapshot();
-    assert_eq!(count(&add, "RegisterTargets"), ports, "{add:?}");
-    assert_eq!(total(&add), ports, "node add made other calls: {add:?}");
+    assert_eq!(add.count("RegisterTargets"), ports, "{add:?}");
+    assert_eq!(add.total(), ports, "node add made other calls: {add:?}");
 
     // A node removed: one DeregisterTargets per target group.
     p.calls().reset();
     p.update_targets(&spec).await.expect("node remove");
     let remove = p.calls().snapshot();
-    assert_eq!(count(&remove, "DeregisterTargets"), ports, "{remove:?}");
+    assert_eq!(remove.count("DeregisterTargets"), ports, "{remove:?}");
     assert_eq!(
-        total(&remove),
+        remove.total(),
         ports,
         "node remove made other calls: {remove:?}"
     );
@@ -153,8 +113,8 @@ async fn create_node_changes_and_delete_stay_within_the_call_budget() {
     p.ensure(&spec).await.expect("resync");
     let resync = p.calls().snapshot();
     assert_eq!(
-        describes(&resync),
-        total(&resync),
+        resync.describes(),
+        resync.total(),
         "a resync mutated: {resync:?}"
     );
 
@@ -163,9 +123,9 @@ async fn create_node_changes_and_delete_stay_within_the_call_budget() {
     p.ensure_deleted(&spec.lb).await.expect("delete");
     let delete = p.calls().snapshot();
     assert!(
-        total(&delete) <= 3 + ports,
+        delete.total() <= 3 + ports,
         "delete made {} calls: {delete:?}",
-        total(&delete)
+        delete.total()
     );
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
@@ -202,10 +162,10 @@ async fn changing_one_port_touches_only_its_listener_and_target_group() {
     let calls = p.calls().snapshot();
     let after = aws::inventory(&conf, &seed).await;
     assert_eq!(listener_443(&before), listener_443(&after));
-    assert_eq!(count(&calls, "CreateTargetGroup"), 1, "{calls:?}");
-    assert_eq!(count(&calls, "ModifyListener"), 1, "{calls:?}");
-    assert_eq!(count(&calls, "DeleteTargetGroup"), 1, "{calls:?}");
-    assert_eq!(count(&calls, "RegisterTargets"), 1, "{calls:?}");
+    assert_eq!(calls.count("CreateTargetGroup"), 1, "{calls:?}");
+    assert_eq!(calls.count("ModifyListener"), 1, "{calls:?}");
+    assert_eq!(calls.count("DeleteTargetGroup"), 1, "{calls:?}");
+    assert_eq!(calls.count("RegisterTargets"), 1, "{calls:?}");
     assert_eq!(after.target_groups.len(), 2);
     let l80 = after
         .listeners
@@ -236,7 +196,7 @@ async fn a_restart_between_any_two_calls_of_a_create_converges_without_duplicate
     let seed = aws::seed(&conf, 3).await;
     let p = aws::provider(&conf, &seed);
     p.ensure(&two_port_spec(&seed, "crash", 3)).await.unwrap();
-    let calls = total(&p.calls().snapshot()) as usize;
+    let calls = p.calls().snapshot().total() as usize;
     assert!(calls >= 8, "a create makes {calls} calls");
 
     for k in 1..=calls {
@@ -334,7 +294,7 @@ async fn invalid_annotations_are_permanent_errors_naming_the_value() {
         err.message
     );
     assert_eq!(
-        total(&p.calls().snapshot()),
+        p.calls().snapshot().total(),
         0,
         "no AWS call for a bad Service"
     );

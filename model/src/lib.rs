@@ -12,6 +12,6 @@ mod status;
 pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError};
 pub use spec::{
     HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
-    load_balancer_name,
+    load_balancer_name, split_list,
 };
 pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus, Warning};

@@ -77,6 +77,16 @@ fn name_part(s: &str, max: usize) -> String {
     }
 }
 
+/// The items of a comma-separated annotation value, trimmed, empty items
+/// dropped (`"a, b,,c"` → `["a", "b", "c"]`).
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Transport protocol of a Service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {

@@ -141,10 +141,42 @@ pub struct CallCounter {
     counts: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
+/// Requests counted, by `service:operation`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallCounts(pub BTreeMap<String, u64>);
+
+impl CallCounts {
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// Requests of one operation (`RegisterTargets`), whatever the service.
+    pub fn count(&self, operation: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.rsplit(':').next() == Some(operation))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Read-only requests: `Describe*` and the tagging API's `GetResources`.
+    pub fn describes(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| {
+                let op = k.rsplit(':').next().unwrap_or_default();
+                op.starts_with("Describe") || op == "GetResources"
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
 impl CallCounter {
-    /// Requests made so far, by `service:operation`.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().expect("call counter lock").clone()
+    /// Requests made so far.
+    pub fn snapshot(&self) -> CallCounts {
+        CallCounts(self.counts.lock().expect("call counter lock").clone())
     }
 
     /// Forgets every count.
@@ -316,6 +348,23 @@ impl CallError {
         self.code
             .as_deref()
             .is_some_and(|c| THROTTLING.contains(&c))
+    }
+}
+
+/// Treats some AWS error codes as success, for idempotent calls: a delete
+/// of something already gone, an ingress rule already there.
+pub trait Tolerate {
+    /// `Ok(())` on success or when AWS answered with one of `codes`.
+    fn tolerate(self, codes: &[&str]) -> Result<(), CallError>;
+}
+
+impl<T> Tolerate for Result<T, CallError> {
+    fn tolerate(self, codes: &[&str]) -> Result<(), CallError> {
+        match self {
+            Ok(_) => Ok(()),
+            Err(e) if codes.iter().any(|c| e.is(c)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

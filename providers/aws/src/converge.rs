@@ -17,6 +17,7 @@
 //! tagged resources the next run finds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
@@ -32,13 +33,29 @@ use ferrylb_model::{
     Address, Ingress, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError, Warning,
 };
 
-use crate::client::{CallError, CallKind};
+use crate::client::{CallError, CallKind, Tolerate};
 use crate::desired::{
     Desired, DesiredListener, DesiredTargetGroup, IngressRule, TAG_CLUSTER, TAG_SERVICE_UID,
     TargetKey,
 };
 use crate::options::{AwsOptions, HealthProtocol, SUBNETS, Scheme};
 use crate::{AwsProvider, Known};
+
+/// Sets every health-check field of a CreateTargetGroup or ModifyTargetGroup
+/// request (two builder types with the same setters) from a [`Health`].
+macro_rules! with_health {
+    ($req:expr, $h:expr) => {{
+        let h: &crate::desired::Health = $h;
+        $req.health_check_enabled(true)
+            .health_check_protocol(ProtocolEnum::from(h.protocol_str()))
+            .health_check_port(h.port_string())
+            .set_health_check_path(h.path.clone())
+            .set_health_check_interval_seconds(h.interval)
+            .set_health_check_timeout_seconds(h.timeout)
+            .set_healthy_threshold_count(h.healthy_threshold)
+            .set_unhealthy_threshold_count(h.unhealthy_threshold)
+    }};
+}
 
 /// Targets per RegisterTargets/DeregisterTargets call.
 const TARGETS_PER_CALL: usize = 200;
@@ -101,10 +118,6 @@ fn tag(k: &str, v: &str) -> Tag {
 
 fn elb_tags(d: &Desired) -> Vec<Tag> {
     d.tags.iter().map(|(k, v)| tag(k, v)).collect()
-}
-
-fn err_code(e: &CallError, codes: &[&str]) -> bool {
-    codes.iter().any(|c| e.is(c))
 }
 
 impl AwsProvider {
@@ -182,15 +195,46 @@ impl AwsProvider {
         Ok(out)
     }
 
+    /// Describes `arns` 20 at a time with `describe`. Tag lookups trail
+    /// deletions, so one resource gone (`not_found`) fails its whole batch:
+    /// that batch is then asked one by one, and the gone ones skipped.
+    async fn describe_by_arns<T, F, Fut>(
+        &self,
+        arns: &[String],
+        not_found: &str,
+        describe: F,
+    ) -> Result<Vec<T>, ProviderError>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, CallError>>,
+    {
+        let mut out = Vec::new();
+        for chunk in arns.chunks(ARNS_PER_DESCRIBE) {
+            match describe(chunk.to_vec()).await {
+                Ok(found) => out.extend(found),
+                Err(e) if e.is(not_found) && chunk.len() > 1 => {
+                    for arn in chunk {
+                        match describe(vec![arn.clone()]).await {
+                            Ok(found) => out.extend(found),
+                            Err(e) if e.is(not_found) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) if e.is(not_found) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     async fn describe_load_balancers(
         &self,
         arns: &[String],
         resync: bool,
     ) -> Result<Vec<LoadBalancer>, ProviderError> {
-        let mut out = Vec::new();
-        for chunk in arns.chunks(ARNS_PER_DESCRIBE) {
-            match self
-                .clients
+        self.describe_by_arns(arns, "LoadBalancerNotFound", |chunk| async move {
+            self.clients
                 .call_paced(
                     CallKind::ElbDescribe,
                     resync,
@@ -198,29 +242,13 @@ impl AwsProvider {
                     self.clients
                         .elb
                         .describe_load_balancers()
-                        .set_load_balancer_arns(Some(chunk.to_vec()))
+                        .set_load_balancer_arns(Some(chunk))
                         .send(),
                 )
                 .await
-            {
-                Ok(r) => out.extend(r.load_balancers().iter().cloned()),
-                // Tag lookups trail deletions; one gone NLB fails the batch,
-                // so look at the rest one by one.
-                Err(e) if e.is("LoadBalancerNotFound") && chunk.len() > 1 => {
-                    for arn in chunk {
-                        out.extend(
-                            Box::pin(
-                                self.describe_load_balancers(std::slice::from_ref(arn), resync),
-                            )
-                            .await?,
-                        );
-                    }
-                }
-                Err(e) if e.is("LoadBalancerNotFound") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+                .map(|r| r.load_balancers().to_vec())
+        })
+        .await
     }
 
     async fn describe_target_groups(
@@ -228,10 +256,8 @@ impl AwsProvider {
         arns: &[String],
         resync: bool,
     ) -> Result<Vec<TargetGroup>, ProviderError> {
-        let mut out = Vec::new();
-        for chunk in arns.chunks(ARNS_PER_DESCRIBE) {
-            match self
-                .clients
+        self.describe_by_arns(arns, "TargetGroupNotFound", |chunk| async move {
+            self.clients
                 .call_paced(
                     CallKind::ElbDescribe,
                     resync,
@@ -239,27 +265,13 @@ impl AwsProvider {
                     self.clients
                         .elb
                         .describe_target_groups()
-                        .set_target_group_arns(Some(chunk.to_vec()))
+                        .set_target_group_arns(Some(chunk))
                         .send(),
                 )
                 .await
-            {
-                Ok(r) => out.extend(r.target_groups().iter().cloned()),
-                Err(e) if e.is("TargetGroupNotFound") && chunk.len() > 1 => {
-                    for arn in chunk {
-                        out.extend(
-                            Box::pin(
-                                self.describe_target_groups(std::slice::from_ref(arn), resync),
-                            )
-                            .await?,
-                        );
-                    }
-                }
-                Err(e) if e.is("TargetGroupNotFound") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+                .map(|r| r.target_groups().to_vec())
+        })
+        .await
     }
 
     /// The status of the Service's current NLB, if any.
@@ -599,14 +611,7 @@ impl AwsProvider {
                         .send(),
                 )
                 .await
-                .map(|_| ())
-                .or_else(|e| {
-                    if e.is("InvalidPermission.Duplicate") {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })?;
+                .tolerate(&["InvalidPermission.Duplicate"])?;
         }
         if !remove.is_empty() {
             self.clients
@@ -871,14 +876,7 @@ impl AwsProvider {
                             .send(),
                     )
                     .await
-                    .map(|_| ())
-                    .or_else(|e| {
-                        if e.is("ListenerNotFound") {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })?;
+                    .tolerate(&["ListenerNotFound"])?;
             }
         }
         // Target groups no port wants, unless an NLB other than this one
@@ -901,7 +899,7 @@ impl AwsProvider {
         vpc: &str,
     ) -> Result<String, ProviderError> {
         let h = &tg.health;
-        let mut req = self
+        let req = self
             .clients
             .elb
             .create_target_group()
@@ -910,15 +908,8 @@ impl AwsProvider {
             .port(i32::from(tg.node_port))
             .vpc_id(vpc)
             .target_type(TargetTypeEnum::from(tg.target_type.as_str()))
-            .health_check_enabled(true)
-            .health_check_protocol(ProtocolEnum::from(h.protocol_str()))
-            .health_check_port(h.port_string())
-            .set_health_check_path(h.path.clone())
-            .set_health_check_interval_seconds(h.interval)
-            .set_health_check_timeout_seconds(h.timeout)
-            .set_healthy_threshold_count(h.healthy_threshold)
-            .set_unhealthy_threshold_count(h.unhealthy_threshold)
             .set_tags(Some(elb_tags(d)));
+        let mut req = with_health!(req, h);
         if d.ip_address_type == crate::options::IpAddressType::Dualstack {
             req = req.ip_address_type(
                 aws_sdk_elasticloadbalancingv2::types::TargetGroupIpAddressTypeEnum::Ipv4,
@@ -1044,19 +1035,14 @@ impl AwsProvider {
                 .call(
                     CallKind::ElbMutate,
                     "elasticloadbalancing:ModifyTargetGroup",
-                    self.clients
-                        .elb
-                        .modify_target_group()
-                        .target_group_arn(&arn)
-                        .health_check_enabled(true)
-                        .health_check_protocol(ProtocolEnum::from(h.protocol_str()))
-                        .health_check_port(h.port_string())
-                        .set_health_check_path(h.path.clone())
-                        .set_health_check_interval_seconds(h.interval)
-                        .set_health_check_timeout_seconds(h.timeout)
-                        .set_healthy_threshold_count(h.healthy_threshold)
-                        .set_unhealthy_threshold_count(h.unhealthy_threshold)
-                        .send(),
+                    with_health!(
+                        self.clients
+                            .elb
+                            .modify_target_group()
+                            .target_group_arn(&arn),
+                        h
+                    )
+                    .send(),
                 )
                 .await?;
         }
@@ -1215,9 +1201,9 @@ impl AwsProvider {
                     .send(),
             )
             .await
+            .tolerate(&["TargetGroupNotFound"])
         {
-            Ok(_) => Ok(()),
-            Err(e) if e.is("TargetGroupNotFound") => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) if e.is("ResourceInUse") => Err(ProviderError::retry_after(
                 std::time::Duration::from_secs(5),
                 "DeletionPending",
@@ -1330,8 +1316,7 @@ impl AwsProvider {
     /// success.
     pub(crate) async fn delete_owned(&self, o: &Owned) -> Result<(), ProviderError> {
         for arn in &o.load_balancers {
-            match self
-                .clients
+            self.clients
                 .call(
                     CallKind::ElbMutate,
                     "elasticloadbalancing:DeleteLoadBalancer",
@@ -1342,11 +1327,7 @@ impl AwsProvider {
                         .send(),
                 )
                 .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is("LoadBalancerNotFound") => {}
-                Err(e) => return Err(e.into()),
-            }
+                .tolerate(&["LoadBalancerNotFound"])?;
         }
         for arn in &o.target_groups {
             self.delete_target_group(arn).await?;
@@ -1360,9 +1341,9 @@ impl AwsProvider {
                     self.clients.ec2.delete_security_group().group_id(id).send(),
                 )
                 .await
+                .tolerate(&["InvalidGroup.NotFound", "InvalidGroupId.Malformed"])
             {
-                Ok(_) => {}
-                Err(e) if err_code(&e, &["InvalidGroup.NotFound", "InvalidGroupId.Malformed"]) => {}
+                Ok(()) => {}
                 // The NLB's network interfaces take a while to go.
                 Err(e) if e.is("DependencyViolation") => {
                     return Err(ProviderError::retry_after(

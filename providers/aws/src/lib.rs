@@ -34,7 +34,7 @@ use ferrylb_model::{
     LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
 };
 
-pub use client::{CallCounter, Clients, RateLimits, load_sdk_config};
+pub use client::{CallCounter, CallCounts, Clients, RateLimits, load_sdk_config};
 use desired::TargetKey;
 pub use gc::Orphan;
 

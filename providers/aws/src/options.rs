@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferrylb_model::{ProviderError, Warning};
+use ferrylb_model::{ProviderError, Warning, split_list};
 
 /// Prefix shared by every annotation this module reads.
 pub const PREFIX: &str = "service.beta.kubernetes.io/aws-load-balancer-";
@@ -301,14 +301,6 @@ impl<'a> Ann<'a> {
     fn get(&self, key: &str) -> Option<&'a str> {
         self.0.get(key).map(|v| v.trim())
     }
-}
-
-fn split_list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 fn valid_subnet_ref(s: &str) -> bool {
