@@ -125,23 +125,40 @@ impl AwsProvider {
     /// given), grouped by Service uid.
     pub(crate) async fn find_owned(
         &self,
-        uid: Option<&str>,
+        uids: Option<&[String]>,
     ) -> Result<BTreeMap<String, Owned>, ProviderError> {
-        let mut filters = vec![
-            TagFilter::builder()
-                .key(TAG_CLUSTER)
-                .values(&self.settings.cluster)
-                .build(),
-        ];
-        if let Some(uid) = uid {
-            filters.push(
-                TagFilter::builder()
-                    .key(TAG_SERVICE_UID)
-                    .values(uid)
-                    .build(),
-            );
-        }
+        let cluster = TagFilter::builder()
+            .key(TAG_CLUSTER)
+            .values(&self.settings.cluster)
+            .build();
+        // A tag filter takes at most 20 values.
+        let filter_sets: Vec<Vec<TagFilter>> = match uids {
+            None => vec![vec![cluster]],
+            Some(uids) => uids
+                .chunks(20)
+                .map(|chunk| {
+                    vec![
+                        cluster.clone(),
+                        TagFilter::builder()
+                            .key(TAG_SERVICE_UID)
+                            .set_values(Some(chunk.to_vec()))
+                            .build(),
+                    ]
+                })
+                .collect(),
+        };
         let mut out: BTreeMap<String, Owned> = BTreeMap::new();
+        for filters in filter_sets {
+            self.find_owned_into(filters, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    async fn find_owned_into(
+        &self,
+        filters: Vec<TagFilter>,
+        out: &mut BTreeMap<String, Owned>,
+    ) -> Result<(), ProviderError> {
         let mut token: Option<String> = None;
         loop {
             let page = self
@@ -192,7 +209,7 @@ impl AwsProvider {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Describes `arns` 20 at a time with `describe`. Tag lookups trail
@@ -279,7 +296,9 @@ impl AwsProvider {
         &self,
         lb: &LoadBalancerRef,
     ) -> Result<Option<LoadBalancerStatus>, ProviderError> {
-        let owned = self.find_owned(Some(&lb.key.uid)).await?;
+        let owned = self
+            .find_owned(Some(std::slice::from_ref(&lb.key.uid)))
+            .await?;
         let Some(o) = owned.get(&lb.key.uid) else {
             return Ok(None);
         };
@@ -437,14 +456,30 @@ impl AwsProvider {
             .get(uid)
             .is_some_and(|k| k.spec.same_desired_state(spec));
 
+        // Both lookups are shared with the Services converging at the same
+        // time: 20 of them cost one call each.
         let owned = self
-            .find_owned(Some(uid))
+            .owned_lookups
+            .get(uid, |uids| async move {
+                Ok(self.find_owned(Some(&uids)).await?.into_iter().collect())
+            })
             .await?
-            .remove(uid)
             .unwrap_or_default();
-        let lbs = self
-            .describe_load_balancers(&owned.load_balancers, resync)
-            .await?;
+        let mut lbs = Vec::new();
+        for arn in &owned.load_balancers {
+            let found = self
+                .lb_lookups
+                .get(arn, |arns| async move {
+                    Ok(self
+                        .describe_load_balancers(&arns, resync)
+                        .await?
+                        .into_iter()
+                        .filter_map(|l| Some((l.load_balancer_arn()?.to_owned(), l)))
+                        .collect())
+                })
+                .await?;
+            lbs.extend(found);
+        }
         let current = lbs.iter().find(|l| l.load_balancer_name() == Some(&d.name));
         let stale: Vec<&LoadBalancer> = lbs
             .iter()
@@ -1274,7 +1309,7 @@ impl AwsProvider {
         let opts = AwsOptions::parse(&spec.annotations)?;
         let d = Desired::build(spec, &opts, &self.settings.cluster)?;
         let owned = self
-            .find_owned(Some(uid))
+            .find_owned(Some(std::slice::from_ref(uid)))
             .await?
             .remove(uid)
             .unwrap_or_default();

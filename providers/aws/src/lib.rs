@@ -17,6 +17,7 @@
 //! delete costs 3 + P.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod client;
 mod converge;
 pub mod desired;
@@ -86,6 +87,10 @@ pub struct AwsProvider {
     /// Held while subnets are looked up, so reconciles that start together
     /// ask EC2 once, not once each.
     subnet_lookup: tokio::sync::Mutex<()>,
+    /// Tag lookups by Service uid, coalesced across concurrent reconciles.
+    owned_lookups: batch::Coalescer<converge::Owned>,
+    /// DescribeLoadBalancers by ARN, coalesced likewise.
+    lb_lookups: batch::Coalescer<aws_sdk_elasticloadbalancingv2::types::LoadBalancer>,
 }
 
 impl AwsProvider {
@@ -107,6 +112,8 @@ impl AwsProvider {
             known: Mutex::new(HashMap::new()),
             subnets: Mutex::new(HashMap::new()),
             subnet_lookup: tokio::sync::Mutex::new(()),
+            owned_lookups: batch::Coalescer::default(),
+            lb_lookups: batch::Coalescer::default(),
         }
     }
 
@@ -157,7 +164,9 @@ impl LoadBalancerProvider for AwsProvider {
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.forget(&lb.key.uid);
-        let owned = self.find_owned(Some(&lb.key.uid)).await?;
+        let owned = self
+            .find_owned(Some(std::slice::from_ref(&lb.key.uid)))
+            .await?;
         match owned.get(&lb.key.uid) {
             Some(o) => self.delete_owned(o).await,
             None => Ok(()),
