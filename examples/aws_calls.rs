@@ -23,7 +23,9 @@ use ferrylb_model::{
 use futures::stream::{self, StreamExt};
 use support::aws::{self, Seed};
 
-const CONCURRENCY: usize = 16;
+/// Reconciles at once, as `ferrylb controller --concurrency 20` runs them: enough
+/// to fill a 20-ARN batch.
+const CONCURRENCY: usize = 20;
 
 fn spec(seed: &Seed, i: usize, nodes: usize) -> LoadBalancerSpec {
     let targets = (0..nodes)

@@ -468,3 +468,43 @@ async fn throttling_and_lost_answers_in_front_of_moto_converge_without_duplicate
     }
     assert!(aws::inventory(&direct, &seed).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_target_group_deleted_behind_its_back_is_rebuilt_on_the_next_node_change() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 3).await;
+    let p = aws::provider(&conf, &seed);
+    let spec = two_port_spec(&seed, "drift", 2);
+    p.ensure(&spec).await.unwrap();
+
+    // Someone removes port 80's listener and target group by hand.
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    let inv = aws::inventory(&conf, &seed).await;
+    let l80 = inv.listeners.iter().find(|l| l.port() == Some(80)).unwrap();
+    let tg80 = l80.default_actions()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_owned();
+    elb.delete_listener()
+        .listener_arn(l80.listener_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    elb.delete_target_group()
+        .target_group_arn(&tg80)
+        .send()
+        .await
+        .unwrap();
+
+    // A node joins: the cheap path finds the target group gone and falls
+    // back to a full converge, which rebuilds it.
+    p.update_targets(&two_port_spec(&seed, "drift", 3))
+        .await
+        .unwrap();
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.listeners.len(), 2);
+    assert_eq!(inv.target_groups.len(), 2);
+    assert_eq!(inv.targets.len(), 6, "{:?}", inv.targets);
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}

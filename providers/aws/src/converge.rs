@@ -1133,7 +1133,7 @@ impl AwsProvider {
         arn: &str,
         have: &BTreeSet<TargetKey>,
         want: &BTreeSet<TargetKey>,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<(), CallError> {
         let add: Vec<&TargetKey> = want.difference(have).collect();
         let remove: Vec<&TargetKey> = have.difference(want).collect();
         for chunk in add.chunks(TARGETS_PER_CALL) {
@@ -1278,11 +1278,11 @@ impl AwsProvider {
                 .expect("checked above");
             match self.sync_targets(arn, have, &tg.targets).await {
                 Ok(()) => *have = tg.targets.clone(),
-                Err(e) if e.reason == "AwsRejected" => {
-                    // The target group may have been deleted behind our back.
+                Err(e) if e.is("TargetGroupNotFound") => {
+                    // Deleted behind our back: a full converge recreates it.
                     return self.converge(spec).await.map(|_| ());
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         known.spec = spec.clone();
