@@ -21,7 +21,7 @@ use ferrylb_model::ProviderError;
 use tokio::sync::oneshot;
 
 /// How long a leader waits for others to join.
-pub const WINDOW: Duration = Duration::from_millis(10);
+pub const WINDOW: Duration = Duration::from_millis(50);
 
 type Reply<V> = oneshot::Sender<Result<Option<V>, ProviderError>>;
 /// Keys gathered in the open window, each with where its answer goes.

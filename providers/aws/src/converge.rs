@@ -5,8 +5,9 @@
 //! # Expected flow of an ensure
 //! 1. Find everything tagged for the Service (one tagging call).
 //! 2. Security group: found, or created with its tags; ingress rules diffed.
-//! 3. NLB: found by its name among the tagged ones, or created with its tags
-//!    and the security group. NLBs of another name (scheme or address type
+//! 3. NLB: found by its name among the tagged ones, else by ELBv2's own
+//!    lookup by name (the tagging API trails creations), else created with
+//!    its tags and the security group. NLBs of another name (scheme or address type
 //!    changed) are stale: deleted after the new status is published.
 //! 4. Per port: target group found or created (tagged), attributes and
 //!    health check diffed, targets registered/deregistered by difference,
@@ -480,7 +481,14 @@ impl AwsProvider {
                 .await?;
             lbs.extend(found);
         }
-        let current = lbs.iter().find(|l| l.load_balancer_name() == Some(&d.name));
+        let by_name;
+        let current = match lbs.iter().find(|l| l.load_balancer_name() == Some(&d.name)) {
+            Some(l) => Some(l),
+            None => {
+                by_name = self.load_balancer_by_name(&d).await?;
+                by_name.as_ref()
+            }
+        };
         let stale: Vec<&LoadBalancer> = lbs
             .iter()
             .filter(|l| l.load_balancer_name() != Some(&d.name))
@@ -995,21 +1003,7 @@ impl AwsProvider {
             .and_then(|t| t.target_group_arn())
             .unwrap_or_default()
             .to_owned();
-        let tags = self
-            .clients
-            .call(
-                CallKind::ElbDescribe,
-                "elasticloadbalancing:DescribeTags",
-                self.clients.elb.describe_tags().resource_arns(&arn).send(),
-            )
-            .await?;
-        let uid = d.tags.get(TAG_SERVICE_UID).map(String::as_str);
-        let ours = tags.tag_descriptions().iter().any(|td| {
-            td.tags()
-                .iter()
-                .any(|t| t.key() == Some(TAG_SERVICE_UID) && t.value() == uid)
-        });
-        if ours {
+        if self.tagged_for(d, &arn).await? {
             Ok(arn)
         } else {
             Err(ProviderError::transient(
@@ -1019,6 +1013,70 @@ impl AwsProvider {
                 ),
             ))
         }
+    }
+
+    /// The NLB named for this Service when the tag lookup did not list it:
+    /// the tagging API trails creations, ELBv2's lookup by name does not. So
+    /// an NLB created moments ago, or by a run whose answer was lost, is
+    /// found before a second one is made.
+    async fn load_balancer_by_name(
+        &self,
+        d: &Desired,
+    ) -> Result<Option<LoadBalancer>, ProviderError> {
+        let found = self
+            .clients
+            .call(
+                CallKind::ElbDescribe,
+                "elasticloadbalancing:DescribeLoadBalancers",
+                self.clients
+                    .elb
+                    .describe_load_balancers()
+                    .names(&d.name)
+                    .send(),
+            )
+            .await;
+        let found = match found {
+            Ok(r) => r.load_balancers().to_vec(),
+            Err(e) if e.is("LoadBalancerNotFound") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        for lb in &found {
+            if self
+                .tagged_for(d, lb.load_balancer_arn().unwrap_or_default())
+                .await?
+            {
+                return Ok(Some(lb.clone()));
+            }
+        }
+        if found.is_empty() {
+            Ok(None)
+        } else {
+            Err(ProviderError::transient(
+                "LoadBalancerConflict",
+                format!(
+                    "a load balancer named {} exists but is not tagged for this Service; remove it",
+                    d.name
+                ),
+            ))
+        }
+    }
+
+    /// Whether the ELBv2 resource `arn` carries this Service's uid tag.
+    async fn tagged_for(&self, d: &Desired, arn: &str) -> Result<bool, ProviderError> {
+        let tags = self
+            .clients
+            .call(
+                CallKind::ElbDescribe,
+                "elasticloadbalancing:DescribeTags",
+                self.clients.elb.describe_tags().resource_arns(arn).send(),
+            )
+            .await?;
+        let uid = d.tags.get(TAG_SERVICE_UID).map(String::as_str);
+        Ok(tags.tag_descriptions().iter().any(|td| {
+            td.tags()
+                .iter()
+                .any(|t| t.key() == Some(TAG_SERVICE_UID) && t.value() == uid)
+        }))
     }
 
     async fn set_proxy_protocol(&self, arn: &str, on: bool) -> Result<(), ProviderError> {
