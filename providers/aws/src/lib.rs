@@ -7,12 +7,14 @@
 //! Every resource is tagged with the cluster and the Service's uid
 //! ([`desired::TAG_SERVICE_UID`]) at creation, in the creating call itself.
 //! Before creating anything, the provider looks its resources up by those
-//! tags (one Resource Groups Tagging API call), so a restart between any two
-//! calls finds what the earlier run made and never creates a duplicate.
+//! tags (one Resource Groups Tagging API call, shared by up to 20 Services
+//! converging at once) and, because that API trails creations, looks the
+//! NLB up by its deterministic name too. A restart between any two calls
+//! finds what the earlier run made and never creates a duplicate.
 //!
 //! # What it costs
 //! See `BENCHMARKS.md` for the calls per operation. In short, for P ports
-//! and K nodes: create 4 + 3P calls plus P·⌈K/200⌉ registrations; a node
+//! and K nodes: create 5 + 2P calls plus P·⌈K/200⌉ registrations; a node
 //! added costs one RegisterTargets per target group and no describes; a
 //! delete costs 3 + P.
 #![forbid(unsafe_code)]
