@@ -498,10 +498,11 @@ impl AwsProvider {
             Some(_) if d.subnets.is_none() => None,
             _ => Some(self.subnets(&d).await?),
         };
-        let vpc = current
-            .and_then(|l| l.vpc_id().map(str::to_owned))
-            .or_else(|| subnets.as_ref().map(|s| s.vpc.clone()))
-            .expect("a VPC from the NLB or its subnets");
+        let vpc = match (current.and_then(|l| l.vpc_id()), &subnets) {
+            (Some(v), _) => v.to_owned(),
+            (None, Some(s)) => s.vpc.clone(),
+            (None, None) => self.subnets(&d).await?.vpc,
+        };
 
         let sg = self
             .converge_security_group(&d, &owned.security_groups, &vpc, resync)
