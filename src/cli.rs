@@ -87,11 +87,38 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "FERRYLB_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+
     #[command(flatten)]
     pub aws: AwsArgs,
 
     #[command(flatten)]
     pub haproxy: HaproxyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// Run only while holding a coordination.k8s.io Lease, so that of
+    /// several replicas one acts.
+    #[arg(long, env = "FERRYLB_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the Lease (the pod's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Name of the Lease.
+    #[arg(long, env = "FERRYLB_LEADER_ELECTION_LEASE", default_value = "ferrylb")]
+    pub leader_election_lease: String,
+
+    /// A follower takes over after the leader stopped renewing for this long.
+    #[arg(long, env = "FERRYLB_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_election_lease_duration: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -5,5 +5,7 @@
 pub mod cli;
 pub mod controller;
 pub mod gc;
+pub mod leader;
 pub mod plan;
 pub mod spec;
+pub mod telemetry;

@@ -10,6 +10,8 @@ use ferrylb::cli::{
     AwsArgs, Cli, Command, ControllerArgs, GcArgs, GcProvider, LogFormat, PlanArgs, ProviderName,
 };
 use ferrylb::controller::{self, ControllerConfig};
+use ferrylb::leader::LeaseLock;
+use ferrylb::telemetry::{self, Telemetry};
 use ferrylb_aws::AwsProvider;
 use ferrylb_haproxy::HaproxyProvider;
 use ferrylb_model::LoadBalancerProvider;
@@ -98,18 +100,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
     let mut classes: BTreeMap<String, Arc<dyn LoadBalancerProvider>> = BTreeMap::new();
     let mut haproxy: Option<Arc<HaproxyProvider>> = None;
-    let mut gc_task = None;
+    let mut gc_providers = Vec::new();
+    let mut gc_tasks = Vec::new();
     for p in &args.providers {
         match p {
             ProviderName::Aws => {
                 let provider = Arc::new(aws_provider(&args.aws).await?);
-                if let Some(every) = args.aws.aws_gc_interval {
-                    gc_task = Some(tokio::spawn(periodic_gc(
-                        client.clone(),
-                        provider.clone(),
-                        every,
-                    )));
-                }
+                gc_providers.push(provider.clone());
                 classes.insert(args.aws.aws_class.clone(), provider);
             }
             ProviderName::Haproxy => {
@@ -134,6 +131,14 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let telemetry = Arc::new(Telemetry::default());
+    let server = telemetry::serve(args.metrics_address, telemetry.clone())
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    let checker = tokio::spawn(check_providers(
+        classes.values().cloned().collect(),
+        telemetry.clone(),
+    ));
     let config = ControllerConfig {
         classes,
         default_class,
@@ -142,17 +147,114 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         node_selector: args.node_selector.clone(),
         instance: args.instance.clone(),
+        telemetry: telemetry.clone(),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let lock = args.leader.leader_elect.then(|| {
+        let identity = args.instance.clone().unwrap_or_else(default_identity);
+        LeaseLock::new(
+            client.clone(),
+            &args.leader.leader_election_namespace,
+            &args.leader.leader_election_lease,
+            &identity,
+            args.leader.leader_election_lease_duration,
+        )
+    });
+    if let Some(lock) = &lock {
+        telemetry.set_leader(false);
+        tracing::info!(lease = %args.leader.leader_election_lease, "waiting to lead");
+        tokio::select! {
+            () = lock.acquire() => {}
+            () = stopped(stop_rx.clone()) => {
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
+        }
+    }
+    telemetry.set_leader(true);
+    for provider in gc_providers {
+        if let Some(every) = args.aws.aws_gc_interval {
+            gc_tasks.push(tokio::spawn(periodic_gc(client.clone(), provider, every)));
+        }
+    }
+
+    // Stop on SIGTERM, or when leadership is lost.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let (lock, lost, rx) = (lock.clone(), lost.clone(), stop_rx.clone());
+        async move {
+            match lock {
+                Some(lock) => tokio::select! {
+                    () = lock.hold() => lost.store(true, std::sync::atomic::Ordering::SeqCst),
+                    () = stopped(rx) => {}
+                },
+                None => stopped(rx).await,
+            }
+        }
     };
     tracing::info!(classes = ?config.classes.keys().collect::<Vec<_>>(), default = ?config.default_class, "starting controller");
-    controller::run(client, config, shutdown_signal()).await?;
-    if let Some(t) = gc_task {
+    // The controller wants a Sync future; the Lease renewal is not one, so a
+    // task of its own turns it into a channel.
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let watchdog = tokio::spawn(async move {
+        stop.await;
+        let _ = halt_tx.send(true);
+    });
+    controller::run(client, config, stopped(halt_rx)).await?;
+    watchdog.abort();
+    for t in gc_tasks {
         t.abort();
     }
+    checker.abort();
     if let Some(h) = haproxy {
         h.shutdown().await;
     }
+    if let Some(lock) = lock {
+        anyhow::ensure!(
+            !lost.load(std::sync::atomic::Ordering::SeqCst),
+            "lost the leader Lease; exiting so a fresh start can follow"
+        );
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "releasing the leader Lease failed; a follower takes over when it expires");
+        }
+    }
+    server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This replica's name for leader election when no pod name is given.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "ferrylb".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Asks every provider whether its backend answers, every 30 s, for
+/// readiness.
+async fn check_providers(providers: Vec<Arc<dyn LoadBalancerProvider>>, telemetry: Arc<Telemetry>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let mut ok = true;
+        for p in &providers {
+            if let Err(e) = p.check().await {
+                tracing::warn!(provider = p.name(), error = %e, "provider unreachable");
+                ok = false;
+            }
+        }
+        telemetry.set_providers_ok(ok);
+    }
 }
 
 /// Deletes orphaned AWS resources every `every`.

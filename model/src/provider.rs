@@ -52,6 +52,12 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     /// deleted, returns `Ok`.
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError>;
 
+    /// Whether the provider's backend answers (the cloud API, the HAProxy
+    /// master), for readiness. The default says yes.
+    async fn check(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Called once at start-up with the specs of every Service this provider
     /// serves, before any [`ensure`](Self::ensure), so a provider that
     /// assigns addresses can reserve those the Services already carry before

@@ -28,6 +28,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 pub use error::Error;
 
+use crate::telemetry::Telemetry;
+
 /// The finalizer Kubernetes' own service controller uses: present while a
 /// cloud load balancer may exist for the Service.
 pub const FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
@@ -61,6 +63,8 @@ pub struct ControllerConfig {
     pub node_selector: Option<String>,
     /// Identifies this process in Events (`reportingInstance`), e.g. the pod name.
     pub instance: Option<String>,
+    /// Metrics and readiness.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Shared by every reconcile.
@@ -188,9 +192,10 @@ pub async fn run(
     // first ensure.
     targets_rx.wait_for(Option::is_some).await?;
     reconcile::restore(&ctx).await;
+    config.telemetry.set_caches_synced(true);
 
     controller
-        .run(reconcile::reconcile, error_policy, ctx)
+        .run(observed_reconcile, error_policy, ctx)
         .for_each(|res| {
             match res {
                 Ok((obj, _)) => tracing::debug!(service = %obj, "reconciled"),
@@ -199,8 +204,18 @@ pub async fn run(
             future::ready(())
         })
         .await;
+    config.telemetry.set_caches_synced(false);
     node_task.abort();
     Ok(())
+}
+
+/// [`reconcile::reconcile`], timed and counted by result.
+async fn observed_reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let telemetry = ctx.config.telemetry.clone();
+    let timer = telemetry.reconcile();
+    let result = reconcile::reconcile(svc, ctx).await;
+    timer.finish(result.as_ref().err().map(Error::reason));
+    result
 }
 
 /// Services in `namespace`, or in all namespaces.

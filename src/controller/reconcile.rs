@@ -19,7 +19,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ServiceKey};
+use std::future::Future;
+
+use ferrylb_model::{
+    LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
+    ServiceKey,
+};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
@@ -45,7 +50,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::await_change());
     }
     let Some(class) = wanted else {
-        forget(&ctx, &svc);
+        let _ = forget(&ctx, &svc);
         return Ok(Action::await_change());
     };
     if deleting {
@@ -110,7 +115,14 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             .as_ref()
             .map(|(l, _)| l.status.clone())
             .unwrap_or_default();
-        provider.update_targets(&spec).await.map(|()| previous)
+        observed(
+            ctx,
+            &*provider,
+            "update_targets",
+            provider.update_targets(&spec),
+        )
+        .await
+        .map(|()| previous)
     } else {
         if !unchanged {
             tracing::info!(service = %name, provider = provider.name(), "ensuring load balancer");
@@ -122,7 +134,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             )
             .await;
         }
-        provider.ensure(&spec).await
+        observed(ctx, &*provider, "ensure", provider.ensure(&spec)).await
     };
     let lb_status = match result {
         Ok(s) => s,
@@ -159,7 +171,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
     }
     // Only now that the Service names the new load balancer may the
     // provider let go of one it replaced.
-    if let Err(source) = provider.published(&spec).await {
+    if let Err(source) = observed(ctx, &*provider, "published", provider.published(&spec)).await {
         let err = Error::Ensure {
             svc: svc_name(svc),
             provider: provider.name().to_owned(),
@@ -168,7 +180,11 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         report_failure(svc, &err, ctx).await;
         return Err(err);
     }
-    remember(ctx, key, spec, lb_status);
+    if remember(ctx, key, spec, lb_status) {
+        ctx.config
+            .telemetry
+            .load_balancers_changed(provider.name(), 1);
+    }
     Ok(Action::requeue(ctx.config.resync))
 }
 
@@ -202,7 +218,7 @@ async fn cleanup(
         "Deleting load balancer",
     )
     .await;
-    if let Err(source) = provider.ensure_deleted(&lb).await {
+    if let Err(source) = observed(ctx, &*provider, "delete", provider.ensure_deleted(&lb)).await {
         let err = Error::EnsureDeleted {
             svc: name,
             provider: provider.name().to_owned(),
@@ -217,7 +233,11 @@ async fn cleanup(
         status::write_status(&ctx.client, svc, None, None).await?;
     }
     status::remove_finalizer(&ctx.client, svc).await?;
-    forget(ctx, svc);
+    if forget(ctx, svc) {
+        ctx.config
+            .telemetry
+            .load_balancers_changed(provider.name(), -1);
+    }
     let _ = ctx.retry_all.try_send(());
     Ok(())
 }
@@ -257,23 +277,46 @@ pub(super) struct Ensured {
     pub status: LoadBalancerStatus,
 }
 
+/// Records a successful ensure; `true` when the Service had none before.
 fn remember(
     ctx: &Context,
     key: ObjectRef<Service>,
     spec: LoadBalancerSpec,
     status: LoadBalancerStatus,
-) {
+) -> bool {
     let mut services = ctx.services.lock().expect("service state lock");
     let state = services.entry(key).or_default();
+    let first = state.last.is_none();
     state.last = Some((Ensured { spec, status }, Instant::now()));
     state.failures = 0;
+    first
 }
 
-fn forget(ctx: &Context, svc: &Service) {
+/// Forgets a Service; `true` when it had a load balancer ensured.
+fn forget(ctx: &Context, svc: &Service) -> bool {
     ctx.services
         .lock()
         .expect("service state lock")
-        .remove(&ObjectRef::from_obj(svc));
+        .remove(&ObjectRef::from_obj(svc))
+        .is_some_and(|s| s.last.is_some())
+}
+
+/// Runs one provider call and counts it by outcome.
+async fn observed<T>(
+    ctx: &Context,
+    provider: &dyn LoadBalancerProvider,
+    operation: &str,
+    call: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.reason.as_str(),
+    };
+    ctx.config
+        .telemetry
+        .provider_call(provider.name(), operation, outcome);
+    result
 }
 
 /// Tells each provider which of its load balancers exist, from the Services

@@ -33,6 +33,7 @@ pub fn config(
         namespace: Some(namespace.to_owned()),
         node_selector: Some(format!("{node_label}=true")),
         instance: Some(format!("test-{namespace}")),
+        telemetry: Arc::default(),
     }
 }
 

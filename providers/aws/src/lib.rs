@@ -164,6 +164,17 @@ impl LoadBalancerProvider for AwsProvider {
         self.delete_stale(spec).await
     }
 
+    async fn check(&self) -> Result<(), ProviderError> {
+        self.clients
+            .call(
+                client::CallKind::ElbDescribe,
+                "elasticloadbalancing:DescribeAccountLimits",
+                self.clients.elb.describe_account_limits().send(),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.forget(&lb.key.uid);
         let owned = self

@@ -1,0 +1,265 @@
+//! What FerryLB tells Prometheus and the kubelet: `/metrics`, `/healthz`,
+//! `/readyz`.
+//!
+//! - `/healthz`: the process serves HTTP (liveness).
+//! - `/readyz`: 200 once the controller's caches are synced (this replica
+//!   leads) or this replica is a follower standing by, and the providers
+//!   answered their last check; 503 with the reason otherwise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// FerryLB's metrics and readiness, shared by the controller and the HTTP
+/// server.
+pub struct Telemetry {
+    registry: Registry,
+    reconciles: Family<Labels, Counter>,
+    reconcile_seconds: Histogram,
+    provider_calls: Family<Labels, Counter>,
+    load_balancers: Family<Labels, Gauge>,
+    in_flight: Gauge,
+    leader: Gauge,
+    caches_synced: AtomicBool,
+    standing_by: AtomicBool,
+    providers_ok: AtomicBool,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferrylb");
+        let reconciles = Family::<Labels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Service reconciles, by result (ok, error) and error reason",
+            reconciles.clone(),
+        );
+        let reconcile_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one Service reconcile took",
+            reconcile_seconds.clone(),
+        );
+        let provider_calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "provider_calls",
+            "Provider calls, by provider, operation (ensure, update_targets, published, delete) and outcome (ok or the error reason)",
+            provider_calls.clone(),
+        );
+        let load_balancers = Family::<Labels, Gauge>::default();
+        registry.register(
+            "load_balancers",
+            "Load balancers this replica has ensured, by provider",
+            load_balancers.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Service reconciles running now (work taken from the queue and not yet done)",
+            in_flight.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            provider_calls,
+            load_balancers,
+            in_flight,
+            leader,
+            caches_synced: AtomicBool::new(false),
+            standing_by: AtomicBool::new(false),
+            providers_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+/// Counts one reconcile while it runs; records its result when done.
+pub struct ReconcileTimer<'a> {
+    t: &'a Telemetry,
+    started: Instant,
+}
+
+impl ReconcileTimer<'_> {
+    /// Records the result: `None` for success, else the error's reason.
+    pub fn finish(self, error_reason: Option<&str>) {
+        let labels = match error_reason {
+            None => vec![("result", "ok".to_owned()), ("reason", String::new())],
+            Some(r) => vec![("result", "error".to_owned()), ("reason", r.to_owned())],
+        };
+        self.t.reconciles.get_or_create(&labels).inc();
+        self.t
+            .reconcile_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.t.in_flight.dec();
+    }
+}
+
+impl Telemetry {
+    /// Starts timing a reconcile.
+    pub fn reconcile(&self) -> ReconcileTimer<'_> {
+        self.in_flight.inc();
+        ReconcileTimer {
+            t: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records a provider call's outcome (`ok` or the error's reason).
+    pub fn provider_call(&self, provider: &str, operation: &str, outcome: &str) {
+        self.provider_calls
+            .get_or_create(&vec![
+                ("provider", provider.to_owned()),
+                ("operation", operation.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// One more (`delta` 1) or one fewer (-1) load balancer of `provider`.
+    pub fn load_balancers_changed(&self, provider: &str, delta: i64) {
+        self.load_balancers
+            .get_or_create(&vec![("provider", provider.to_owned())])
+            .inc_by(delta);
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+        self.standing_by.store(!leading, Ordering::SeqCst);
+    }
+
+    /// The controller's caches are synced (or, `false`, no longer running).
+    pub fn set_caches_synced(&self, synced: bool) {
+        self.caches_synced.store(synced, Ordering::SeqCst);
+    }
+
+    /// The providers' last reachability check.
+    pub fn set_providers_ok(&self, ok: bool) {
+        self.providers_ok.store(ok, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.providers_ok.load(Ordering::SeqCst) {
+            return Err("a provider is unreachable");
+        }
+        if self.standing_by.load(Ordering::SeqCst) || self.caches_synced.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("caches not synced yet")
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        t.encode(),
+    )
+}
+
+async fn readyz(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
+    match t.readiness() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_owned()),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is
+/// dropped.
+///
+/// # Errors
+/// When `addr` cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    t: Arc<Telemetry>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(t);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics server stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_move_and_readiness_follows_sync_and_leadership() {
+        let t = Telemetry::default();
+        assert_eq!(t.readiness(), Err("caches not synced yet"));
+        t.reconcile().finish(None);
+        t.reconcile().finish(Some("InvalidAnnotation"));
+        t.provider_call("aws", "ensure", "ok");
+        t.load_balancers_changed("aws", 1);
+        let text = t.encode();
+        assert!(
+            text.contains(r#"ferrylb_reconciles_total{result="ok",reason=""} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"reason="InvalidAnnotation"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"ferrylb_provider_calls_total{provider="aws",operation="ensure",outcome="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ferrylb_load_balancers{provider="aws"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("ferrylb_reconciles_in_flight 0"), "{text}");
+        t.set_leader(false);
+        assert_eq!(t.readiness(), Ok(()), "a follower standing by is ready");
+        t.set_leader(true);
+        assert!(t.readiness().is_err());
+        t.set_caches_synced(true);
+        assert_eq!(t.readiness(), Ok(()));
+        t.set_providers_ok(false);
+        assert!(t.readiness().is_err());
+    }
+}
