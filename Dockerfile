@@ -1,8 +1,15 @@
-# FerryLB's container image: a static-ish release build on Debian, run as a
-# non-root user on a small Debian base. HAProxy runs in its own container
-# (the chart's sidecar), so the image carries only the ferrylb binary.
+# FerryLB's container image: a release build on Debian, run as a non-root
+# user on a small Debian base.
 #
 #   docker build -t ferrylb .
+#
+# The image holds the ferrylb binary at /usr/local/bin/ferrylb, the user
+# 65532:65532, the CA bundle, and what the HAProxy provider runs at run time:
+# `haproxy` (every configuration is checked with `haproxy -c` before it is
+# installed; HAProxy itself runs in its own container, the chart's sidecar),
+# and `ip` and `arping` (--haproxy-vip-interface adds VIPs to an interface
+# and announces them). The lab builds the same layout without a registry
+# from this machine's Debian files: tests/lab/images/build.
 
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
@@ -12,9 +19,11 @@ RUN cargo build --release --locked --bin ferrylb \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrylb /usr/local/bin/ferrylb
+RUN printf 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >>/etc/passwd \
+ && printf 'nonroot:x:65532:\n' >>/etc/group
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/ferrylb"]

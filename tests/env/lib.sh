@@ -100,7 +100,8 @@ make_certs() {
     cd "$d"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.crt -subj "/CN=ferrylb-test-ca" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >apiserver.ext
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc%s\nextendedKeyUsage=serverAuth\n' \
+      "${apiserver_sans:+,$apiserver_sans}" >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=ferrylb-admin" 2>/dev/null
     printf 'extendedKeyUsage=clientAuth\n' >admin.ext
@@ -110,14 +111,19 @@ make_certs() {
   )
 }
 
+# start_apiserver DIR: the API server the tests use. Callers may set
+# apiserver_extra_args (an array of flags; the lab advertises an address its
+# nodes reach and mounts service-account tokens into pods) and apiserver_sans
+# (extra subjectAltNames for the serving certificate, e.g. IP:10.250.0.1).
 start_apiserver() {
-  local dir="$1" bin port
+  local dir="$1" bin port args=(--advertise-address=127.0.0.1 --disable-admission-plugins=ServiceAccount)
+  if [[ -n "${apiserver_extra_args+set}" ]]; then args=("${apiserver_extra_args[@]}"); fi
   alive "$dir/apiserver.pid" && return 0
   bin="$(kube_bin)"
   port="$(port "$dir" apiserver)"
   make_certs "$dir"
   spawn "$dir" apiserver "$bin/kube-apiserver" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --bind-address=127.0.0.1 --secure-port="$port" \
     --etcd-servers="http://127.0.0.1:$(port "$dir" etcd)" \
     --tls-cert-file="$dir/pki/apiserver.crt" --tls-private-key-file="$dir/pki/apiserver.key" \
     --client-ca-file="$dir/pki/ca.crt" \
@@ -128,9 +134,9 @@ start_apiserver() {
     --service-cluster-ip-range=10.96.0.0/16 \
     --service-node-port-range=30000-32767 \
     --authorization-mode=RBAC \
-    --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true \
-    --profiling=false --v=1
+    --profiling=false --v=1 \
+    "${args[@]}"
   wait_for kube-apiserver 90 "$dir/apiserver.pid" "$dir/apiserver.log" \
     curl -fsS --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
     "https://127.0.0.1:$port/readyz"

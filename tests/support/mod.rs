@@ -9,6 +9,7 @@ pub mod env;
 pub mod faults;
 pub mod harness;
 pub mod kube;
+pub mod lab;
 pub mod process;
 pub mod recording;
 pub mod traffic;

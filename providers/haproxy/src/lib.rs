@@ -158,12 +158,20 @@ impl HaproxyProvider {
         self.process.reload_counters().await
     }
 
-    /// Stops a managed HAProxy.
+    /// Stops a managed HAProxy, and takes the VIPs off the interface
+    /// (`vip_interface`), so the replica that takes over is the only host
+    /// answering for them.
     pub async fn shutdown(&self) {
         if let Some(f) = self.flusher.get() {
             f.abort();
         }
         self.process.stop().await;
+        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
+        for ip in vips {
+            if let Err(e) = self.vips.remove(ip).await {
+                tracing::warn!(%ip, error = %e, "removing a VIP from the interface on shutdown failed");
+            }
+        }
     }
 
     fn global(&self) -> GlobalSettings {

@@ -86,7 +86,9 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out, "global");
     let _ = writeln!(
         out,
-        "  stats socket {} mode 600 level admin",
+        // 660: in the chart, HAProxy runs as root in group 65532 and
+        // FerryLB as 65532:65532; only the pod's containers see the socket.
+        "  stats socket {} mode 660 level admin",
         global.admin_socket.display()
     );
     let _ = writeln!(out, "  hard-stop-after {}", ms(global.hard_stop_after));

@@ -1,5 +1,10 @@
 //! Putting VIPs on a network interface, so the host answers ARP/NDP for
 //! them (needs NET_ADMIN), or leaving that to the operator.
+//!
+//! A VIP added here is announced with gratuitous ARP (`arping -U`, needs
+//! NET_RAW): when a VIP moves to this host (another replica took over), the
+//! neighbours' caches still name the old host until they expire, which
+//! takes tens of seconds; the announcement moves them at once.
 
 use std::net::IpAddr;
 
@@ -14,20 +19,28 @@ pub struct VipBinder {
 }
 
 impl VipBinder {
-    /// Adds `ip` to the interface; already present is fine.
+    /// Adds `ip` to the interface; already present is fine. A newly added
+    /// IPv4 address is announced in the background.
     pub async fn add(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        self.ip_addr("add", ip, "File exists").await
+        let added = self.ip_addr("add", ip, "File exists").await?;
+        if let (true, Some(dev), IpAddr::V4(_)) = (added, &self.interface, ip) {
+            tokio::spawn(announce(dev.clone(), ip));
+        }
+        Ok(())
     }
 
     /// Removes `ip` from the interface; already absent is fine.
     pub async fn remove(&self, ip: IpAddr) -> Result<(), ProviderError> {
         self.ip_addr("del", ip, "Cannot assign requested address")
             .await
+            .map(drop)
     }
 
-    async fn ip_addr(&self, verb: &str, ip: IpAddr, benign: &str) -> Result<(), ProviderError> {
+    /// Runs `ip addr VERB`; `Ok(true)` when it changed the interface,
+    /// `Ok(false)` when there was nothing to do.
+    async fn ip_addr(&self, verb: &str, ip: IpAddr, benign: &str) -> Result<bool, ProviderError> {
         let Some(dev) = &self.interface else {
-            return Ok(());
+            return Ok(false);
         };
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         let out = Command::new("ip")
@@ -38,8 +51,11 @@ impl VipBinder {
                 ProviderError::transient("VipBindFailed", format!("running ip addr {verb}: {e}"))
             })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || stderr.contains(benign) {
-            return Ok(());
+        if out.status.success() {
+            return Ok(true);
+        }
+        if stderr.contains(benign) {
+            return Ok(false);
         }
         Err(ProviderError::transient(
             "VipBindFailed",
@@ -48,5 +64,25 @@ impl VipBinder {
                 stderr.trim()
             ),
         ))
+    }
+}
+
+/// Sends two gratuitous ARP requests for `ip` on `dev`. Best effort: a
+/// failure costs the neighbours' cache expiry, not the VIP, so it is logged.
+async fn announce(dev: String, ip: IpAddr) {
+    let out = Command::new("arping")
+        .args(["-U", "-c", "2", "-I", &dev, &ip.to_string()])
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => tracing::debug!(%ip, %dev, "announced VIP"),
+        Ok(o) => tracing::warn!(
+            %ip, %dev,
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "gratuitous ARP failed (FerryLB needs NET_RAW for it); neighbours learn the VIP's new host when their caches expire"
+        ),
+        Err(e) => {
+            tracing::warn!(%ip, %dev, error = %e, "running arping failed; neighbours learn the VIP's new host when their caches expire")
+        }
     }
 }

@@ -62,7 +62,7 @@ fn renders_frontend_and_backend_per_tcp_port() {
     );
     assert!(cfg.ends_with(&expected_tail), "{cfg}");
     assert!(!cfg.contains("53"), "UDP ports are not rendered: {cfg}");
-    assert!(cfg.contains("stats socket /run/ferrylb/admin.sock mode 600 level admin"));
+    assert!(cfg.contains("stats socket /run/ferrylb/admin.sock mode 660 level admin"));
 }
 
 #[test]

@@ -1,0 +1,553 @@
+//! FerryLB the way its users run it, in the lab (`tests/lab/up`): installed
+//! by `helm install` from its chart with the lab's images, two replicas with
+//! leader election, the HAProxy sidecar on the nodes' network; nodes whose
+//! kube-proxy serves the nodePorts; real pods behind them; a client in a
+//! namespace of its own that reaches the VIPs only over the nodes' network.
+//!
+//! The tests share the lab and FerryLB's release, so they run one at a time.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use support::lab::{self, Lab, Summary};
+use support::{kube as k, wait};
+
+const RELEASE: &str = "ferrylb";
+const RELEASE_NS: &str = "ferrylb";
+
+/// One test at a time: they share the cluster and the release.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn helm_ok(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs FerryLB's release unless it is there, and waits until both
+/// replicas run and one holds the Lease.
+async fn ensure_installed(lab: &Lab, client: &kube::Client) {
+    if !lab
+        .helm(&["status", RELEASE, "-n", RELEASE_NS])
+        .status
+        .success()
+    {
+        helm_ok(
+            lab,
+            &[
+                "install",
+                RELEASE,
+                "charts/ferrylb",
+                "-n",
+                RELEASE_NS,
+                "--create-namespace",
+                "-f",
+                "tests/lab/values.yaml",
+                "--wait",
+                "--timeout",
+                "3m",
+            ],
+        );
+    }
+    leader(client).await;
+}
+
+/// The pod holding FerryLB's Lease (waits for one).
+async fn leader(client: &kube::Client) -> String {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    wait::until(
+        "a FerryLB replica to lead",
+        Duration::from_secs(120),
+        || {
+            let (leases, pods) = (leases.clone(), pods.clone());
+            async move {
+                let holder = leases.get_opt(RELEASE).await.ok()??.spec?.holder_identity?;
+                let pod = pods.get_opt(&holder).await.ok()??;
+                (pod.metadata.deletion_timestamp.is_none()).then_some(holder)
+            }
+        },
+    )
+    .await
+}
+
+/// A Deployment of echo pods and a LoadBalancer Service on port 80 in front
+/// of them; returns the VIP once FerryLB published it.
+async fn echo_service(
+    lab: &Lab,
+    client: &kube::Client,
+    ns: &str,
+    replicas: u32,
+    node: Option<&str>,
+    local: bool,
+) -> String {
+    let selector = node
+        .map(|n| format!("nodeSelector: {{kubernetes.io/hostname: {n}}}"))
+        .unwrap_or_default();
+    let policy = if local { "Local" } else { "Cluster" };
+    lab.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec:
+      {selector}
+      terminationGracePeriodSeconds: 2
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{app: echo}}}}}}
+      containers:
+        - name: echo
+          image: localhost/echo:lab
+          imagePullPolicy: Never
+          env:
+            - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+            - {{name: NODE_NAME, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+          ports: [{{containerPort: 8080}}]
+          readinessProbe:
+            tcpSocket: {{port: 8080}}
+            periodSeconds: 1
+          securityContext:
+            runAsNonRoot: true
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: {ns}}}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: {policy}
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    ));
+    lab.kubectl(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        "deployment/echo",
+        "--timeout=120s",
+    ]);
+    vip_of(client, ns, "echo").await
+}
+
+async fn vip_of(client: &kube::Client, ns: &str, name: &str) -> String {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait::until("the Service's VIP", Duration::from_secs(60), || {
+        let svcs = svcs.clone();
+        async move {
+            svcs.get(name)
+                .await
+                .ok()?
+                .status?
+                .load_balancer?
+                .ingress?
+                .first()?
+                .ip
+                .clone()
+        }
+    })
+    .await
+}
+
+/// Waits until the client, through `vip`, gets answers from exactly the
+/// nodes in `nodes` (over enough requests to see each of them).
+async fn answered_by(lab: &Lab, vip: &str, nodes: &[&str], within: Duration) -> BTreeSet<String> {
+    let want: BTreeSet<String> = nodes.iter().map(|s| s.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        seen.clear();
+        for _ in 0..12 {
+            if let Some(a) = lab.fetch(vip, 80) {
+                seen.insert(a.node);
+            }
+        }
+        if seen == want {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "through {vip}: answered by {seen:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn report(what: &str, s: &Summary) {
+    eprintln!(
+        "lab: {what}: sent {}, ok {}, failed {} {:?}, longest gap {:.2}s, nodes {:?}",
+        s.sent, s.ok, s.failed, s.errors, s.longest_gap_s, s.nodes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chart_installs_ferrylb_and_a_vip_reaches_real_pods_on_every_node() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+
+    // FerryLB runs as the pods the chart made, with its own ServiceAccount.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 2, "two replicas");
+    for p in &list.items {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some(RELEASE));
+        assert_eq!(spec.host_network, Some(true));
+        let image = &spec.containers[0].image;
+        assert_eq!(image.as_deref(), Some("localhost/ferrylb:lab"));
+    }
+    let nodes_of_replicas: BTreeSet<_> = list
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(nodes_of_replicas.len(), 2, "replicas on two nodes");
+
+    let ns = k::namespace(&client, "lab-echo").await;
+    let vip = echo_service(lab, &client, &ns, 6, None, false).await;
+    assert!(vip.starts_with("10.250.0.2"), "VIP {vip} from the pool");
+
+    // Every node's pods answer through the VIP: HAProxy → node:nodePort →
+    // kube-proxy → pod.
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+
+    // Steady traffic: nothing fails.
+    let probe = lab.probe(&vip, 80, 20);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let s = probe.finish().await;
+    report("steady state", &s);
+    assert!(s.sent >= 150);
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(s.nodes.len(), 3, "{s:?}");
+
+    // The VIP sits on the leader's node only.
+    let leader_pod = leader(&client).await;
+    let leader_node = pods
+        .get(&leader_pod)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .unwrap();
+    for n in lab::NODES {
+        let out = lab.in_ns(
+            &format!("ferrylb-lab-{n}"),
+            &["ip", "-o", "addr", "show", "dev", "eth0"],
+        );
+        let has = String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/32 "));
+        assert_eq!(has, n == leader_node, "{vip} on {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_traffic_policy_local_sends_only_to_nodes_with_a_ready_pod_and_follows_it() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, "lab-local").await;
+    let vip = echo_service(lab, &client, &ns, 1, Some("node2"), true).await;
+
+    // kube-proxy's healthCheckNodePort says which node has a local pod;
+    // HAProxy's check on it keeps the others out.
+    answered_by(lab, &vip, &["node2"], Duration::from_secs(30)).await;
+    let probe = lab.probe(&vip, 80, 20);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = probe.finish().await;
+    report("eTP Local, one pod on node2", &s);
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert_eq!(s.nodes.keys().collect::<Vec<_>>(), ["node2"]);
+
+    // The pod moves to node3: traffic follows it.
+    let probe = lab.probe(&vip, 80, 20);
+    lab.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "deployment/echo",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":"node3"}}}}}"#,
+    ]);
+    lab.kubectl(&[
+        "-n",
+        &ns,
+        "rollout",
+        "status",
+        "deployment/echo",
+        "--timeout=120s",
+    ]);
+    answered_by(lab, &vip, &["node3"], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = probe.finish().await;
+    report("eTP Local, pod rescheduled node2 -> node3", &s);
+    assert!(s.nodes.contains_key("node3"), "{s:?}");
+}
+
+/// Patches a Node with a JSON merge patch.
+async fn patch_node(client: &kube::Client, name: &str, patch: serde_json::Value) {
+    Api::<Node>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("patching node {name}: {e}"));
+}
+
+/// The node FerryLB's leader runs on: node events are tested on the others.
+async fn leader_node(client: &kube::Client) -> String {
+    let pod = leader(client).await;
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .get(&pod)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .node_name
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, "lab-nodes").await;
+    let vip = echo_service(lab, &client, &ns, 6, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+
+    let lead = leader_node(&client).await;
+    let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
+    let node_api: Api<Node> = Api::all(client.clone());
+    let exclude = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+    // Each event: traffic keeps flowing; eTP Cluster still reaches pods on
+    // the victim through the other nodes, so what matters is that no
+    // connection fails.
+    let events: [(&str, serde_json::Value, serde_json::Value); 3] = [
+        (
+            "labelled excluded",
+            serde_json::json!({"metadata": {"labels": {exclude: ""}}}),
+            serde_json::json!({"metadata": {"labels": {exclude: null}}}),
+        ),
+        (
+            "tainted ToBeDeletedByClusterAutoscaler",
+            serde_json::json!({"spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]}}),
+            serde_json::json!({"spec": {"taints": null}}),
+        ),
+        (
+            "cordoned",
+            serde_json::json!({"spec": {"unschedulable": true}}),
+            serde_json::json!({"spec": {"unschedulable": null}}),
+        ),
+    ];
+    for (what, apply, undo) in events {
+        let probe = lab.probe(&vip, 80, 20);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        patch_node(&client, victim, apply).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        patch_node(&client, victim, undo).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let s = probe.finish().await;
+        report(&format!("{victim} {what}"), &s);
+        assert_eq!(s.failed, 0, "{victim} {what}: {s:?}");
+    }
+
+    // Deleted: FerryLB drops it from every backend; the Node object is then
+    // made again (the kubelet registers only once) and it serves again.
+    let probe = lab.probe(&vip, 80, 20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let saved = node_api.get(victim).await.unwrap();
+    node_api
+        .delete(victim, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait::until("the Node to go", Duration::from_secs(30), || {
+        let node_api = node_api.clone();
+        async move {
+            node_api
+                .get_opt(victim)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = probe.finish().await;
+    report(&format!("{victim} deleted"), &s);
+    assert_eq!(s.failed, 0, "{victim} deleted: {s:?}");
+    let mut again = k8s_openapi::api::core::v1::Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(victim.to_owned()),
+            labels: saved.metadata.labels.clone(),
+            ..Default::default()
+        },
+        spec: saved.spec.clone(),
+        ..Default::default()
+    };
+    if let Some(spec) = again.spec.as_mut() {
+        spec.taints = None;
+    }
+    node_api
+        .create(&Default::default(), &again)
+        .await
+        .expect("making the Node again");
+    lab.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("node/{victim}"),
+        "--timeout=60s",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_pod_deleted_and_the_other_replica_takes_over_the_vips() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, "lab-leader").await;
+    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+
+    let old = leader(&client).await;
+    let probe = lab.probe(&vip, 80, 20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .delete(&old, &DeleteParams::default())
+        .await
+        .unwrap();
+    let new = wait::until("another replica to lead", Duration::from_secs(60), || {
+        let (client, old) = (client.clone(), old.clone());
+        async move {
+            let l = leader(&client).await;
+            (l != old).then_some(l)
+        }
+    })
+    .await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = probe.finish().await;
+    report(&format!("leader {old} deleted, {new} took over"), &s);
+    assert!(s.ok > 0 && s.nodes.len() == 3, "{s:?}");
+    // The VIP moves with leadership: a bounded gap, not a dead VIP.
+    assert!(s.longest_gap_s < 20.0, "{s:?}");
+    // The Deployment replaces the deleted pod.
+    lab.kubectl(&[
+        "-n",
+        RELEASE_NS,
+        "rollout",
+        "status",
+        &format!("deployment/{RELEASE}"),
+        "--timeout=120s",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, "lab-upgrade").await;
+    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+
+    // Upgrade with changed values: every node checked once on kube-proxy's
+    // health port (10256), answered by the real kube-proxy.
+    let probe = lab.probe(&vip, 80, 20);
+    helm_ok(
+        lab,
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/ferrylb",
+            "-n",
+            RELEASE_NS,
+            "-f",
+            "tests/lab/values.yaml",
+            "--set",
+            "haproxy.nodeCheckPort=10256",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    leader(&client).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = probe.finish().await;
+    report("helm upgrade (nodeCheckPort 10256)", &s);
+    assert!(s.ok > 0 && s.longest_gap_s < 20.0, "{s:?}");
+
+    // Uninstall: the Services go first (their finalizer is FerryLB's), then
+    // the release; nothing of FerryLB's is left on the nodes.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    svcs.delete("echo", &DeleteParams::default()).await.unwrap();
+    wait::until("the Service to be gone", Duration::from_secs(60), || {
+        let svcs = svcs.clone();
+        async move { svcs.get_opt("echo").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+    helm_ok(
+        lab,
+        &[
+            "uninstall",
+            RELEASE,
+            "-n",
+            RELEASE_NS,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    wait::until("FerryLB's pods to be gone", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    for n in lab::NODES {
+        let out = lab.in_ns(
+            &format!("ferrylb-lab-{n}"),
+            &["ip", "-o", "addr", "show", "dev", "eth0"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("10.250.0.2"), "a VIP left on {n}: {text}");
+        let out = lab.in_ns(&format!("ferrylb-lab-{n}"), &["ss", "-Htlnp"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("haproxy"),
+            "haproxy still listening on {n}"
+        );
+    }
+    assert!(lab.fetch(&vip, 80).is_none(), "{vip} still answers");
+}

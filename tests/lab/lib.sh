@@ -1,0 +1,340 @@
+# Shared functions for tests/lab/up and tests/lab/down. Sourced, not run.
+# shellcheck shell=bash
+#
+# The lab's shape (every address lives in namespaces the lab creates):
+#
+#   ferrylb-lab-host    br0 10.250.0.1/24, the API server's address for the
+#                       nodes and pods (10.250.0.1:<port>, forwarded to the
+#                       test API server on the root namespace's loopback
+#                       through a unix socket)
+#   ferrylb-lab-nodeN   eth0 10.250.0.1N/24, pods 10.244.N.0/24 on cni0;
+#                       containerd, kubelet and kube-proxy (nftables mode)
+#   ferrylb-lab-client  eth0 10.250.0.100/24: a client outside the cluster
+#                       on the nodes' network; the VIP pool
+#                       10.250.0.200-10.250.0.219 is on that network and
+#                       answered by whichever node holds a VIP
+#
+# Control plane in the root namespace, on 127.0.0.1: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler.
+
+lab_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$lab_here/../.." && pwd)"
+# shellcheck source=tests/env/lib.sh
+source "$repo_root/tests/env/lib.sh"
+
+lab_prefix=ferrylb-lab
+lab_nodes=(node1 node2 node3)
+lab_host_ip=10.250.0.1
+lab_client_ip=10.250.0.100
+lab_pool=10.250.0.200-10.250.0.219
+lab_cluster_cidr=10.244.0.0/16
+
+die() { echo "tests/lab: $*" >&2; exit 1; }
+log() { echo "tests/lab: $*" >&2; }
+
+default_lab_dir() { echo "${FERRYLB_LAB_DIR:-${TMPDIR:-/tmp}/ferrylb-lab}"; }
+
+ns() { echo "$lab_prefix-$1"; }
+node_index() { echo "${1#node}"; }
+node_ip() { echo "10.250.0.1$(node_index "$1")"; }
+pod_cidr() { echo "10.244.$(node_index "$1").0/24"; }
+cgroup_root() { echo "/$lab_prefix-$1"; }
+# The cgroup v1 hierarchies kubelet uses (cgroupfs driver).
+cgroup_controllers=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event)
+
+# in_ns NAMESPACE CMD...: runs CMD in the network namespace only, keeping
+# the root mount namespace (kubelet's and containerd's mounts must be seen
+# by each other).
+in_ns() {
+  local n="$1"
+  shift
+  nsenter --net="/var/run/netns/$n" "$@"
+}
+
+ensure_packages() {
+  local need=() c
+  for c in containerd:containerd runc:runc umoci:umoci socat:socat nft:nftables \
+    iptables:iptables conntrack:conntrack haproxy:haproxy arping:iputils-arping \
+    busybox:busybox-static gcc:gcc curl:curl openssl:openssl keepalived:keepalived; do
+    command -v "${c%%:*}" >/dev/null || [[ -x "/usr/sbin/${c%%:*}" ]] || need+=("${c#*:}")
+  done
+  [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+  [[ ${#need[@]} -eq 0 ]] && return 0
+  log "installing ${need[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+# images_dir FERRYLB_BINARY: builds (or reuses) the lab's images.
+images_dir() {
+  local bin="$1" stamp dir
+  stamp="$(cat "$lab_here/images/build" "$lab_here/images/"*.c "$bin" | sha256sum | cut -c1-16)"
+  dir="$ferrylb_cache/lab-images/$stamp"
+  if [[ ! -f "$dir/ferrylb.tar" ]]; then
+    rm -rf "$ferrylb_cache/lab-images"
+    "$lab_here/images/build" "$dir" "$bin" || die "building images failed"
+  fi
+  echo "$dir"
+}
+
+# --- network ---------------------------------------------------------------
+
+make_network() {
+  local host client n i ip
+  host="$(ns host)"
+  client="$(ns client)"
+  ip netns add "$host"
+  in_ns "$host" ip link set lo up
+  in_ns "$host" ip link add br0 type bridge
+  in_ns "$host" ip addr add "$lab_host_ip/24" dev br0
+  in_ns "$host" ip link set br0 up
+  in_ns "$host" sysctl -qw net.ipv4.ip_forward=1
+  for n in "${lab_nodes[@]}" client; do
+    ip netns add "$(ns "$n")"
+    in_ns "$(ns "$n")" ip link set lo up
+    in_ns "$host" ip link add "v$n" type veth peer name eth0 netns "$(ns "$n")"
+    in_ns "$host" ip link set "v$n" master br0 up
+  done
+  for n in "${lab_nodes[@]}"; do
+    ip="$(node_ip "$n")"
+    in_ns "$(ns "$n")" ip addr add "$ip/24" dev eth0
+    in_ns "$(ns "$n")" ip link set eth0 up
+    in_ns "$(ns "$n")" ip route add default via "$lab_host_ip"
+    in_ns "$(ns "$n")" sysctl -qw net.ipv4.ip_forward=1
+    in_ns "$host" ip route add "$(pod_cidr "$n")" via "$ip"
+    for i in "${lab_nodes[@]}"; do
+      [[ "$i" == "$n" ]] || in_ns "$(ns "$n")" ip route add "$(pod_cidr "$i")" via "$(node_ip "$i")"
+    done
+  done
+  in_ns "$client" ip addr add "$lab_client_ip/24" dev eth0
+  in_ns "$client" ip link set eth0 up
+}
+
+# --- control plane ---------------------------------------------------------
+
+kubeconfig_for() {
+  local dir="$1" server="$2" out="$3"
+  cat >"$out" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster:
+    server: $server
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $dir/pki/admin.crt
+    client-key: $dir/pki/admin.key
+contexts:
+- name: lab
+  context: {cluster: lab, user: admin}
+current-context: lab
+KCFG
+}
+
+start_control_plane() {
+  local dir="$1" bin="$2" port
+  # The API server, as the tests run it, plus what real nodes and pods need:
+  # an address they reach (advertised as the kubernetes Service's endpoint),
+  # and service-account tokens mounted into pods.
+  apiserver_sans="IP:$lab_host_ip"
+  apiserver_extra_args=(--advertise-address="$lab_host_ip" --enable-admission-plugins=ServiceAccount)
+  start_etcd "$dir"
+  start_apiserver "$dir"
+  port="$(cat "$dir/apiserver.port")"
+  # root netns 127.0.0.1:port <- unix socket <- host netns 10.250.0.1:port
+  spawn "$dir" socat-root socat "UNIX-LISTEN:$dir/api.sock,fork,unlink-early" "TCP:127.0.0.1:$port"
+  wait_for "api socket" 10 "$dir/socat-root.pid" "$dir/socat-root.log" test -S "$dir/api.sock"
+  spawn "$dir" socat-host nsenter --net="/var/run/netns/$(ns host)" socat "TCP-LISTEN:$port,bind=$lab_host_ip,fork,reuseaddr" "UNIX-CONNECT:$dir/api.sock"
+  kubeconfig_for "$dir" "https://$lab_host_ip:$port" "$dir/node.kubeconfig"
+
+  spawn "$dir" controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \
+    --controllers=node-lifecycle-controller,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,serviceaccount-controller,garbage-collector-controller,namespace-controller,root-ca-certificate-publisher-controller,disruption-controller,pod-garbage-collector-controller \
+    --root-ca-file="$dir/pki/ca.crt" --use-service-account-credentials=false \
+    --concurrent-deployment-syncs=5 --v=1
+  spawn "$dir" scheduler "$bin/kube-scheduler" \
+    --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 --v=1
+}
+
+# --- nodes -----------------------------------------------------------------
+
+make_cgroups() {
+  local n="$1" c d
+  for c in "${cgroup_controllers[@]}"; do
+    [[ -d "/sys/fs/cgroup/$c" ]] || continue
+    d="/sys/fs/cgroup/$c$(cgroup_root "$n")"
+    mkdir -p "$d"
+    if [[ "$c" == cpuset ]]; then
+      cat /sys/fs/cgroup/cpuset/cpuset.cpus >"$d/cpuset.cpus"
+      cat /sys/fs/cgroup/cpuset/cpuset.mems >"$d/cpuset.mems"
+    fi
+  done
+}
+
+write_node_config() {
+  local dir="$1" n="$2" nd="$1/$2"
+  mkdir -p "$nd/cni" "$nd/pod-logs"
+  cat >"$nd/containerd.toml" <<EOF
+version = 2
+root = "$nd/containerd/root"
+state = "$nd/containerd/state"
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "$nd/containerd.sock"
+[ttrpc]
+  address = "$nd/containerd.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:lab"
+  # This machine's bounding set lacks CAP_SYS_RESOURCE.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+      Root = "$nd/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$nd/cni"
+EOF
+  cat >"$nd/cni/10-lab.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "$lab_prefix-$n", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$(pod_cidr "$n")"}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$nd/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+EOF
+  cat >"$nd/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: $(cgroup_root "$n")
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://$nd/containerd.sock
+podLogsDir: $nd/pod-logs
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+evictionHard: {memory.available: "0%", nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%"}
+enforceNodeAllocatable: []
+localStorageCapacityIsolation: false
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+nodeStatusReportFrequency: 10s
+syncFrequency: 10s
+EOF
+}
+
+# create_node_object DIR NODE: the Node, with its pod CIDR and address, before
+# kubelet and kube-proxy start (kube-proxy waits for it otherwise).
+create_node_object() {
+  local dir="$1" n="$2" bin="$3"
+  "$bin/kubectl" --kubeconfig="$dir/kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: $n
+  labels: {kubernetes.io/hostname: $n, kubernetes.io/os: linux}
+spec:
+  podCIDR: $(pod_cidr "$n")
+  podCIDRs: ["$(pod_cidr "$n")"]
+EOF
+}
+
+start_node() {
+  local dir="$1" n="$2" bin="$3" images="$4" nd="$1/$2" img
+  write_node_config "$dir" "$n"
+  make_cgroups "$n"
+  spawn "$dir" "$n-containerd" nsenter --net="/var/run/netns/$(ns "$n")" containerd --config "$nd/containerd.toml"
+  wait_for "$n containerd" 30 "$dir/$n-containerd.pid" "$dir/$n-containerd.log" \
+    ctr -a "$nd/containerd.sock" version
+  for img in pause echo haproxy ferrylb; do
+    ctr -a "$nd/containerd.sock" -n k8s.io images import --no-unpack=false "$images/$img.tar" >/dev/null \
+      || die "importing $img into $n failed"
+  done
+  spawn "$dir" "$n-kubelet" nsenter --net="/var/run/netns/$(ns "$n")" "$bin/kubelet" \
+    --config="$nd/kubelet.yaml" --kubeconfig="$dir/node.kubeconfig" \
+    --hostname-override="$n" --node-ip="$(node_ip "$n")" \
+    --root-dir="$nd/kubelet" --cert-dir="$nd/pki" --v=1
+  spawn "$dir" "$n-proxy" nsenter --net="/var/run/netns/$(ns "$n")" "$bin/kube-proxy" \
+    --kubeconfig="$dir/node.kubeconfig" --hostname-override="$n" \
+    --proxy-mode=nftables --cluster-cidr="$lab_cluster_cidr" --conntrack-max-per-core=0 \
+    --healthz-bind-address=0.0.0.0:10256 --metrics-bind-address=127.0.0.1:10249 --v=1
+}
+
+# --- teardown --------------------------------------------------------------
+
+# kill_cgroup_tree DIR: kills every process in a cgroup v1 tree.
+kill_cgroup_tree() {
+  local d="$1" f
+  [[ -d "$d" ]] || return 0
+  while IFS= read -r f; do
+    xargs -r kill -KILL <"$f" 2>/dev/null || true
+  done < <(find "$d" -name cgroup.procs)
+}
+
+remove_cgroup_tree() {
+  local d="$1" i
+  [[ -d "$d" ]] || return 0
+  for i in $(seq 1 50); do
+    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [[ -d "$d" ]] || return 0
+    sleep 0.1
+  done
+  log "could not remove cgroup $d"
+}
+
+teardown() {
+  local dir="$1" n c mnt pid
+  for n in "${lab_nodes[@]}"; do
+    stop_pidfile "$dir/$n-kubelet.pid"
+    stop_pidfile "$dir/$n-proxy.pid"
+  done
+  # Containers: everything in the nodes' cgroups, then the shims.
+  for n in "${lab_nodes[@]}"; do
+    for c in "${cgroup_controllers[@]}"; do kill_cgroup_tree "/sys/fs/cgroup/$c$(cgroup_root "$n")"; done
+  done
+  for n in "${lab_nodes[@]}"; do
+    for pid in $(pgrep -f "containerd-shim.*-address $dir/$n/containerd.sock" || true); do
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    stop_pidfile "$dir/$n-containerd.pid"
+  done
+  for p in scheduler controller-manager socat-host socat-root; do stop_pidfile "$dir/$p.pid"; done
+  stop_pidfile "$dir/apiserver.pid"
+  stop_pidfile "$dir/etcd.pid"
+  # Whatever else still runs in the lab's network namespaces (haproxy
+  # children, a test's client).
+  for n in host client "${lab_nodes[@]}"; do
+    [[ -e "/var/run/netns/$(ns "$n")" ]] || continue
+    ip netns pids "$(ns "$n")" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
+  sleep 0.2
+  # Mounts under the lab's directory (volumes, rootfs overlays, pod netns),
+  # deepest first.
+  if [[ -d "$dir" ]]; then
+    while IFS= read -r mnt; do
+      umount -l "$mnt" 2>/dev/null || true
+    done < <(awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r)
+  fi
+  for n in "${lab_nodes[@]}"; do
+    for c in "${cgroup_controllers[@]}"; do remove_cgroup_tree "/sys/fs/cgroup/$c$(cgroup_root "$n")"; done
+  done
+  # kubelet's legacy log links point into the lab's pod-logs.
+  if [[ -d /var/log/containers ]]; then
+    find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null || true
+  fi
+  rm -rf /var/lib/cni/results/"$lab_prefix"-* 2>/dev/null || true
+  for n in client "${lab_nodes[@]}" host; do
+    [[ -e "/var/run/netns/$(ns "$n")" ]] && ip netns delete "$(ns "$n")"
+  done
+  return 0
+}
