@@ -54,9 +54,11 @@ impl LeaseLock {
         }
     }
 
-    /// How often the holder renews (and followers retry).
+    /// How often the holder renews and followers retry: a third of the
+    /// lease, at most 2 s (client-go's default retry period), so that a
+    /// released Lease is taken over within 2 s.
     pub fn retry_period(&self) -> Duration {
-        self.duration / 3
+        (self.duration / 3).min(Duration::from_secs(2))
     }
 
     /// Takes the Lease if it is free or ours; `Ok(true)` when this replica

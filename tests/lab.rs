@@ -191,6 +191,21 @@ async fn answered_by(lab: &Lab, vip: &str, nodes: &[&str], within: Duration) -> 
     }
 }
 
+/// The longest time without an answer while an eTP Local Service's only pod
+/// moves to another node.
+const MOVE_GAP_S: f64 = 10.0;
+/// While one replica hands the VIPs to another: the longest time without an
+/// answer, and the failed connections at 20 a second.
+const TAKEOVER_GAP_S: f64 = 5.0;
+const TAKEOVER_FAILED: u64 = 60;
+
+fn assert_takeover_bounded(s: &Summary) {
+    assert!(
+        s.longest_gap_s < TAKEOVER_GAP_S && s.failed <= TAKEOVER_FAILED,
+        "takeover: {s:?}"
+    );
+}
+
 fn report(what: &str, s: &Summary) {
     eprintln!(
         "lab: {what}: sent {}, ok {}, failed {} {:?}, longest gap {:.2}s, nodes {:?}",
@@ -303,6 +318,10 @@ async fn external_traffic_policy_local_sends_only_to_nodes_with_a_ready_pod_and_
     let s = probe.finish().await;
     report("eTP Local, pod rescheduled node2 -> node3", &s);
     assert!(s.nodes.contains_key("node3"), "{s:?}");
+    // While node2's pod goes and node3's comes, HAProxy learns both from
+    // kube-proxy's healthCheckNodePort (checked every 2 s, 3 failures down,
+    // 2 successes up): a bounded gap, documented in the README.
+    assert!(s.longest_gap_s < MOVE_GAP_S, "{s:?}");
 }
 
 /// Patches a Node with a JSON merge patch.
@@ -452,8 +471,8 @@ async fn leader_pod_deleted_and_the_other_replica_takes_over_the_vips() {
     let s = probe.finish().await;
     report(&format!("leader {old} deleted, {new} took over"), &s);
     assert!(s.ok > 0 && s.nodes.len() == 3, "{s:?}");
-    // The VIP moves with leadership: a bounded gap, not a dead VIP.
-    assert!(s.longest_gap_s < 20.0, "{s:?}");
+    // The VIP moves with leadership: a short gap, not a dead VIP.
+    assert_takeover_bounded(&s);
     // The Deployment replaces the deleted pod.
     lab.kubectl(&[
         "-n",
@@ -500,7 +519,8 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = probe.finish().await;
     report("helm upgrade (nodeCheckPort 10256)", &s);
-    assert!(s.ok > 0 && s.longest_gap_s < 20.0, "{s:?}");
+    assert!(s.ok > 0, "{s:?}");
+    assert_takeover_bounded(&s);
 
     // Uninstall: the Services go first (their finalizer is FerryLB's), then
     // the release; nothing of FerryLB's is left on the nodes.

@@ -40,7 +40,7 @@ node_ip() { echo "10.250.0.1$(node_index "$1")"; }
 pod_cidr() { echo "10.244.$(node_index "$1").0/24"; }
 cgroup_root() { echo "/$lab_prefix-$1"; }
 # The cgroup v1 hierarchies kubelet uses (cgroupfs driver).
-cgroup_controllers=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event)
+cgroup_controllers=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event unified)
 
 # in_ns NAMESPACE CMD...: runs CMD in the network namespace only, keeping
 # the root mount namespace (kubelet's and containerd's mounts must be seen
@@ -138,9 +138,24 @@ start_control_plane() {
   local dir="$1" bin="$2" port
   # The API server, as the tests run it, plus what real nodes and pods need:
   # an address they reach (advertised as the kubernetes Service's endpoint),
-  # and service-account tokens mounted into pods.
+  # service-account tokens mounted into pods, and a way to the kubelets
+  # (logs, exec) through a proxy in the host namespace.
+  spawn "$dir" kubelet-proxy nsenter --net="/var/run/netns/$(ns host)" "$lab_here/kubelet-proxy" "$dir/kubelet-proxy.sock"
+  cat >"$dir/egress.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $dir/kubelet-proxy.sock
+EOF
   apiserver_sans="IP:$lab_host_ip"
-  apiserver_extra_args=(--advertise-address="$lab_host_ip" --enable-admission-plugins=ServiceAccount)
+  apiserver_extra_args=(--advertise-address="$lab_host_ip" --enable-admission-plugins=ServiceAccount
+    --egress-selector-config-file="$dir/egress.yaml" --kubelet-preferred-address-types=InternalIP
+    --kubelet-client-certificate="$dir/pki/admin.crt" --kubelet-client-key="$dir/pki/admin.key")
   start_etcd "$dir"
   start_apiserver "$dir"
   port="$(cat "$dir/apiserver.port")"
@@ -219,6 +234,7 @@ podLogsDir: $nd/pod-logs
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: false}
+  x509: {clientCAFile: $dir/pki/ca.crt}
 authorization: {mode: AlwaysAllow}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -277,7 +293,7 @@ kill_cgroup_tree() {
   local d="$1" f
   [[ -d "$d" ]] || return 0
   while IFS= read -r f; do
-    xargs -r kill -KILL <"$f" 2>/dev/null || true
+    { xargs -r kill -KILL <"$f"; } 2>/dev/null || true
   done < <(find "$d" -name cgroup.procs)
 }
 
@@ -308,7 +324,7 @@ teardown() {
     done
     stop_pidfile "$dir/$n-containerd.pid"
   done
-  for p in scheduler controller-manager socat-host socat-root; do stop_pidfile "$dir/$p.pid"; done
+  for p in scheduler controller-manager socat-host socat-root kubelet-proxy; do stop_pidfile "$dir/$p.pid"; done
   stop_pidfile "$dir/apiserver.pid"
   stop_pidfile "$dir/etcd.pid"
   # Whatever else still runs in the lab's network namespaces (haproxy
@@ -332,7 +348,12 @@ teardown() {
   if [[ -d /var/log/containers ]]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null || true
   fi
-  rm -rf /var/lib/cni/results/"$lab_prefix"-* 2>/dev/null || true
+  # CNI's cache of the lab's pods (they name the pods' netns, under DIR),
+  # and the shared directories containerd and CNI made, when now empty.
+  if [[ -d /var/lib/cni/results ]]; then
+    grep -l -F "$dir/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
+  fi
+  rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
   for n in client "${lab_nodes[@]}" host; do
     [[ -e "/var/run/netns/$(ns "$n")" ]] && ip netns delete "$(ns "$n")"
   done
