@@ -119,6 +119,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("creating {}", dir.display()))?;
                 }
                 let provider = Arc::new(HaproxyProvider::new(settings));
+                provider.write_initial_config().await?;
                 haproxy = Some(provider.clone());
                 classes.insert(args.haproxy.haproxy_class.clone(), provider);
             }
@@ -249,14 +250,14 @@ async fn check_providers(providers: Vec<Arc<dyn LoadBalancerProvider>>, telemetr
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tick.tick().await;
-        let mut ok = true;
+        let mut problems = Vec::new();
         for p in &providers {
             if let Err(e) = p.check().await {
                 tracing::warn!(provider = p.name(), error = %e, "provider unreachable");
-                ok = false;
+                problems.push(format!("provider {}: {e}", p.name()));
             }
         }
-        telemetry.set_providers_ok(ok);
+        telemetry.set_provider_problem((!problems.is_empty()).then(|| problems.join("; ")));
     }
 }
 

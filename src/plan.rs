@@ -11,9 +11,57 @@ use ferrylb_haproxy::{HaproxyProvider, HaproxySettings, status_of};
 use k8s_openapi::api::core::v1::{Node, Service};
 use serde::Deserialize;
 
+/// The largest manifest text `plan` reads.
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
+/// The deepest nesting `plan` reads; Kubernetes objects nest far less.
+pub const MAX_DEPTH: usize = 100;
+
+/// Refuses input a YAML parser would spend minutes on: too large, or nested
+/// too deep (in flow style `[[[`, block sequences `- - -` or indentation).
+/// A linear scan that over-counts rather than under-counts.
+fn check_bounds(text: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        text.len() <= MAX_INPUT_BYTES,
+        "the manifests are {} bytes; plan reads at most {MAX_INPUT_BYTES}",
+        text.len()
+    );
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let dashes = line
+            .trim_start()
+            .split_inclusive(' ')
+            .take_while(|w| w.trim() == "-")
+            .count();
+        for c in line.chars() {
+            match c {
+                '[' | '{' => flow += 1,
+                ']' | '}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            anyhow::ensure!(
+                flow <= MAX_DEPTH,
+                "line {}: nested deeper than {MAX_DEPTH} levels; plan refuses such input",
+                n + 1
+            );
+        }
+        anyhow::ensure!(
+            indent / 2 + dashes <= MAX_DEPTH,
+            "line {}: nested deeper than {MAX_DEPTH} levels; plan refuses such input",
+            n + 1
+        );
+    }
+    Ok(())
+}
+
 /// Reads every object in a multi-document YAML (or JSON) text, flattening
 /// `kind: List`.
+///
+/// # Errors
+/// Input over [`MAX_INPUT_BYTES`] or nested deeper than [`MAX_DEPTH`], and
+/// anything that is not YAML or not a valid Service or Node.
 pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> {
+    check_bounds(text)?;
     let mut services: Vec<Service> = Vec::new();
     let mut nodes = Vec::new();
     let mut pending: Vec<serde_json::Value> = Vec::new();
@@ -184,12 +232,39 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
             "{out}"
         );
         assert!(out.contains("warning: port 53/UDP is not served"), "{out}");
-        assert!(out.contains("shop/bad: not provisioned: invalid value \"static-rr\" for ferrylb.io/haproxy-balance"), "{out}");
+        assert!(
+            out.contains(
+                "shop/bad: not provisioned: ferrylb.io/haproxy-balance: invalid value \"static-rr\""
+            ),
+            "{out}"
+        );
         assert!(!out.contains("elsewhere"), "{out}");
         assert!(
             out.contains("bind 192.0.2.11:80") && out.contains("server n1 10.0.0.11:30080"),
             "{out}"
         );
         assert!(!out.contains("10.0.0.12"), "{out}");
+    }
+
+    #[test]
+    fn deep_or_huge_input_fails_fast_with_a_clear_message() {
+        let deep_flow = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+        let deep_block: String = (0..60_000).map(|_| "- ").collect::<String>() + "x\n";
+        let deep_indent: String = (0..300)
+            .map(|i| format!("{}a:\n", "  ".repeat(i)))
+            .collect();
+        for text in [deep_flow, deep_block, deep_indent] {
+            let started = std::time::Instant::now();
+            let err = parse_manifests(&text).unwrap_err().to_string();
+            assert!(err.contains("nested deeper than 100"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        let huge = "#".repeat(MAX_INPUT_BYTES + 1);
+        assert!(
+            parse_manifests(&huge)
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
     }
 }

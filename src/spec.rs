@@ -32,7 +32,7 @@ const PROVIDER_ANNOTATION_PREFIXES: &[&str] = &[
 
 /// A Service that cannot be turned into a load balancer as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value {value:?} for {field}: {allowed}")]
+#[error("{field}: invalid value {}: {allowed}", ferrylb_model::excerpt(value))]
 pub struct SpecError {
     /// The field path or annotation name, e.g. `spec.ports[1].nodePort`.
     pub field: String,

@@ -37,7 +37,8 @@ pub struct Telemetry {
     leader: Gauge,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
-    providers_ok: AtomicBool,
+    /// Why a provider's last check failed (`None`: all answered).
+    provider_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Telemetry {
@@ -89,7 +90,7 @@ impl Default for Telemetry {
             leader,
             caches_synced: AtomicBool::new(false),
             standing_by: AtomicBool::new(false),
-            providers_ok: AtomicBool::new(true),
+            provider_problem: std::sync::Mutex::new(None),
         }
     }
 }
@@ -159,20 +160,25 @@ impl Telemetry {
         self.caches_synced.store(synced, Ordering::SeqCst);
     }
 
-    /// The providers' last reachability check.
-    pub fn set_providers_ok(&self, ok: bool) {
-        self.providers_ok.store(ok, Ordering::SeqCst);
+    /// The providers' last check: `None` when all answered, else why not.
+    pub fn set_provider_problem(&self, problem: Option<String>) {
+        *self.provider_problem.lock().expect("readiness lock") = problem;
     }
 
     /// `Ok` when ready, else why not.
-    pub fn readiness(&self) -> Result<(), &'static str> {
-        if !self.providers_ok.load(Ordering::SeqCst) {
-            return Err("a provider is unreachable");
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(p) = self
+            .provider_problem
+            .lock()
+            .expect("readiness lock")
+            .clone()
+        {
+            return Err(p);
         }
         if self.standing_by.load(Ordering::SeqCst) || self.caches_synced.load(Ordering::SeqCst) {
             Ok(())
         } else {
-            Err("caches not synced yet")
+            Err("caches not synced yet".into())
         }
     }
 
@@ -197,7 +203,7 @@ async fn metrics(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
 async fn readyz(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
     match t.readiness() {
         Ok(()) => (StatusCode::OK, "ok".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -231,7 +237,7 @@ mod tests {
     #[test]
     fn counters_move_and_readiness_follows_sync_and_leadership() {
         let t = Telemetry::default();
-        assert_eq!(t.readiness(), Err("caches not synced yet"));
+        assert_eq!(t.readiness(), Err("caches not synced yet".into()));
         t.reconcile().finish(None);
         t.reconcile().finish(Some("InvalidAnnotation"));
         t.provider_call("aws", "ensure", "ok");
@@ -259,7 +265,7 @@ mod tests {
         assert!(t.readiness().is_err());
         t.set_caches_synced(true);
         assert_eq!(t.readiness(), Ok(()));
-        t.set_providers_ok(false);
+        t.set_provider_problem(Some("haproxy: cannot run haproxy".into()));
         assert!(t.readiness().is_err());
     }
 }

@@ -6,6 +6,10 @@ mod support;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use std::sync::Arc;
+
+use ferrylb_model::LoadBalancerProvider;
+use support::controller::{RunningController, config};
 use support::harness::{Harness, WAIT, condition, has_finalizer, ingress_hostname};
 use support::recording::{Call, RecordingProvider};
 use support::{kube as k, wait};
@@ -299,6 +303,91 @@ async fn other_classes_are_untouched_and_no_class_needs_a_default() {
     .await;
     let other = h.services().get("other").await.unwrap();
     assert!(!has_finalizer(&other) && ingress_hostname(&other).is_none());
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn a_service_another_controller_provisioned_is_never_written() {
+    let mut h = new("ctl-owner").await;
+    h.node("n1", "127.0.0.11").await;
+    // Another FerryLB, serving a class of its own, provisions "small".
+    let small_class = format!("{}-small", h.class);
+    let owner = Arc::new(RecordingProvider::new(Some(h.client.clone())));
+    let owner_provider: Arc<dyn LoadBalancerProvider> = owner.clone();
+    let _owner = RunningController::start(
+        h.client.clone(),
+        config(
+            vec![(small_class.clone(), owner_provider)],
+            None,
+            &h.ns,
+            &h.label,
+        ),
+    );
+    h.service("small", &[80], Some(&small_class)).await;
+    let before = h
+        .wait_service("small provisioned by its owner", "small", |s| {
+            ingress_hostname(s).is_some() && has_finalizer(s) && condition(s).is_some()
+        })
+        .await;
+
+    // This controller, the default implementation, serves another class.
+    let _ctl = h.start(true);
+    h.service("mine", &[81], None).await;
+    // "mine" converging proves it ran over "small" too.
+    h.wait_service("mine provisioned", "mine", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    let after = h.services().get("small").await.unwrap();
+    assert_eq!(
+        condition(&after),
+        condition(&before),
+        "the owner's condition was overwritten"
+    );
+    let reasons = k::event_reasons(&h.client, &h.ns, "small").await;
+    assert!(
+        !reasons.iter().any(|r| r == "SyncLoadBalancerFailed"),
+        "a controller that does not serve the class published {reasons:?}"
+    );
+    assert!(h.provider.calls_for(&h.key("small")).is_empty());
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn no_eligible_node_is_a_warning_and_not_ready() {
+    let mut h = new("ctl-nonodes").await;
+    let n1 = h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let class = h.class.clone();
+    h.service("web", &[80], Some(&class)).await;
+    h.wait_service("web ready", "web", |s| {
+        condition(s).is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    Api::<Node>::all(h.client.clone())
+        .patch(
+            &n1,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {
+                "node.kubernetes.io/exclude-from-external-load-balancers": ""
+            }}})),
+        )
+        .await
+        .unwrap();
+    let svc = h
+        .wait_service("web's UnAvailableLoadBalancer condition", "web", |s| {
+            condition(s).is_some_and(|c| c.0 == "False" && c.1 == "UnAvailableLoadBalancer")
+        })
+        .await;
+    assert!(condition(&svc).unwrap().2.contains("no available nodes"));
+    let warning = wait::until("an UnAvailableLoadBalancer Warning", WAIT, || async {
+        k::events(&h.client, &h.ns, "web")
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("UnAvailableLoadBalancer"))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
     h.cleanup_nodes().await;
 }
 

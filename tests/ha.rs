@@ -293,3 +293,234 @@ async fn readyz_waits_for_the_caches_and_healthz_does_not() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_it_promptly_while_the_api_server_is_unreachable() {
+    let dir = env::tempdir("ferrylb-unreachable");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster: {server: https://127.0.0.1:1}\n\
+         users:\n- name: x\n  user: {token: x}\ncontexts:\n- name: x\n  context: {cluster: x, user: x}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    for leader_elect in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
+        cmd.args([
+            "controller",
+            "--providers",
+            "haproxy",
+            "--default-provider",
+            "haproxy",
+        ])
+        .args([
+            "--haproxy-pool",
+            "127.0.0.250/32",
+            "--haproxy-mode",
+            "external",
+        ])
+        .arg("--haproxy-dir")
+        .arg(dir.join("haproxy"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())]);
+        if leader_elect {
+            cmd.arg("--leader-elect");
+        }
+        let log = dir.join(format!("ferrylb-{leader_elect}.log"));
+        let mut child = ChildGuard::spawn("ferrylb", &mut cmd, &log);
+        // Let it reach its retry loop.
+        wait::until(
+            "ferrylb retrying the API server",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                async move { (text.contains("retrying") || text.contains("failed")).then_some(()) }
+            },
+        )
+        .await;
+        Command::new("kill")
+            .args(["-TERM", &child.pid().to_string()])
+            .status()
+            .unwrap();
+        wait::until(
+            "ferrylb to exit after SIGTERM",
+            Duration::from_secs(10),
+            || {
+                let running = child.running();
+                async move { (!running).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+/// haproxy master processes whose configuration is `cfg`: those of the
+/// matching processes whose parent is not one of them (workers are forked
+/// by their master with the same command line).
+fn haproxy_masters(cfg: &Path) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("haproxy -W .* -f {}", cfg.display())])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let parent = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces; ppid follows ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    pids.iter().filter(|p| !pids.contains(&parent(p))).count()
+}
+
+#[tokio::test]
+async fn a_killed_controller_s_haproxy_is_adopted_not_doubled() {
+    let env = env::shared();
+    let client = k::client(env).await;
+    let ns = k::namespace(&client, "ha-adopt").await;
+    let label = format!("test.ferrylb.io/{ns}");
+    let node = format!("{ns}-n1");
+    k::create_labelled_node(&client, &node, "127.0.0.11", &[(&label, "true")]).await;
+    let dir = env::tempdir("ferrylb-adopt");
+    let hdir = dir.join("haproxy");
+    let cfg = hdir.join("haproxy.cfg");
+    let binary = support::process::require_program("haproxy", ".ci/run installs it from Debian");
+    let start = |n: u32| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
+        cmd.args([
+            "controller",
+            "--providers",
+            "haproxy",
+            "--default-provider",
+            "haproxy",
+        ])
+        .args(["--kubeconfig", env.kubeconfig().to_str().unwrap()])
+        .args(["--namespace", &ns])
+        .args(["--node-selector", &format!("{label}=true")])
+        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())])
+        .args(["--haproxy-pool", "127.0.0.190-127.0.0.191"])
+        .arg("--haproxy-binary")
+        .arg(&binary)
+        .arg("--haproxy-dir")
+        .arg(&hdir)
+        .env("RUST_LOG", "ferrylb=debug,info");
+        ChildGuard::spawn("ferrylb", &mut cmd, &dir.join(format!("ferrylb-{n}.log")))
+    };
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let vip_port = |svc: &Service| -> Option<std::net::SocketAddr> {
+        let ip = svc
+            .status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .ip
+            .clone()?;
+        Some(std::net::SocketAddr::new(ip.parse().ok()?, 8081))
+    };
+    let accepts = |addr: std::net::SocketAddr| {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    };
+
+    let mut first = start(1);
+    svcs.create(&PostParams::default(), &k::lb_service("web", &[8081]))
+        .await
+        .unwrap();
+    let addr = wait::until("web's VIP accepting", Duration::from_secs(60), || {
+        let svcs = svcs.clone();
+        async move {
+            let svc = svcs.get("web").await.ok()?;
+            vip_port(&svc).filter(|a| accepts(*a))
+        }
+    })
+    .await;
+    assert_eq!(haproxy_masters(&cfg), 1);
+
+    // SIGKILL: the controller cannot stop its HAProxy, which serves on.
+    first.kill();
+    assert!(accepts(addr), "the data plane survives the controller");
+    let mut second = start(2);
+    svcs.delete("web", &Default::default()).await.unwrap();
+    wait::until(
+        "the deleted Service's VIP to stop accepting",
+        Duration::from_secs(60),
+        || {
+            let gone = !accepts(addr);
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        haproxy_masters(&cfg),
+        1,
+        "a second haproxy beside the first"
+    );
+
+    // A clean stop takes the adopted HAProxy with it.
+    Command::new("kill")
+        .args(["-TERM", &second.pid().to_string()])
+        .status()
+        .unwrap();
+    wait::until(
+        "ferrylb and its haproxy to stop",
+        Duration::from_secs(30),
+        || {
+            let done = !second.running() && haproxy_masters(&cfg) == 0;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .delete(&node, &Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_haproxy_binary_is_missing() {
+    let env = env::shared();
+    let client = k::client(env).await;
+    let ns = k::namespace(&client, "ha-nobinary").await;
+    let dir = env::tempdir("ferrylb-nobinary");
+    let metrics = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
+    cmd.args([
+        "controller",
+        "--providers",
+        "haproxy",
+        "--default-provider",
+        "haproxy",
+    ])
+    .args(["--kubeconfig", env.kubeconfig().to_str().unwrap()])
+    .args(["--namespace", &ns])
+    .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
+    .args(["--haproxy-pool", "127.0.0.195/32"])
+    .args(["--haproxy-binary", "/nonexistent/haproxy"])
+    .arg("--haproxy-dir")
+    .arg(dir.join("haproxy"));
+    let _child = ChildGuard::spawn("ferrylb", &mut cmd, &dir.join("ferrylb.log"));
+    // Alive, caches synced, and still not ready, saying why.
+    wait::until("/healthz to answer", Duration::from_secs(30), || async {
+        http_get(metrics, "/healthz")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let (status, body) = wait::until("/readyz to answer", Duration::from_secs(30), || async {
+        http_get(metrics, "/readyz").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status2, body2) = http_get(metrics, "/readyz").await.unwrap();
+    assert!(
+        status != 200 && status2 != 200,
+        "{status} {body} / {status2} {body2}"
+    );
+    assert!(body2.contains("/nonexistent/haproxy"), "{body2}");
+}

@@ -269,6 +269,67 @@ async fn refusals_are_reported_and_leave_other_services_working() {
 }
 
 #[tokio::test]
+async fn a_port_another_process_holds_is_named_and_costs_only_its_service() {
+    let mut h = harness("hx-taken", "127.0.0.170-127.0.0.171").await;
+    h.node("n1", "127.0.0.11").await;
+    // Something else on the host listens on every address's port P.
+    let squatter = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let _ctl = h.start(false);
+
+    create(&h, k::lb_service("taken", &[i32::from(port)])).await;
+    let svc = h
+        .wait_service("taken's PortInUse condition", "taken", |s| {
+            condition(s).is_some_and(|c| c.1 == "PortInUse")
+        })
+        .await;
+    let message = condition(&svc).unwrap().2;
+    assert!(message.contains(&format!(":{port}")), "{message}");
+    let note = wait::until("a Warning naming the port", WAIT, || async {
+        k::events(&h.client, &h.ns, "taken")
+            .await
+            .into_iter()
+            .filter_map(|e| e.note)
+            .find(|n| n.contains("PortInUse") || n.contains(&format!(":{port}")))
+    })
+    .await;
+    assert!(note.contains(&format!(":{port}")), "{note}");
+
+    // The next Service is served: the failure did not block reloads.
+    create(&h, k::lb_service("fine", &[80])).await;
+    let (fine, ip) = wait_vip(&h, "fine").await;
+    let _l = traffic::answer("127.0.0.11", node_port(&fine, 0), "fine").await;
+    wait_answers(SocketAddr::new(ip, 80), &["fine"]).await;
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
+async fn a_service_with_only_udp_ports_holds_no_address_and_is_not_ready() {
+    let mut h = harness("hx-udp", "127.0.0.175/32").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let mut svc = k::lb_service("dns", &[53]);
+    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    create(&h, svc).await;
+    let dns = h
+        .wait_service("dns's UnsupportedProtocol condition", "dns", |s| {
+            condition(s).is_some_and(|c| c.0 == "False" && c.1 == "UnsupportedProtocol")
+        })
+        .await;
+    assert!(
+        first_ingress(&dns).is_none(),
+        "an address for a Service HAProxy cannot serve"
+    );
+    // The pool's only address is free for a Service that can use it.
+    create(&h, k::lb_service("web", &[80])).await;
+    let (_, ip) = wait_vip(&h, "web").await;
+    assert_eq!(ip.to_string(), "127.0.0.175");
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
 async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
     let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;
     three_nodes(&mut h).await;

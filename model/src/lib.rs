@@ -9,7 +9,7 @@ mod provider;
 mod spec;
 mod status;
 
-pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError};
+pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError, excerpt};
 pub use spec::{
     HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
     load_balancer_name, split_list,

@@ -82,6 +82,17 @@ pub enum ErrorKind {
 }
 
 /// A provider failure, with what a user can act on.
+/// A value quoted for a message: whole when short, else its first 64
+/// characters and its length, so that a huge annotation can neither bury the
+/// field's name nor bloat an Event or condition.
+pub fn excerpt(value: &str) -> String {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {
@@ -108,7 +119,7 @@ impl ProviderError {
     pub fn invalid(field: &str, value: &str, allowed: &str) -> Self {
         Self::permanent(
             "InvalidAnnotation",
-            format!("invalid value {value:?} for {field}: {allowed}"),
+            format!("{field}: invalid value {}: {allowed}", excerpt(value)),
         )
     }
 
@@ -132,5 +143,31 @@ impl ProviderError {
             reason: reason.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_field_first_and_quote_a_bounded_excerpt() {
+        let huge = "x".repeat(100_000);
+        let e = ProviderError::invalid(
+            "ferrylb.io/haproxy-balance",
+            &huge,
+            "roundrobin or leastconn",
+        );
+        assert!(
+            e.message
+                .starts_with("ferrylb.io/haproxy-balance: invalid value \"xxx"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("(100000 bytes)"), "{}", e.message);
+        assert!(e.message.len() < 200, "{}", e.message.len());
+        assert_eq!(excerpt("leastconn"), "\"leastconn\"");
+        // Cut on a character boundary.
+        assert!(excerpt(&"é".repeat(100)).ends_with("(200 bytes)"));
     }
 }

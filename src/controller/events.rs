@@ -11,6 +11,8 @@ pub const UPDATED: &str = "UpdatedLoadBalancer";
 pub const SYNC_FAILED: &str = "SyncLoadBalancerFailed";
 pub const DELETING: &str = "DeletingLoadBalancer";
 pub const DELETED: &str = "DeletedLoadBalancer";
+/// Kubernetes' own reason when a load balancer has no node to send to.
+pub const UNAVAILABLE: &str = "UnAvailableLoadBalancer";
 
 /// Publishes an Event on `svc`. Failing to publish is logged, never fatal:
 /// an Event is a courtesy, the reconcile's outcome is what matters.
@@ -53,7 +55,8 @@ fn action_for(reason: &str) -> &'static str {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

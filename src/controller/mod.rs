@@ -182,16 +182,30 @@ pub async fn run(
         retry_all,
     });
 
+    // Shutdown is honoured in every state, the wait for the first Node
+    // listing included (an unreachable API server never ends it).
+    let shutdown = futures::FutureExt::shared(shutdown);
     let controller = Controller::new(ctx.services_api(), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .reconcile_all_on(target_changes)
-        .graceful_shutdown_on(shutdown);
+        .graceful_shutdown_on(shutdown.clone());
 
     // Reconciling before the Node cache is filled would strip every load
     // balancer of its targets; and providers hear what exists before the
     // first ensure.
-    targets_rx.wait_for(Option::is_some).await?;
-    reconcile::restore(&ctx).await;
+    let synced = async {
+        targets_rx.wait_for(Option::is_some).await?;
+        reconcile::restore(&ctx).await;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = synced => r?,
+        () = shutdown.clone() => {
+            tracing::info!("stopped before the caches were synced");
+            node_task.abort();
+            return Ok(());
+        }
+    }
     config.telemetry.set_caches_synced(true);
 
     controller

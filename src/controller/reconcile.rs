@@ -9,6 +9,8 @@
 //!    status and condition are written only when they change.
 //! 3. Cleanup (Service deleted, or no longer ours): the provider deletes,
 //!    then status is cleared and the finalizer removed, in that order.
+//! 4. A Service whose recorded class this controller does not serve belongs
+//!    to another controller: it is left alone, whatever its type or class.
 //!
 //! # Guarantees
 //! Both arms are idempotent. Cleanup tolerates Apply never having run (the
@@ -40,6 +42,14 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let recorded = status::recorded_class(&svc).map(str::to_owned);
     let deleting = svc.metadata.deletion_timestamp.is_some();
 
+    if let Some(old) = &recorded
+        && !ctx.config.classes.contains_key(old)
+    {
+        // Provisioned by another controller serving `old`: its Service,
+        // its finalizer, its status. Never written to from here.
+        let _ = forget(&ctx, &svc);
+        return Ok(Action::await_change());
+    }
     if let Some(old) = &recorded
         && (deleting || wanted.as_deref() != Some(old.as_str()))
     {
@@ -99,7 +109,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             &ctx.client,
             svc,
             Some(status::to_ingress(&l.status)),
-            Some(ensured(provider.name())),
+            Some(ensured(provider.name(), &l.spec)),
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -153,9 +163,19 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         &ctx.client,
         svc,
         Some(status::to_ingress(&lb_status)),
-        Some(ensured(provider.name())),
+        Some(ensured(provider.name(), &spec)),
     )
     .await?;
+    if spec.targets.is_empty() && !unchanged {
+        tracing::warn!(service = %name, "{NO_TARGETS}");
+        events::warning(
+            &ctx.recorder,
+            svc,
+            events::UNAVAILABLE,
+            NO_TARGETS.to_owned(),
+        )
+        .await;
+    }
     if target_only {
         let note = format!(
             "Updated load balancer with new hosts ({} targets)",
@@ -262,13 +282,26 @@ async fn report_failure(svc: &Service, err: &Error, ctx: &Context) {
     }
 }
 
-fn ensured(provider: &str) -> Readiness {
+/// The condition for a load balancer the provider ensured for `spec`: ready,
+/// unless it has no node to send traffic to.
+fn ensured(provider: &str, spec: &LoadBalancerSpec) -> Readiness {
+    if spec.targets.is_empty() {
+        return Readiness {
+            ready: false,
+            reason: events::UNAVAILABLE.into(),
+            message: NO_TARGETS.into(),
+        };
+    }
     Readiness {
         ready: true,
         reason: "Ensured".into(),
         message: format!("load balancer ensured by provider {provider}"),
     }
 }
+
+const NO_TARGETS: &str = "there are no available nodes for this load balancer: every Node is \
+    excluded (node.kubernetes.io/exclude-from-external-load-balancers), being deleted, or \
+    outside --node-selector";
 
 /// The spec and status last ensured for a Service.
 #[derive(Clone)]

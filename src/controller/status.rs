@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::error::Error;
 use super::{CLASS_ANNOTATION, FIELD_MANAGER, FINALIZER};
-use crate::controller::events::svc_name;
+use crate::controller::events::{svc_name, truncate};
 
 /// FerryLB's condition on the Service: True once the load balancer is
 /// ensured, False with the reason and message when it is not.
@@ -210,7 +210,8 @@ fn conditions_with(
             type_: CONDITION_TYPE.to_owned(),
             status: status.to_owned(),
             reason: r.reason,
-            message: r.message,
+            // metav1.Condition allows 32,768 bytes of message.
+            message: truncate(r.message, 32_768),
             observed_generation: generation,
             last_transition_time,
         };

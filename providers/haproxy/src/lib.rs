@@ -174,6 +174,21 @@ impl HaproxyProvider {
         }
     }
 
+    /// Writes an empty configuration when there is none yet, so that an
+    /// HAProxy started beside FerryLB (the chart's sidecar, which waits for
+    /// the file) runs before this replica has anything to serve: when it
+    /// takes over, a reload is all it takes to serve.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub async fn write_initial_config(&self) -> Result<(), ProviderError> {
+        let path = &self.settings.process.config_path;
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        process::write_atomically(path, &render::render(&self.global(), &[])).await
+    }
+
     fn global(&self) -> GlobalSettings {
         GlobalSettings {
             admin_socket: self.settings.admin_socket.clone(),
@@ -243,6 +258,54 @@ impl HaproxyProvider {
         };
     }
 
+    /// Refuses `entry` when a VIP:port it adds (one `previous` did not bind)
+    /// is held by another process on this host: HAProxy would fail to bind
+    /// it, and the whole reload with it; found first, it costs only this
+    /// Service. Ports the installed configuration binds are HAProxy's own.
+    fn check_binds(&self, entry: &Entry, previous: Option<&Entry>) -> Result<(), ProviderError> {
+        let bound = |e: Option<&Entry>, port: u16| {
+            e.is_some_and(|e| {
+                e.vip == entry.vip
+                    && e.spec
+                        .listeners
+                        .iter()
+                        .any(|l| l.protocol == Protocol::Tcp && l.port == port)
+            })
+        };
+        let new = entry
+            .spec
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Tcp && !bound(previous, l.port))
+            .map(|l| (entry.vip, l.port));
+        let taken = vip::taken(new);
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let installed =
+            std::fs::read_to_string(&self.settings.process.config_path).unwrap_or_default();
+        let ours = |addr: &str| {
+            installed
+                .lines()
+                .any(|l| l.trim() == format!("bind {addr}"))
+        };
+        match taken
+            .into_iter()
+            .map(|(ip, port)| (render::addr(ip, port), port))
+            .find(|(addr, _)| !ours(addr))
+        {
+            None => Ok(()),
+            Some((addr, port)) => Err(ProviderError::transient(
+                "PortInUse",
+                format!(
+                    "{addr}: another process on this host already listens on port {port} \
+                     (on that address or on all addresses), so HAProxy cannot bind it; \
+                     free the port or use another"
+                ),
+            )),
+        }
+    }
+
     fn vip_still_used(&self, ip: IpAddr) -> bool {
         self.entries
             .lock()
@@ -294,6 +357,35 @@ impl LoadBalancerProvider for HaproxyProvider {
         "haproxy"
     }
 
+    /// Ready when the haproxy binary runs: every configuration is checked
+    /// with it (`haproxy -c`), in either mode.
+    async fn check(&self) -> Result<(), ProviderError> {
+        let binary = &self.settings.process.binary;
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::process::Command::new(binary).arg("-v").output(),
+        )
+        .await;
+        match out {
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => Err(ProviderError::transient(
+                "HAProxyUnavailable",
+                format!("{} -v failed: {}", binary.display(), o.status),
+            )),
+            Ok(Err(e)) => Err(ProviderError::transient(
+                "HAProxyUnavailable",
+                format!(
+                    "cannot run {} ({e}); set --haproxy-binary",
+                    binary.display()
+                ),
+            )),
+            Err(_) => Err(ProviderError::transient(
+                "HAProxyUnavailable",
+                format!("{} -v did not answer within 5s", binary.display()),
+            )),
+        }
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self
             .entries
@@ -304,10 +396,25 @@ impl LoadBalancerProvider for HaproxyProvider {
     }
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
+        if !spec.listeners.iter().any(|l| l.protocol == Protocol::Tcp) {
+            // Nothing to serve: hold no address (a Service that had TCP
+            // ports before gives its VIP back) and say why.
+            self.ensure_deleted(&spec.lb).await?;
+            return Err(ProviderError::permanent(
+                "UnsupportedProtocol",
+                "HAProxy balances TCP only and none of this Service's ports is TCP; \
+                 use another loadBalancerClass for UDP or SCTP",
+            ));
+        }
         let (entry, previous) = self.plan(spec)?;
         let result = async {
-            self.vips.add(entry.vip).await?;
-            self.sync().await
+            let added = self.vips.add(entry.vip).await?;
+            self.check_binds(&entry, previous.as_ref())?;
+            self.sync().await?;
+            if added {
+                self.vips.announce(entry.vip);
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = result {
@@ -408,10 +515,17 @@ impl LoadBalancerProvider for HaproxyProvider {
                 tracing::warn!(service = %spec.lb.key, error = %e, "not restoring this Service's address");
             }
         }
-        let vips: Vec<IpAddr> = self.assignments().into_values().collect();
+        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
+        let mut added = Vec::new();
         for ip in vips {
-            self.vips.add(ip).await?;
+            if self.vips.add(ip).await? {
+                added.push(ip);
+            }
         }
-        self.sync().await
+        self.sync().await?;
+        for ip in added {
+            self.vips.announce(ip);
+        }
+        Ok(())
     }
 }

@@ -66,9 +66,9 @@ impl Process {
         tokio::fs::write(&tmp, text)
             .await
             .map_err(|e| unavailable(format!("writing {}: {e}", tmp.display())))?;
+        // Not `-q`: it silences the alerts a user needs to see.
         let out = Command::new(&self.settings.binary)
             .arg("-c")
-            .arg("-q")
             .arg("-f")
             .arg(&tmp)
             .output()
@@ -82,12 +82,7 @@ impl Process {
         if !out.status.success() {
             let rejected = sibling(path, "rejected");
             let _ = tokio::fs::rename(&tmp, &rejected).await;
-            let alerts: String = String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .chain(String::from_utf8_lossy(&out.stdout).lines())
-                .filter(|l| l.contains("ALERT"))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let alerts = alerts(&out.stdout, &out.stderr);
             return Err(ProviderError::transient(
                 "InvalidHAProxyConfiguration",
                 format!(
@@ -113,7 +108,16 @@ impl Process {
     /// master CLI and waits until the master confirms the reload.
     pub async fn reload(&self) -> Result<(), ProviderError> {
         if self.settings.mode == RunMode::Managed && !self.running().await {
-            return self.start().await;
+            // An HAProxy answering on our master socket was started by an
+            // earlier FerryLB on this directory (killed before it could stop
+            // it): adopt it, so that there is never a second one beside it.
+            match self.reload_counters().await {
+                Ok(_) => tracing::info!(
+                    socket = %self.settings.master_socket.display(),
+                    "adopting the haproxy an earlier run started"
+                ),
+                Err(_) => return self.start().await,
+            }
         }
         let before = self.reload_counters().await?;
         // The master re-executes itself on reload and answers nothing on 2.6;
@@ -180,13 +184,30 @@ impl Process {
         Ok(())
     }
 
-    /// Stops a managed HAProxy (and its supervisor).
+    /// Stops a managed HAProxy (and its supervisor), the one it started or
+    /// the one it adopted.
     pub async fn stop(&self) {
         if let Some(s) = self.supervisor.lock().expect("supervisor lock").take() {
             s.abort();
         }
         if let Some(mut c) = self.child.lock().await.take() {
             let _ = c.kill().await;
+            return;
+        }
+        if self.settings.mode != RunMode::Managed {
+            return;
+        }
+        let master = master_command(&self.settings.master_socket, "show proc")
+            .await
+            .ok()
+            .and_then(|out| master_pid(&out));
+        if let Some(pid) = master {
+            tracing::info!(pid, "stopping the adopted haproxy");
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
         }
     }
 }
@@ -295,6 +316,16 @@ pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String>
 }
 
 /// From `show proc`: `<pid> master <reloads> [failed: <n>] ...`.
+/// The master's pid from `show proc`.
+fn master_pid(out: &str) -> Option<u32> {
+    out.lines()
+        .find(|l| l.contains("master"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn parse_master_line(out: &str) -> Option<(u64, u64)> {
     let line = out
         .lines()
@@ -314,6 +345,38 @@ fn parse_master_line(out: &str) -> Option<(u64, u64)> {
     Some((reloads, failed))
 }
 
+/// haproxy's `[ALERT]` lines from `haproxy -c`, bounded: at most 5 lines of
+/// at most 300 bytes each, and how many more there were.
+fn alerts(stdout: &[u8], stderr: &[u8]) -> String {
+    const LINES: usize = 5;
+    const WIDTH: usize = 300;
+    let (out, err) = (
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr),
+    );
+    let all: Vec<&str> = err
+        .lines()
+        .chain(out.lines())
+        .filter(|l| l.contains("ALERT"))
+        .map(str::trim)
+        .collect();
+    let mut shown: Vec<String> = all
+        .iter()
+        .take(LINES)
+        .map(|l| match l.char_indices().nth(WIDTH) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => (*l).to_owned(),
+        })
+        .collect();
+    if all.len() > LINES {
+        shown.push(format!("and {} more", all.len() - LINES));
+    }
+    if shown.is_empty() {
+        return "haproxy printed no alert".into();
+    }
+    shown.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,7 +387,44 @@ mod tests {
                    20286           master          3 [failed: 1]   0d00h00m01s     2.6.12-1+deb12u4\n\
                    # workers\n20289           worker          0               0d00h00m01s     2.6.12\n";
         assert_eq!(parse_master_line(out), Some((3, 1)));
+        assert_eq!(master_pid(out), Some(20286));
         assert_eq!(parse_master_line("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_configuration_says_what_haproxy_said() {
+        let dir = std::env::temp_dir().join(format!("ferrylb-process-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = Process::new(ProcessSettings {
+            binary: "haproxy".into(),
+            config_path: dir.join("haproxy.cfg"),
+            master_socket: dir.join("master.sock"),
+            mode: RunMode::External,
+        });
+        let err = p
+            .install("global\ndefaults\n  mode tcp\nfrontend f\n  bind 127.0.0.1:1\n  bogus-keyword on\n")
+            .await
+            .expect_err("haproxy must reject an unknown keyword");
+        assert!(
+            err.message.contains("[ALERT]") && err.message.contains("bogus-keyword"),
+            "{}",
+            err.message
+        );
+        assert!(
+            !dir.join("haproxy.cfg").exists(),
+            "a rejected file was installed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn alerts_are_bounded() {
+        let many: String = (0..20)
+            .map(|i| format!("[ALERT] {i}: {}\n", "z".repeat(1000)))
+            .collect();
+        let text = alerts(many.as_bytes(), b"");
+        assert!(text.contains("and 15 more"), "{text}");
+        assert!(text.len() < 5 * 310 + 20, "{}", text.len());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol};
+use sha2::Digest as _;
 
 use crate::options::Options;
 
@@ -49,23 +50,34 @@ pub fn backend_name(entry: &Entry, port: u16) -> String {
     format!("be_{}_{port}", entry.spec.lb.name)
 }
 
-/// A server name HAProxy accepts (`[A-Za-z0-9._:-]`), from a node name.
+/// A server name HAProxy accepts (`[A-Za-z0-9._:-]`), unique for every node
+/// name: a name of at most 100 safe characters is used as it is (every
+/// valid short Node name); any other keeps a readable prefix of its safe
+/// characters and ends in a hash of the whole name, since Node names run to
+/// 253 characters and two may share their first hundred.
 pub fn server_name(node: &str) -> String {
-    let s: String = node
+    const MAX: usize = 100;
+    const HASH_HEX: usize = 16;
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if !node.is_empty() && node.len() <= MAX && node.chars().all(safe) {
+        return node.to_owned();
+    }
+    let prefix: String = node
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
+        .map(|c| if safe(c) { c } else { '_' })
+        .take(MAX - HASH_HEX - 1)
         .collect();
-    if s.is_empty() { "_".into() } else { s }
+    let digest = sha2::Sha256::digest(node.as_bytes());
+    let hash: String = digest
+        .iter()
+        .take(HASH_HEX / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}-{hash}")
 }
 
-fn addr(ip: IpAddr, port: u16) -> String {
+/// `ip:port`, with brackets for IPv6.
+pub fn addr(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(v) => format!("{v}:{port}"),
         IpAddr::V6(v) => format!("[{v}]:{port}"),

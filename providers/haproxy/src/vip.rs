@@ -19,14 +19,19 @@ pub struct VipBinder {
 }
 
 impl VipBinder {
-    /// Adds `ip` to the interface; already present is fine. A newly added
-    /// IPv4 address is announced in the background.
-    pub async fn add(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        let added = self.ip_addr("add", ip, "File exists").await?;
-        if let (true, Some(dev), IpAddr::V4(_)) = (added, &self.interface, ip) {
+    /// Adds `ip` to the interface; already present is fine. `true` when it
+    /// was added now: [`Self::announce`] it once HAProxy listens on it, so
+    /// that neighbours are not sent to a host that would refuse them.
+    pub async fn add(&self, ip: IpAddr) -> Result<bool, ProviderError> {
+        self.ip_addr("add", ip, "File exists").await
+    }
+
+    /// Announces an IPv4 VIP on the interface by gratuitous ARP, in the
+    /// background.
+    pub fn announce(&self, ip: IpAddr) {
+        if let (Some(dev), IpAddr::V4(_)) = (&self.interface, ip) {
             tokio::spawn(announce(dev.clone(), ip));
         }
-        Ok(())
     }
 
     /// Removes `ip` from the interface; already absent is fine.
@@ -85,4 +90,20 @@ async fn announce(dev: String, ip: IpAddr) {
             tracing::warn!(%ip, %dev, error = %e, "running arping failed; neighbours learn the VIP's new host when their caches expire")
         }
     }
+}
+
+/// The `(ip, port)`s of `wanted` that some process on this host already
+/// listens on (on that address or on the wildcard), found by binding each
+/// for a moment. Ports FerryLB may not bind itself (below 1024 without the
+/// capability) and addresses not on this host are not reported.
+pub fn taken(wanted: impl IntoIterator<Item = (IpAddr, u16)>) -> Vec<(IpAddr, u16)> {
+    wanted
+        .into_iter()
+        .filter(|&(ip, port)| {
+            matches!(
+                std::net::TcpListener::bind((ip, port)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+            )
+        })
+        .collect()
 }

@@ -94,8 +94,52 @@ fn output_is_sorted_whatever_the_input_order() {
 #[test]
 fn server_names_keep_only_safe_characters() {
     assert_eq!(server_name("node-1.eu.example"), "node-1.eu.example");
-    assert_eq!(server_name("a b\nc#d"), "a_b_c_d");
-    assert_eq!(server_name(""), "_");
+    let odd = server_name("a b\nc#d");
+    assert!(odd.starts_with("a_b_c_d-") && odd.len() == 8 + 16, "{odd}");
+    assert_ne!(server_name("a b"), server_name("a_b"));
+    assert!(!server_name("").is_empty());
+}
+
+/// Two valid Node names sharing their first 100 characters.
+fn long_twins() -> [String; 2] {
+    let stem = format!("{}.{}", "x".repeat(60), "y".repeat(45));
+    [format!("{stem}-a"), format!("{stem}-b")]
+}
+
+#[test]
+fn long_node_names_sharing_a_prefix_get_distinct_server_names() {
+    let [a, b] = long_twins();
+    let (sa, sb) = (server_name(&a), server_name(&b));
+    assert_ne!(sa, sb);
+    assert!(sa.len() <= 100 && sb.len() <= 100);
+    assert!(sa.starts_with(&"x".repeat(60)));
+}
+
+#[test]
+fn haproxy_accepts_a_configuration_with_long_twin_node_names() {
+    let [a, b] = long_twins();
+    let mut e = entry("web", "127.0.0.100", BTreeMap::new());
+    e.spec.targets = vec![target(&a, "127.0.0.11"), target(&b, "127.0.0.12")];
+    let dir = std::env::temp_dir().join(format!("ferrylb-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("haproxy.cfg");
+    let mut g = global();
+    g.admin_socket = dir.join("admin.sock");
+    for node_check_port in [None, Some(10256)] {
+        g.node_check_port = node_check_port;
+        std::fs::write(&cfg, render(&g, &[e.clone()])).unwrap();
+        let out = std::process::Command::new("haproxy")
+            .args(["-c", "-f"])
+            .arg(&cfg)
+            .output()
+            .expect("haproxy is not installed; tests/run installs it from Debian");
+        assert!(
+            out.status.success(),
+            "haproxy -c rejected it:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The first word of every line: the configuration's structure.
