@@ -305,25 +305,13 @@ async fn sigterm_stops_it_promptly_while_the_api_server_is_unreachable() {
     )
     .unwrap();
     for leader_elect in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
-        cmd.args([
-            "controller",
-            "--providers",
-            "haproxy",
-            "--default-provider",
-            "haproxy",
-        ])
-        .args([
-            "--haproxy-pool",
+        let mut cmd = haproxy_controller(
+            &kubeconfig,
+            &dir.join("haproxy"),
+            free_port(),
             "127.0.0.250/32",
-            "--haproxy-mode",
-            "external",
-        ])
-        .arg("--haproxy-dir")
-        .arg(dir.join("haproxy"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())]);
+        );
+        cmd.args(["--haproxy-mode", "external"]);
         if leader_elect {
             cmd.arg("--leader-elect");
         }
@@ -353,6 +341,22 @@ async fn sigterm_stops_it_promptly_while_the_api_server_is_unreachable() {
         )
         .await;
     }
+}
+
+/// `ferrylb controller` serving the HAProxy class by default, with its
+/// HAProxy files in `dir`, metrics on 127.0.0.1:`metrics`, VIPs from `pool`,
+/// and the kubeconfig `kubeconfig`.
+fn haproxy_controller(kubeconfig: &Path, dir: &Path, metrics: u16, pool: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
+    cmd.args(["controller", "--providers", "haproxy"])
+        .args(["--default-provider", "haproxy", "--haproxy-pool", pool])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--haproxy-dir")
+        .arg(dir)
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
+        .env("RUST_LOG", "ferrylb=debug,info");
+    cmd
 }
 
 /// haproxy master processes whose configuration is `cfg`: those of the
@@ -390,24 +394,16 @@ async fn a_killed_controller_s_haproxy_is_adopted_not_doubled() {
     let cfg = hdir.join("haproxy.cfg");
     let binary = support::process::require_program("haproxy", ".ci/run installs it from Debian");
     let start = |n: u32| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
-        cmd.args([
-            "controller",
-            "--providers",
-            "haproxy",
-            "--default-provider",
-            "haproxy",
-        ])
-        .args(["--kubeconfig", env.kubeconfig().to_str().unwrap()])
-        .args(["--namespace", &ns])
-        .args(["--node-selector", &format!("{label}=true")])
-        .args(["--metrics-address", &format!("127.0.0.1:{}", free_port())])
-        .args(["--haproxy-pool", "127.0.0.190-127.0.0.191"])
-        .arg("--haproxy-binary")
-        .arg(&binary)
-        .arg("--haproxy-dir")
-        .arg(&hdir)
-        .env("RUST_LOG", "ferrylb=debug,info");
+        let mut cmd = haproxy_controller(
+            &env.kubeconfig(),
+            &hdir,
+            free_port(),
+            "127.0.0.190-127.0.0.191",
+        );
+        cmd.args(["--namespace", &ns])
+            .args(["--node-selector", &format!("{label}=true")])
+            .arg("--haproxy-binary")
+            .arg(&binary);
         ChildGuard::spawn("ferrylb", &mut cmd, &dir.join(format!("ferrylb-{n}.log")))
     };
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -489,21 +485,14 @@ async fn readyz_fails_while_the_haproxy_binary_is_missing() {
     let ns = k::namespace(&client, "ha-nobinary").await;
     let dir = env::tempdir("ferrylb-nobinary");
     let metrics = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
-    cmd.args([
-        "controller",
-        "--providers",
-        "haproxy",
-        "--default-provider",
-        "haproxy",
-    ])
-    .args(["--kubeconfig", env.kubeconfig().to_str().unwrap()])
-    .args(["--namespace", &ns])
-    .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
-    .args(["--haproxy-pool", "127.0.0.195/32"])
-    .args(["--haproxy-binary", "/nonexistent/haproxy"])
-    .arg("--haproxy-dir")
-    .arg(dir.join("haproxy"));
+    let mut cmd = haproxy_controller(
+        &env.kubeconfig(),
+        &dir.join("haproxy"),
+        metrics,
+        "127.0.0.195/32",
+    );
+    cmd.args(["--namespace", &ns])
+        .args(["--haproxy-binary", "/nonexistent/haproxy"]);
     let _child = ChildGuard::spawn("ferrylb", &mut cmd, &dir.join("ferrylb.log"));
     // Alive, caches synced, and still not ready, saying why.
     wait::until("/healthz to answer", Duration::from_secs(30), || async {

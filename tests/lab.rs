@@ -194,10 +194,13 @@ async fn answered_by(lab: &Lab, vip: &str, nodes: &[&str], within: Duration) -> 
 /// The longest time without an answer while an eTP Local Service's only pod
 /// moves to another node.
 const MOVE_GAP_S: f64 = 10.0;
-/// While one replica hands the VIPs to another: the longest time without an
-/// answer, and the failed connections at 20 a second.
-const TAKEOVER_GAP_S: f64 = 5.0;
-const TAKEOVER_FAILED: u64 = 60;
+/// While one replica hands the VIPs to another (the leaving one's HAProxy
+/// serves on while FerryLB takes the VIPs off its node; the new leader's
+/// HAProxy already runs, reloads, and only then is the VIP announced): the
+/// longest time without an answer, and the failed connections at 20 a
+/// second. Measured: 0 failed, gaps under 0.1 s.
+const TAKEOVER_GAP_S: f64 = 2.0;
+const TAKEOVER_FAILED: u64 = 5;
 
 fn assert_takeover_bounded(s: &Summary) {
     assert!(
