@@ -87,8 +87,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
-    /// Serve /metrics, /healthz and /readyz here.
-    #[arg(long, env = "FERRYLB_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    /// Serve /metrics, /healthz and /readyz here. Loopback by default: on
+    /// an HAProxy host, 0.0.0.0 would take this port from every VIP (the
+    /// chart sets the pod's own address).
+    #[arg(
+        long,
+        env = "FERRYLB_METRICS_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
     pub metrics_address: std::net::SocketAddr,
 
     #[command(flatten)]

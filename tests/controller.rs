@@ -392,6 +392,49 @@ async fn no_eligible_node_is_a_warning_and_not_ready() {
 }
 
 #[tokio::test]
+async fn a_huge_invalid_value_is_named_and_quoted_in_a_bounded_excerpt() {
+    let mut h = new("ctl-huge").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    let mut bad = k::lb_service("huge", &[80]);
+    bad.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
+    let field = "ferrylb.io/load-balancer-ips";
+    bad.metadata.annotations = Some([(field.to_owned(), "9".repeat(100_000))].into());
+    h.services()
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap();
+    let svc = h
+        .wait_service("huge's condition", "huge", |s| {
+            condition(s).is_some_and(|c| c.0 == "False")
+        })
+        .await;
+    let message = condition(&svc).unwrap().2;
+    assert!(
+        message.contains(field) && message.contains("100000 bytes"),
+        "{message}"
+    );
+    assert!(
+        message.len() < 1_000,
+        "a {}-byte condition message",
+        message.len()
+    );
+    let note = wait::until("a Warning Event on huge", WAIT, || async {
+        k::events(&h.client, &h.ns, "huge")
+            .await
+            .into_iter()
+            .find(|e| e.type_.as_deref() == Some("Warning"))
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(
+        note.contains(field),
+        "the Event hides the annotation's name: {note}"
+    );
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
 async fn invalid_input_warns_names_the_value_and_leaves_others_alone() {
     let mut h = new("ctl-bad").await;
     h.node("n1", "127.0.0.11").await;

@@ -359,3 +359,34 @@ teardown() {
   done
   return 0
 }
+
+# leftovers [DIR]: prints whatever of a lab is still on this machine (network
+# namespaces, cgroups, processes, mounts, CNI cache entries) and fails when
+# anything is; with DIR, also mounts under DIR and processes naming it.
+leftovers() {
+  local dir="${1:-}" found=0 n c
+  for n in host client "${lab_nodes[@]}"; do
+    if [[ -e "/var/run/netns/$(ns "$n")" ]]; then echo "network namespace $(ns "$n")"; found=1; fi
+  done
+  for n in "${lab_nodes[@]}"; do
+    for c in "${cgroup_controllers[@]}"; do
+      if [[ -d "/sys/fs/cgroup/$c$(cgroup_root "$n")" ]]; then
+        echo "cgroup /sys/fs/cgroup/$c$(cgroup_root "$n")"; found=1
+      fi
+    done
+  done
+  if pgrep -af "ferrylb-lab|$lab_prefix" | grep -v -e "pgrep" -e "leftovers" >/dev/null; then
+    pgrep -af "ferrylb-lab|$lab_prefix" | grep -v -e "pgrep" -e "leftovers" | sed 's/^/process /'
+    found=1
+  fi
+  if [[ -n "$dir" ]]; then
+    if awk -v d="$dir/" 'index($2, d) == 1 {found=1} END {exit !found}' /proc/self/mounts; then
+      echo "mounts under $dir"; found=1
+    fi
+    if pgrep -f "$dir/" >/dev/null; then pgrep -af "$dir/" | sed 's/^/process /'; found=1; fi
+    if [[ -d /var/lib/cni/results ]] && grep -qlF "$dir/" /var/lib/cni/results/* 2>/dev/null; then
+      echo "CNI cache entries naming $dir"; found=1
+    fi
+  fi
+  return "$found"
+}
