@@ -75,6 +75,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "FERRYLB_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
 
+    /// The longest a provider call (ensure, update, delete) may take before
+    /// it is abandoned and retried with backoff.
+    #[arg(long, env = "FERRYLB_PROVIDER_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+
     /// Watch Services in this namespace only.
     #[arg(long, env = "FERRYLB_NAMESPACE")]
     pub namespace: Option<String>,

@@ -152,6 +152,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         node_selector: args.node_selector.clone(),
         instance: args.instance.clone(),
         telemetry: telemetry.clone(),
+        provider_timeout: args.provider_timeout,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -435,6 +435,51 @@ async fn a_huge_invalid_value_is_named_and_quoted_in_a_bounded_excerpt() {
 }
 
 #[tokio::test]
+async fn a_hung_provider_call_fails_within_the_limit_and_others_converge() {
+    let mut h = new("ctl-hang").await;
+    h.node("n1", "127.0.0.11").await;
+    h.provider.hang_ensures_of("stuck");
+    let mut cfg = config(
+        vec![(
+            h.class.clone(),
+            h.provider.clone() as Arc<dyn LoadBalancerProvider>,
+        )],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.provider_timeout = std::time::Duration::from_secs(2);
+    let _ctl = RunningController::start(h.client.clone(), cfg);
+    let class = h.class.clone();
+    h.service("stuck", &[80], Some(&class)).await;
+    h.service("fine", &[81], Some(&class)).await;
+    let svc = h
+        .wait_service("stuck's ProviderTimeout condition", "stuck", |s| {
+            condition(s).is_some_and(|c| c.1 == "ProviderTimeout")
+        })
+        .await;
+    let message = condition(&svc).unwrap().2;
+    assert!(
+        message.contains("ensure") && message.contains("2s"),
+        "{message}"
+    );
+    h.wait_service("fine provisioned", "fine", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    let warning = wait::until("a Warning naming the operation", WAIT, || async {
+        k::events(&h.client, &h.ns, "stuck")
+            .await
+            .into_iter()
+            .filter_map(|e| e.note)
+            .find(|n| n.contains("did not finish ensure"))
+    })
+    .await;
+    assert!(warning.contains("--provider-timeout"), "{warning}");
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
 async fn invalid_input_warns_names_the_value_and_leaves_others_alone() {
     let mut h = new("ctl-bad").await;
     h.node("n1", "127.0.0.11").await;

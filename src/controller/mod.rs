@@ -65,6 +65,9 @@ pub struct ControllerConfig {
     pub instance: Option<String>,
     /// Metrics and readiness.
     pub telemetry: Arc<Telemetry>,
+    /// The longest a provider call may take before it is abandoned and
+    /// retried, so that a hung backend never pins a Service's reconcile.
+    pub provider_timeout: Duration,
 }
 
 /// Shared by every reconcile.

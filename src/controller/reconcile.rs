@@ -341,7 +341,18 @@ async fn observed<T>(
     operation: &str,
     call: impl Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, ProviderError> {
-    let result = call.await;
+    let limit = ctx.config.provider_timeout;
+    let result = match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(ProviderError::transient(
+            "ProviderTimeout",
+            format!(
+                "provider {} did not finish {operation} within {} (--provider-timeout); retrying",
+                provider.name(),
+                humantime::format_duration(limit)
+            ),
+        )),
+    };
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.reason.as_str(),

@@ -34,6 +34,7 @@ pub fn config(
         node_selector: Some(format!("{node_label}=true")),
         instance: Some(format!("test-{namespace}")),
         telemetry: Arc::default(),
+        provider_timeout: Duration::from_secs(60),
     }
 }
 

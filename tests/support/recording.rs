@@ -57,6 +57,8 @@ pub struct RecordingProvider {
     lbs: Mutex<BTreeMap<LoadBalancerRef, LoadBalancerSpec>>,
     fail_deletes: AtomicBool,
     fail_ensures: AtomicBool,
+    /// Ensures of the Service with this name never return.
+    hang_service: Mutex<Option<String>>,
 }
 
 impl RecordingProvider {
@@ -98,6 +100,12 @@ impl RecordingProvider {
 
     pub fn set_fail_deletes(&self, fail: bool) {
         self.fail_deletes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every ensure of the Service `name` hang forever, as a call to
+    /// a black-holed endpoint does.
+    pub fn hang_ensures_of(&self, name: &str) {
+        *self.hang_service.lock().unwrap() = Some(name.to_owned());
     }
 
     pub fn set_fail_ensures(&self, fail: bool) {
@@ -152,6 +160,10 @@ impl LoadBalancerProvider for RecordingProvider {
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
         let finalizer_present = self.finalizer_present(&spec.lb).await;
+        let hang = self.hang_service.lock().unwrap().as_deref() == Some(spec.lb.key.name.as_str());
+        if hang {
+            std::future::pending::<()>().await;
+        }
         if self.fail_ensures.load(Ordering::SeqCst) {
             return Err(ProviderError::transient(
                 "InjectedFailure",
