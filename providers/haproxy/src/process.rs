@@ -233,10 +233,19 @@ async fn spawn(
         .arg("-f")
         .arg(&settings.config_path)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| unavailable(format!("starting {}: {e}", settings.binary.display())))?;
     tracing::info!(pid = child.id(), config = %settings.config_path.display(), "started haproxy");
+    let mut child = child;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(relay(out));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(relay(err));
+    }
     *slot.lock().await = Some(child);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while master_command(&settings.master_socket, "show proc")
@@ -251,6 +260,43 @@ async fn spawn(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// Passes HAProxy's output on to FerryLB's log by weight: alerts as
+/// warnings, servers changing state as info, and the rest (each reload has
+/// every old proxy print "stopped", thousands of lines at scale) at debug.
+/// Reads until HAProxy closes its output, so that it never blocks on a full
+/// pipe.
+async fn relay(stream: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match classify(&line) {
+            Weight::Alert => tracing::warn!(target: "haproxy", "{line}"),
+            Weight::State => tracing::info!(target: "haproxy", "{line}"),
+            Weight::Noise => tracing::debug!(target: "haproxy", "{line}"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Weight {
+    Alert,
+    State,
+    Noise,
+}
+
+fn classify(line: &str) -> Weight {
+    if line.contains("[ALERT]") {
+        Weight::Alert
+    } else if line.contains("[WARNING]")
+        && line.contains("Server ")
+        && (line.contains(" is DOWN") || line.contains(" is UP"))
+    {
+        Weight::State
+    } else {
+        Weight::Noise
+    }
 }
 
 /// Restarts a managed HAProxy that exited, with a pause between attempts.
@@ -415,6 +461,28 @@ mod tests {
             "a rejected file was installed"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn haproxy_output_is_weighed() {
+        assert_eq!(
+            classify(
+                "[ALERT]    (1) : Binding [cfg:8] for frontend f: cannot bind socket (Address already in use) for [127.0.0.1:80]"
+            ),
+            Weight::Alert
+        );
+        assert_eq!(
+            classify("[WARNING]  (7) : Server be_x_80/n1 is DOWN, reason: Layer4 timeout"),
+            Weight::State
+        );
+        assert_eq!(
+            classify("[WARNING]  (7) : Proxy fe_x_80 stopped (cumulated conns: FE: 4, BE: 0)."),
+            Weight::Noise
+        );
+        assert_eq!(
+            classify("[NOTICE]   (1) : New worker (9) forked"),
+            Weight::Noise
+        );
     }
 
     #[test]
