@@ -330,6 +330,44 @@ async fn a_service_with_only_udp_ports_holds_no_address_and_is_not_ready() {
 }
 
 #[tokio::test]
+async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads() {
+    let mut h = harness("hx-burst", "127.0.2.0-127.0.2.29").await;
+    h.node("n1", "127.0.0.11").await;
+    let mut cfg = config(
+        vec![(
+            h.class.clone(),
+            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
+        )],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.concurrency = 2;
+    let _ctl = RunningController::start(h.client.clone(), cfg);
+    // One Service first, so that HAProxy runs before the burst.
+    create(&h, k::lb_service("s0", &[80])).await;
+    wait_vip(&h, "s0").await;
+    let (reloads_before, _) = h.provider.reload_counters().await.unwrap();
+
+    let names: Vec<String> = (1..=20).map(|i| format!("s{i}")).collect();
+    futures::future::join_all(names.iter().map(|n| create(&h, k::lb_service(n, &[80])))).await;
+    for n in &names {
+        wait_vip(&h, n).await;
+    }
+    let (reloads, failed) = h.provider.reload_counters().await.unwrap();
+    let burst = reloads - reloads_before;
+    eprintln!("20 Services at concurrency 2: {burst} reloads");
+    assert!(burst <= 5, "{burst} reloads for 20 Services");
+    assert_eq!(failed, 0);
+    // Every one of them is really served.
+    let svc = h.services().get("s20").await.unwrap();
+    let _l = traffic::answer("127.0.0.11", node_port(&svc, 0), "s20").await;
+    wait_answers(SocketAddr::new(vip(&svc).unwrap(), 80), &["s20"]).await;
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
+#[tokio::test]
 async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
     let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;
     three_nodes(&mut h).await;

@@ -79,6 +79,10 @@ pub enum ErrorKind {
     RetryAfter(Duration),
     /// Retry with backoff (timeouts, 5xx, connection errors).
     Transient,
+    /// Not a failure: the change is accepted and being applied together with
+    /// others; ask again (ensure the same spec) after the given delay, and
+    /// publish nothing until then.
+    Pending(Duration),
 }
 
 /// A provider failure, with what a user can act on.
@@ -121,6 +125,15 @@ impl ProviderError {
             "InvalidAnnotation",
             format!("{field}: invalid value {}: {allowed}", excerpt(value)),
         )
+    }
+
+    /// The change is accepted and being applied; ask again after `after`.
+    pub fn pending(after: Duration, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Pending(after),
+            reason: "Applying".into(),
+            message: message.into(),
+        }
     }
 
     /// A transient error, retried with backoff.

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrylb_model::{ErrorKind, LoadBalancerProvider, Target};
+use ferrylb_model::{ErrorKind, LoadBalancerProvider, LoadBalancerSpec, Target};
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Client;
@@ -91,6 +91,9 @@ struct ServiceState {
     last: Option<(reconcile::Ensured, Instant)>,
     /// Consecutive transient failures, for backoff.
     failures: u32,
+    /// A spec the provider is still applying (it answered Pending), so that
+    /// asking again does not announce the same change again.
+    pending: Option<LoadBalancerSpec>,
 }
 
 impl Context {
@@ -255,7 +258,7 @@ fn error_policy(svc: Arc<Service>, err: &Error, ctx: Arc<Context>) -> Action {
     };
     match err.kind() {
         ErrorKind::Permanent => Action::await_change(),
-        ErrorKind::RetryAfter(after) => Action::requeue(after),
+        ErrorKind::RetryAfter(after) | ErrorKind::Pending(after) => Action::requeue(after),
         ErrorKind::Transient => Action::requeue(backoff(failures)),
     }
 }

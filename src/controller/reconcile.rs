@@ -24,8 +24,8 @@ use std::time::Instant;
 use std::future::Future;
 
 use ferrylb_model::{
-    LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
-    ServiceKey,
+    ErrorKind, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus,
+    ProviderError, ServiceKey,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ListParams;
@@ -134,7 +134,14 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         .await
         .map(|()| previous)
     } else {
-        if !unchanged {
+        let announced = ctx
+            .services
+            .lock()
+            .expect("service state lock")
+            .get(&key)
+            .and_then(|s| s.pending.as_ref())
+            .is_some_and(|p| p.same_desired_state(&spec));
+        if !unchanged && !announced {
             tracing::info!(service = %name, provider = provider.name(), "ensuring load balancer");
             events::normal(
                 &ctx.recorder,
@@ -148,6 +155,20 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
     };
     let lb_status = match result {
         Ok(s) => s,
+        Err(source) if matches!(source.kind, ErrorKind::Pending(_)) => {
+            // Accepted, applied with others shortly: ask again then.
+            let ErrorKind::Pending(after) = source.kind else {
+                unreachable!()
+            };
+            tracing::debug!(service = %name, "load balancer change pending: {}", source.message);
+            ctx.services
+                .lock()
+                .expect("service state lock")
+                .entry(key)
+                .or_default()
+                .pending = Some(spec);
+            return Ok(Action::requeue(after));
+        }
         Err(source) => {
             let err = Error::Ensure {
                 svc: name,
@@ -322,6 +343,7 @@ fn remember(
     let first = state.last.is_none();
     state.last = Some((Ensured { spec, status }, Instant::now()));
     state.failures = 0;
+    state.pending = None;
     first
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod alloc;
+mod apply;
 pub mod options;
 pub mod pool;
 pub mod process;
@@ -81,6 +82,14 @@ pub struct HaproxyProvider {
     /// Wakes the task that writes runtime API changes to the file.
     flush: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+    /// Counts changes to the desired state: a burst is applied once it
+    /// stops moving (see `apply`).
+    requested: std::sync::atomic::AtomicU64,
+    /// Why a pending change was refused when its burst was applied, for the
+    /// reconcile that asks again.
+    failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
+    /// VIPs added to the interface, announced once HAProxy listens on them.
+    to_announce: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -127,6 +136,9 @@ impl HaproxyProvider {
             loaded: Arc::default(),
             flush: Arc::default(),
             flusher: std::sync::OnceLock::new(),
+            requested: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::Mutex::default(),
+            to_announce: std::sync::Mutex::default(),
         }
     }
 
@@ -226,14 +238,7 @@ impl HaproxyProvider {
         if loaded.entries.as_ref() == Some(&desired) {
             return Ok(());
         }
-        let entries: Vec<Entry> = desired.values().cloned().collect();
-        self.process
-            .install(&render::render(&self.global(), &entries))
-            .await?;
-        self.process.reload().await?;
-        loaded.entries = Some(desired);
-        loaded.file_stale = false;
-        Ok(())
+        self.load(&mut loaded, desired).await
     }
 
     /// [`Self::sync`], rolling `lb` back to `previous` when it fails.
@@ -313,6 +318,14 @@ impl HaproxyProvider {
             .values()
             .any(|e| e.vip == ip)
     }
+}
+
+/// The answer for a change that an applier will load with others.
+fn pending() -> ProviderError {
+    ProviderError::pending(
+        apply::POLL,
+        "the change is loaded with others in HAProxy's next reload",
+    )
 }
 
 /// The status to publish for an entry, and warnings for ports HAProxy
@@ -406,20 +419,47 @@ impl LoadBalancerProvider for HaproxyProvider {
                  use another loadBalancerClass for UDP or SCTP",
             ));
         }
+        if let Some(e) = self.failed.lock().expect("failed lock").remove(&spec.lb) {
+            // Refused when its burst was applied (and rolled back then).
+            return Err(e);
+        }
         let (entry, previous) = self.plan(spec)?;
+        if previous.as_ref() == Some(&entry) {
+            match self.is_loaded(&spec.lb, &entry) {
+                Some(true) => return Ok(status_of(&entry)),
+                // Being applied right now: ask again.
+                None => return Err(pending()),
+                Some(false) => {}
+            }
+        } else {
+            self.changed();
+        }
+        // A VIP that moves is applied at once, so that the old one can be
+        // taken off the interface after it.
+        let moved = previous.as_ref().is_some_and(|p| p.vip != entry.vip);
         let result = async {
             let added = self.vips.add(entry.vip).await?;
             self.check_binds(&entry, previous.as_ref())?;
-            self.sync().await?;
             if added {
-                self.vips.announce(entry.vip);
+                self.to_announce
+                    .lock()
+                    .expect("announce lock")
+                    .insert(entry.vip);
             }
-            Ok(())
+            if moved {
+                self.sync().await.map(|()| true)
+            } else {
+                self.apply_or_join(&spec.lb).await
+            }
         }
         .await;
-        if let Err(e) = result {
-            self.roll_back(&spec.lb, previous);
-            return Err(e);
+        match result {
+            Err(e) => {
+                self.roll_back(&spec.lb, previous);
+                return Err(e);
+            }
+            Ok(false) => return Err(pending()),
+            Ok(true) => {}
         }
         if let Some(old) = previous.filter(|p| p.vip != entry.vip)
             && !self.vip_still_used(old.vip)
@@ -516,16 +556,13 @@ impl LoadBalancerProvider for HaproxyProvider {
             }
         }
         let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
-        let mut added = Vec::new();
         for ip in vips {
             if self.vips.add(ip).await? {
-                added.push(ip);
+                // Announced by the first load that succeeds, this one or a
+                // later one: a VIP added here must not stay unannounced.
+                self.to_announce.lock().expect("announce lock").insert(ip);
             }
         }
-        self.sync().await?;
-        for ip in added {
-            self.vips.announce(ip);
-        }
-        Ok(())
+        self.sync().await
     }
 }

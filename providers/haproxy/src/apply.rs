@@ -1,0 +1,136 @@
+//! Applying changes to HAProxy in bursts: one reload for every change that
+//! arrives together, however many reconciles run at once.
+//!
+//! An `ensure` plans its entry into the desired state, then either becomes
+//! the applier (when no reload is being prepared or running: it waits for a
+//! short quiet window so that concurrent changes join, then renders,
+//! validates and reloads once for all of them) or answers
+//! [`ProviderError::pending`]: the controller asks again shortly, and by
+//! then the entry is loaded, or an applier has taken it, or the asker
+//! becomes the applier itself. A failed burst is retried one entry at a time
+//! so that one bad change costs only its own Service.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferrylb_model::{LoadBalancerRef, ProviderError};
+
+use crate::render::{self, Entry};
+use crate::{HaproxyProvider, Loaded};
+
+/// How long the desired state must stay unchanged before a burst is applied.
+const QUIET: Duration = Duration::from_millis(30);
+/// The longest a burst waits for the desired state to settle.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+/// When a reconcile whose change is pending asks again.
+pub(crate) const POLL: Duration = Duration::from_millis(250);
+
+impl HaproxyProvider {
+    /// Notes that the desired state changed (a new burst member).
+    pub(crate) fn changed(&self) {
+        self.requested.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether HAProxy runs `entry` for `lb`: `None` when an applier holds
+    /// the state (ask again later).
+    pub(crate) fn is_loaded(&self, lb: &LoadBalancerRef, entry: &Entry) -> Option<bool> {
+        let loaded = self.loaded.try_lock().ok()?;
+        Some(
+            loaded
+                .entries
+                .as_ref()
+                .is_some_and(|e| e.get(lb) == Some(entry)),
+        )
+    }
+
+    /// Becomes the applier when no one is; `Ok(false)` when another one is
+    /// (the change is pending), `Ok(true)` once the burst holding `mine` is
+    /// loaded.
+    pub(crate) async fn apply_or_join(
+        &self,
+        mine: &LoadBalancerRef,
+    ) -> Result<bool, ProviderError> {
+        let Ok(mut loaded) = self.loaded.try_lock() else {
+            return Ok(false);
+        };
+        let started = tokio::time::Instant::now();
+        loop {
+            let seen = self.requested.load(Ordering::SeqCst);
+            tokio::time::sleep(QUIET).await;
+            if self.requested.load(Ordering::SeqCst) == seen || started.elapsed() >= MAX_WAIT {
+                break;
+            }
+        }
+        let desired = self.entries.lock().expect("entries lock").clone();
+        if loaded.entries.as_ref() == Some(&desired) {
+            return Ok(true);
+        }
+        let Err(burst_error) = self.load(&mut loaded, desired.clone()).await else {
+            return Ok(true);
+        };
+        // Something in the burst is refused: put every change back to what
+        // HAProxy runs, then try each alone on top of it.
+        let before = loaded.entries.clone().unwrap_or_default();
+        let changed: Vec<LoadBalancerRef> = desired
+            .iter()
+            .filter(|(k, e)| before.get(*k) != Some(*e))
+            .map(|(k, _)| k.clone())
+            .collect();
+        tracing::warn!(error = %burst_error, changes = changed.len(), "a burst of changes was refused; applying them one at a time");
+        {
+            let mut entries = self.entries.lock().expect("entries lock");
+            for k in &changed {
+                match before.get(k) {
+                    Some(e) => entries.insert(k.clone(), e.clone()),
+                    None => entries.remove(k),
+                };
+            }
+        }
+        let mut mine_result = Ok(true);
+        for k in changed {
+            let entry = desired[&k].clone();
+            let mut trial = loaded.entries.clone().unwrap_or_default();
+            trial.insert(k.clone(), entry.clone());
+            match self.load(&mut loaded, trial).await {
+                Ok(()) => {
+                    self.entries.lock().expect("entries lock").insert(k, entry);
+                }
+                Err(e) if &k == mine => mine_result = Err(e),
+                Err(e) => {
+                    self.failed.lock().expect("failed lock").insert(k, e);
+                }
+            }
+        }
+        mine_result
+    }
+
+    /// Renders `desired`, validates and installs it, reloads HAProxy, and
+    /// records it as loaded; then announces the VIPs that waited for it.
+    pub(crate) async fn load(
+        &self,
+        loaded: &mut Loaded,
+        desired: BTreeMap<LoadBalancerRef, Entry>,
+    ) -> Result<(), ProviderError> {
+        let entries: Vec<Entry> = desired.values().cloned().collect();
+        self.process
+            .install(&render::render(&self.global(), &entries))
+            .await?;
+        self.process.reload().await?;
+        let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
+        loaded.entries = Some(desired);
+        loaded.file_stale = false;
+        let waiting: Vec<_> = {
+            let mut a = self.to_announce.lock().expect("announce lock");
+            let ready: Vec<_> = a.iter().copied().filter(|ip| vips.contains(ip)).collect();
+            for ip in &ready {
+                a.remove(ip);
+            }
+            ready
+        };
+        for ip in waiting {
+            self.vips.announce(ip);
+        }
+        Ok(())
+    }
+}
