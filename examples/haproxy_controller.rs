@@ -1,0 +1,235 @@
+//! Benchmark: the HAProxy mode through the controller, at scale.
+//!
+//!   cargo run --release --example haproxy_controller -- [SERVICES] [NODES] [CONCURRENCY]
+//!
+//! Defaults: 1,000 LoadBalancer Services, 50 Nodes, concurrency 8 (the
+//! controller's default). The real API server (started, or the one
+//! `FERRYLB_ENV_DIR` names), the controller in this process with the HAProxy
+//! provider and a real haproxy, Nodes on 127.0.3.x with shared node checks
+//! (`--haproxy-node-check-port`). Reports, each with the reloads it took
+//! (from the master's `show proc`):
+//! - cold start: SERVICES Services exist, the controller starts, until every
+//!   one has an address;
+//! - a burst of 100 Services created back to back: create → address, p50
+//!   and p99;
+//! - a Node added, and one removed: until every backend in HAProxy (admin
+//!   socket, `show servers state`) has it, or no longer has it;
+//! - this process's and haproxy's peak memory (VmHWM).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use support::harness::{Harness, first_ingress};
+use support::{kube as k, wait};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn arg(i: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn vm_hwm_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `show servers state` on the admin socket.
+async fn servers_state(socket: &std::path::Path) -> String {
+    let Ok(mut s) = tokio::net::UnixStream::connect(socket).await else {
+        return String::new();
+    };
+    let _ = s.write_all(b"show servers state\n").await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// How many backends hold a server named `server`.
+async fn backends_with(socket: &std::path::Path, server: &str) -> usize {
+    servers_state(socket)
+        .await
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some(server))
+        .count()
+}
+
+async fn addressed(services: &Api<Service>) -> usize {
+    services
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|s| first_ingress(s).and_then(|i| i.ip).is_some())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let (n_services, n_nodes, concurrency) = (arg(1, 1000), arg(2, 50), arg(3, 8) as u16);
+    let dir = support::env::tempdir("haproxy-controller");
+    let mut h = Harness::new("bench-hc", |_| {
+        HaproxyProvider::new(HaproxySettings {
+            hard_stop_after: Duration::from_secs(5),
+            node_check_port: Some(10256),
+            ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
+        })
+    })
+    .await;
+    for i in 0..n_nodes {
+        h.node(&format!("n{i}"), &format!("127.0.3.{}", i + 1))
+            .await;
+    }
+    let services = h.services();
+    let class = h.class.clone();
+    let create = |name: String| {
+        let services = services.clone();
+        let class = class.clone();
+        async move {
+            let mut svc = k::lb_service(&name, &[80]);
+            svc.spec.as_mut().unwrap().load_balancer_class = Some(class);
+            services.create(&PostParams::default(), &svc).await.unwrap();
+        }
+    };
+    for chunk in (0..n_services).collect::<Vec<_>>().chunks(50) {
+        futures::future::join_all(chunk.iter().map(|i| create(format!("s{i}")))).await;
+    }
+    let reloads = || async { h.provider.reload_counters().await.map(|r| r.0).unwrap_or(0) };
+
+    // Cold start.
+    let mut cfg = support::controller::config(
+        vec![(
+            class.clone(),
+            h.provider.clone() as std::sync::Arc<dyn ferrylb_model::LoadBalancerProvider>,
+        )],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.concurrency = concurrency;
+    let started = Instant::now();
+    let _ctl = support::controller::RunningController::start(h.client.clone(), cfg);
+    wait::until(
+        "every Service addressed",
+        Duration::from_secs(1800),
+        || async { (addressed(&services).await >= n_services).then_some(()) },
+    )
+    .await;
+    println!(
+        "cold start, {n_services} Services x {n_nodes} nodes, concurrency {concurrency}: all addressed in {:.1} s, {} reloads after the first start",
+        started.elapsed().as_secs_f64(),
+        reloads().await
+    );
+
+    // A burst of 100, back to back.
+    let before = reloads().await;
+    let mut latencies = Vec::new();
+    let t0 = Instant::now();
+    let mut created_at = Vec::new();
+    for i in 0..100 {
+        let name = format!("b{i}");
+        created_at.push((name.clone(), t0.elapsed()));
+        create(name).await;
+    }
+    let mut pending: Vec<(String, Duration)> = created_at;
+    while !pending.is_empty() {
+        let list = services.list(&ListParams::default()).await.unwrap();
+        let now = t0.elapsed();
+        pending.retain(|(name, at)| {
+            let done = list.items.iter().any(|s| {
+                s.metadata.name.as_deref() == Some(name.as_str())
+                    && first_ingress(s).and_then(|i| i.ip).is_some()
+            });
+            if done {
+                latencies.push(now - *at);
+            }
+            !done
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort();
+    println!(
+        "burst of 100 at {n_services}: create -> address p50 {:.2} s, p99 {:.2} s, {} reloads",
+        latencies[49].as_secs_f64(),
+        latencies[98].as_secs_f64(),
+        reloads().await - before
+    );
+
+    // A node added, then removed.
+    let admin = dir.join("admin.sock");
+    let backends = n_services + 100;
+    let before = reloads().await;
+    let t = Instant::now();
+    let added = h.node("extra", "127.0.3.250").await;
+    let server = ferrylb_haproxy::render::server_name(&added);
+    wait::until(
+        "the new node in every backend",
+        Duration::from_secs(600),
+        || async { (backends_with(&admin, &server).await >= backends).then_some(()) },
+    )
+    .await;
+    println!(
+        "node added: in every backend after {:.2} s, {} reloads",
+        t.elapsed().as_secs_f64(),
+        reloads().await - before
+    );
+    let before = reloads().await;
+    let t = Instant::now();
+    k::delete_node(&h.client, &added).await;
+    wait::until(
+        "the node gone from every backend",
+        Duration::from_secs(600),
+        || async {
+            let state = servers_state(&admin).await;
+            // Removed servers stay in maintenance (2) until the next reload.
+            let live = state
+                .lines()
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(3) == Some(&server.as_str()) && f.get(6) == Some(&"0")
+                })
+                .count();
+            (!state.is_empty() && live == 0).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "node removed: out of every backend after {:.2} s, {} reloads",
+        t.elapsed().as_secs_f64(),
+        reloads().await - before
+    );
+
+    let haproxy_kib: u64 = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("haproxy -W .* -f {}", dir.join("haproxy.cfg").display()),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(vm_hwm_kib)
+                .sum()
+        })
+        .unwrap_or(0);
+    println!(
+        "peak memory: this process (controller, provider, test client) {} MiB; haproxy (master + workers) {} MiB",
+        vm_hwm_kib("self") / 1024,
+        haproxy_kib / 1024
+    );
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
