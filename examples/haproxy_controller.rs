@@ -107,7 +107,11 @@ async fn main() {
     for chunk in (0..n_services).collect::<Vec<_>>().chunks(50) {
         futures::future::join_all(chunk.iter().map(|i| create(format!("s{i}")))).await;
     }
-    let reloads = || async { h.provider.reload_counters().await.map(|r| r.0).unwrap_or(0) };
+    let provider = h.provider.clone();
+    let reloads = || {
+        let p = provider.clone();
+        async move { p.reload_counters().await.map(|r| r.0).unwrap_or(0) }
+    };
 
     // Cold start.
     let mut cfg = support::controller::config(

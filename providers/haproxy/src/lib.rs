@@ -254,6 +254,33 @@ impl HaproxyProvider {
         result
     }
 
+    /// Loads `entry` (planned over `previous`) with whatever else changes
+    /// now: `Ok` once loaded, Pending while an applier has it.
+    async fn load_with_others(
+        &self,
+        lb: &LoadBalancerRef,
+        entry: &Entry,
+        previous: Option<Entry>,
+    ) -> Result<(), ProviderError> {
+        if previous.as_ref() == Some(entry) {
+            match self.is_loaded(lb, entry) {
+                Some(true) => return Ok(()),
+                None => return Err(pending()),
+                Some(false) => {}
+            }
+        } else {
+            self.changed();
+        }
+        match self.apply_or_join(lb).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(pending()),
+            Err(e) => {
+                self.roll_back(lb, previous);
+                Err(e)
+            }
+        }
+    }
+
     /// Puts back `previous` for `lb` (or removes it) after a failed apply.
     fn roll_back(&self, lb: &LoadBalancerRef, previous: Option<Entry>) {
         let mut entries = self.entries.lock().expect("entries lock");
@@ -473,6 +500,9 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// and are written to the configuration file too. Anything unexpected
     /// (HAProxy not running, a refused command) falls back to a reload.
     async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        if let Some(e) = self.failed.lock().expect("failed lock").remove(&spec.lb) {
+            return Err(e);
+        }
         let (entry, previous) = self.plan(spec)?;
         let mut loaded = self.loaded.lock().await;
         // Diff against what HAProxy runs; anything else is a reload.
@@ -489,15 +519,17 @@ impl LoadBalancerProvider for HaproxyProvider {
             .cloned();
         let Some(old) = running_old else {
             drop(loaded);
-            return self.sync_or_roll_back(&spec.lb, previous).await;
+            return self.load_with_others(&spec.lb, &entry, previous).await;
         };
         if old == entry {
             return Ok(());
         }
         let Some(plan) = runtime::commands(&old, &entry, self.settings.node_check_port.is_some())
         else {
+            // A node added while servers track shared node checks: a reload,
+            // loaded together with every other Service's.
             drop(loaded);
-            return self.sync_or_roll_back(&spec.lb, previous).await;
+            return self.load_with_others(&spec.lb, &entry, previous).await;
         };
         for batch in plan.batches {
             if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
