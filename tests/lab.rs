@@ -327,6 +327,34 @@ async fn external_traffic_policy_local_sends_only_to_nodes_with_a_ready_pod_and_
     assert!(s.longest_gap_s < MOVE_GAP_S, "{s:?}");
 }
 
+/// What a lab test starts with: the lab to itself, FerryLB installed, and an
+/// echo Deployment of `replicas` pods behind a LoadBalancer Service in a new
+/// namespace, answering through its VIP from every node.
+struct Start {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    lab: &'static Lab,
+    client: kube::Client,
+    ns: String,
+    vip: String,
+}
+
+async fn start_with_echo(prefix: &str, replicas: u32) -> Start {
+    let serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, prefix).await;
+    let vip = echo_service(lab, &client, &ns, replicas, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+    Start {
+        _serial: serial,
+        lab,
+        client,
+        ns,
+        vip,
+    }
+}
+
 /// Patches a Node with a JSON merge patch.
 async fn patch_node(client: &kube::Client, name: &str, patch: serde_json::Value) {
     Api::<Node>::all(client.clone())
@@ -350,13 +378,13 @@ async fn leader_node(client: &kube::Client) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
-    let _serial = SERIAL.lock().await;
-    let lab = lab::shared();
-    let client = lab.client().await;
-    ensure_installed(lab, &client).await;
-    let ns = k::namespace(&client, "lab-nodes").await;
-    let vip = echo_service(lab, &client, &ns, 6, None, false).await;
-    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+    let Start {
+        _serial,
+        lab,
+        client,
+        vip,
+        ..
+    } = start_with_echo("lab-nodes", 6).await;
 
     let lead = leader_node(&client).await;
     let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
@@ -446,13 +474,13 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_pod_deleted_and_the_other_replica_takes_over_the_vips() {
-    let _serial = SERIAL.lock().await;
-    let lab = lab::shared();
-    let client = lab.client().await;
-    ensure_installed(lab, &client).await;
-    let ns = k::namespace(&client, "lab-leader").await;
-    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
-    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+    let Start {
+        _serial,
+        lab,
+        client,
+        vip,
+        ..
+    } = start_with_echo("lab-leader", 3).await;
 
     let old = leader(&client).await;
     let probe = lab.probe(&vip, 80, 20);
@@ -489,13 +517,13 @@ async fn leader_pod_deleted_and_the_other_replica_takes_over_the_vips() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
-    let _serial = SERIAL.lock().await;
-    let lab = lab::shared();
-    let client = lab.client().await;
-    ensure_installed(lab, &client).await;
-    let ns = k::namespace(&client, "lab-upgrade").await;
-    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
-    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(30)).await;
+    let Start {
+        _serial,
+        lab,
+        client,
+        ns,
+        vip,
+    } = start_with_echo("lab-upgrade", 3).await;
 
     // Upgrade with changed values: every node checked once on kube-proxy's
     // health port (10256), answered by the real kube-proxy.

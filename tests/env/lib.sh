@@ -111,6 +111,30 @@ make_certs() {
   )
 }
 
+# write_kubeconfig DIR SERVER OUT: an admin kubeconfig for SERVER with the
+# certificates in DIR/pki.
+write_kubeconfig() {
+  local dir="$1" server="$2" out="$3"
+  cat >"$out" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: ferrylb-test
+  cluster:
+    server: $server
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $dir/pki/admin.crt
+    client-key: $dir/pki/admin.key
+contexts:
+- name: ferrylb-test
+  context: {cluster: ferrylb-test, user: admin}
+current-context: ferrylb-test
+KCFG
+}
+
 # start_apiserver DIR: the API server the tests use. Callers may set
 # apiserver_extra_args (an array of flags; the lab advertises an address its
 # nodes reach and mounts service-account tokens into pods) and apiserver_sans
@@ -140,24 +164,7 @@ start_apiserver() {
   wait_for kube-apiserver 90 "$dir/apiserver.pid" "$dir/apiserver.log" \
     curl -fsS --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
     "https://127.0.0.1:$port/readyz"
-  cat >"$dir/kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: ferrylb-test
-  cluster:
-    server: https://127.0.0.1:$port
-    certificate-authority: $dir/pki/ca.crt
-users:
-- name: admin
-  user:
-    client-certificate: $dir/pki/admin.crt
-    client-key: $dir/pki/admin.key
-contexts:
-- name: ferrylb-test
-  context: {cluster: ferrylb-test, user: admin}
-current-context: ferrylb-test
-KCFG
+  write_kubeconfig "$dir" "https://127.0.0.1:$port" "$dir/kubeconfig"
   echo "$bin" >"$dir/kube-bin"
   log "kube-apiserver ready on https://127.0.0.1:$port"
 }

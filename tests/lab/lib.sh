@@ -112,27 +112,6 @@ make_network() {
 
 # --- control plane ---------------------------------------------------------
 
-kubeconfig_for() {
-  local dir="$1" server="$2" out="$3"
-  cat >"$out" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: lab
-  cluster:
-    server: $server
-    certificate-authority: $dir/pki/ca.crt
-users:
-- name: admin
-  user:
-    client-certificate: $dir/pki/admin.crt
-    client-key: $dir/pki/admin.key
-contexts:
-- name: lab
-  context: {cluster: lab, user: admin}
-current-context: lab
-KCFG
-}
 
 start_control_plane() {
   local dir="$1" bin="$2" port
@@ -163,7 +142,7 @@ EOF
   spawn "$dir" socat-root socat "UNIX-LISTEN:$dir/api.sock,fork,unlink-early" "TCP:127.0.0.1:$port"
   wait_for "api socket" 10 "$dir/socat-root.pid" "$dir/socat-root.log" test -S "$dir/api.sock"
   spawn "$dir" socat-host nsenter --net="/var/run/netns/$(ns host)" socat "TCP-LISTEN:$port,bind=$lab_host_ip,fork,reuseaddr" "UNIX-CONNECT:$dir/api.sock"
-  kubeconfig_for "$dir" "https://$lab_host_ip:$port" "$dir/node.kubeconfig"
+  write_kubeconfig "$dir" "https://$lab_host_ip:$port" "$dir/node.kubeconfig"
 
   spawn "$dir" controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \

@@ -119,7 +119,13 @@ impl Process {
                 Err(_) => return self.start().await,
             }
         }
-        let before = self.reload_counters().await?;
+        let before = match self.settings.mode {
+            RunMode::Managed => self.reload_counters().await?,
+            // The HAProxy beside FerryLB (the chart's sidecar) starts once
+            // the configuration exists: give it a moment when it has just
+            // been written.
+            RunMode::External => self.wait_for_master(Duration::from_secs(10)).await?,
+        };
         // The master re-executes itself on reload and answers nothing on 2.6;
         // the counters in `show proc` tell whether it worked.
         let _ = tokio::time::timeout(
@@ -145,6 +151,19 @@ impl Process {
                 return Err(unavailable(
                     "haproxy did not confirm the reload within 15s".into(),
                 ));
+            }
+        }
+    }
+
+    /// [`Self::reload_counters`], waiting up to `limit` for the master
+    /// socket to answer.
+    async fn wait_for_master(&self, limit: Duration) -> Result<(u64, u64), ProviderError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.reload_counters().await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     }

@@ -11,6 +11,12 @@ use std::net::IpAddr;
 use ferrylb_model::ProviderError;
 use tokio::process::Command;
 
+/// How `ip addr add` says the address is there already: older iproute2
+/// "File exists", newer "Address already assigned".
+const ADD_BENIGN: &[&str] = &["File exists", "already assigned"];
+/// How `ip addr del` says the address is not there.
+const DEL_BENIGN: &[&str] = &["Cannot assign requested address", "Address not found"];
+
 /// Adds and removes VIPs on `interface`; does nothing when `None` (the host
 /// already owns the pool's addresses).
 #[derive(Debug, Clone, Default)]
@@ -23,7 +29,7 @@ impl VipBinder {
     /// was added now: [`Self::announce`] it once HAProxy listens on it, so
     /// that neighbours are not sent to a host that would refuse them.
     pub async fn add(&self, ip: IpAddr) -> Result<bool, ProviderError> {
-        self.ip_addr("add", ip, "File exists").await
+        self.ip_addr("add", ip, ADD_BENIGN).await
     }
 
     /// Announces an IPv4 VIP on the interface by gratuitous ARP, in the
@@ -36,14 +42,17 @@ impl VipBinder {
 
     /// Removes `ip` from the interface; already absent is fine.
     pub async fn remove(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        self.ip_addr("del", ip, "Cannot assign requested address")
-            .await
-            .map(drop)
+        self.ip_addr("del", ip, DEL_BENIGN).await.map(drop)
     }
 
     /// Runs `ip addr VERB`; `Ok(true)` when it changed the interface,
     /// `Ok(false)` when there was nothing to do.
-    async fn ip_addr(&self, verb: &str, ip: IpAddr, benign: &str) -> Result<bool, ProviderError> {
+    async fn ip_addr(
+        &self,
+        verb: &str,
+        ip: IpAddr,
+        benign: &[&str],
+    ) -> Result<bool, ProviderError> {
         let Some(dev) = &self.interface else {
             return Ok(false);
         };
@@ -59,7 +68,7 @@ impl VipBinder {
         if out.status.success() {
             return Ok(true);
         }
-        if stderr.contains(benign) {
+        if benign.iter().any(|b| stderr.contains(b)) {
             return Ok(false);
         }
         Err(ProviderError::transient(
@@ -106,4 +115,52 @@ pub fn taken(wanted: impl IntoIterator<Item = (IpAddr, u16)>) -> Vec<(IpAddr, u1
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removes the test's network namespace, also when the test fails.
+    struct Netns(String);
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+
+    fn ip(ns: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .expect("ip is not installed")
+    }
+
+    /// This machine's iproute2 words "already there" and "not there" in a
+    /// way the binder recognises (in a network namespace of its own; needs
+    /// root, as CI has).
+    #[test]
+    fn ip_s_wording_for_present_and_absent_addresses_is_recognised() {
+        let ns = Netns(format!("ferrylb-vip-{}", std::process::id()));
+        let created = std::process::Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .expect("ip is not installed");
+        assert!(created.success(), "creating a network namespace needs root");
+        assert!(
+            ip(&ns.0, &["addr", "add", "10.99.0.1/32", "dev", "lo"])
+                .status
+                .success()
+        );
+        let again = ip(&ns.0, &["addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(ADD_BENIGN.iter().any(|b| stderr.contains(b)), "{stderr}");
+        let absent = ip(&ns.0, &["addr", "del", "10.99.0.2/32", "dev", "lo"]);
+        let stderr = String::from_utf8_lossy(&absent.stderr);
+        assert!(DEL_BENIGN.iter().any(|b| stderr.contains(b)), "{stderr}");
+    }
 }
