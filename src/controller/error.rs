@@ -28,14 +28,6 @@ pub enum Error {
         source: ProviderError,
     },
 
-    /// The Service was provisioned under a class this process does not serve,
-    /// so its load balancer cannot be deleted from here.
-    #[error(
-        "Service {svc} was provisioned by class {class:?}, which this controller does not serve; \
-         run FerryLB with that class enabled so it can delete the load balancer"
-    )]
-    ClassNotServed { svc: String, class: String },
-
     /// Writing the Service's metadata (finalizer) failed.
     #[error("patching Service {svc}: {source}")]
     PatchService { svc: String, source: kube::Error },
@@ -49,7 +41,7 @@ impl Error {
     /// Whether retrying can help, and when.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidService { .. } | Error::ClassNotServed { .. } => ErrorKind::Permanent,
+            Error::InvalidService { .. } => ErrorKind::Permanent,
             Error::Ensure { source, .. } | Error::EnsureDeleted { source, .. } => source.kind,
             Error::PatchService { .. } | Error::PatchStatus { .. } => ErrorKind::Transient,
         }
@@ -60,7 +52,6 @@ impl Error {
         match self {
             Error::InvalidService { .. } => "InvalidService",
             Error::Ensure { source, .. } | Error::EnsureDeleted { source, .. } => &source.reason,
-            Error::ClassNotServed { .. } => "ClassNotServed",
             Error::PatchService { .. } => "PatchServiceFailed",
             Error::PatchStatus { .. } => "PatchStatusFailed",
         }

@@ -238,14 +238,8 @@ async fn cleanup(
     clear_status: bool,
 ) -> Result<(), Error> {
     let name = svc_name(svc);
-    let Some(provider) = ctx.config.classes.get(class).cloned() else {
-        let err = Error::ClassNotServed {
-            svc: name,
-            class: class.to_owned(),
-        };
-        report_failure(svc, &err, ctx).await;
-        return Err(err);
-    };
+    // `reconcile` leaves Services of classes not served here alone.
+    let provider = ctx.config.classes[class].clone();
     let lb = LoadBalancerRef::for_service(ServiceKey {
         namespace: svc.metadata.namespace.clone().unwrap_or_default(),
         name: svc.metadata.name.clone().unwrap_or_default(),

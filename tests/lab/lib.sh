@@ -354,8 +354,10 @@ leftovers() {
       fi
     done
   done
-  if pgrep -af "ferrylb-lab|$lab_prefix" | grep -v -e "pgrep" -e "leftovers" >/dev/null; then
-    pgrep -af "ferrylb-lab|$lab_prefix" | grep -v -e "pgrep" -e "leftovers" | sed 's/^/process /'
+  local procs
+  procs="$(pgrep -af "$lab_prefix" | grep -v -e "pgrep" -e "leftovers" || true)"
+  if [[ -n "$procs" ]]; then
+    echo "$procs" | sed 's/^/process /'
     found=1
   fi
   if [[ -n "$dir" ]]; then

@@ -32,6 +32,23 @@ impl HaproxyProvider {
         self.requested.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// For `entry` just planned over `previous`: `true` when HAProxy runs it
+    /// already, Pending while an applier holds the state, `false` when it is
+    /// still to be loaded (a change, counted as a burst member, or one an
+    /// earlier ask left waiting).
+    pub(crate) fn already_loaded(
+        &self,
+        lb: &LoadBalancerRef,
+        entry: &Entry,
+        previous: Option<&Entry>,
+    ) -> Result<bool, ProviderError> {
+        if previous != Some(entry) {
+            self.changed();
+            return Ok(false);
+        }
+        self.is_loaded(lb, entry).ok_or_else(crate::pending)
+    }
+
     /// Whether HAProxy runs `entry` for `lb`: `None` when an applier holds
     /// the state (ask again later).
     pub(crate) fn is_loaded(&self, lb: &LoadBalancerRef, entry: &Entry) -> Option<bool> {

@@ -262,14 +262,8 @@ impl HaproxyProvider {
         entry: &Entry,
         previous: Option<Entry>,
     ) -> Result<(), ProviderError> {
-        if previous.as_ref() == Some(entry) {
-            match self.is_loaded(lb, entry) {
-                Some(true) => return Ok(()),
-                None => return Err(pending()),
-                Some(false) => {}
-            }
-        } else {
-            self.changed();
+        if self.already_loaded(lb, entry, previous.as_ref())? {
+            return Ok(());
         }
         match self.apply_or_join(lb).await {
             Ok(true) => Ok(()),
@@ -451,15 +445,8 @@ impl LoadBalancerProvider for HaproxyProvider {
             return Err(e);
         }
         let (entry, previous) = self.plan(spec)?;
-        if previous.as_ref() == Some(&entry) {
-            match self.is_loaded(&spec.lb, &entry) {
-                Some(true) => return Ok(status_of(&entry)),
-                // Being applied right now: ask again.
-                None => return Err(pending()),
-                Some(false) => {}
-            }
-        } else {
-            self.changed();
+        if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
+            return Ok(status_of(&entry));
         }
         // A VIP that moves is applied at once, so that the old one can be
         // taken off the interface after it.
