@@ -196,15 +196,19 @@ async fn answered_by(lab: &Lab, vip: &str, nodes: &[&str], within: Duration) -> 
 const MOVE_GAP_S: f64 = 10.0;
 /// While one replica hands the VIPs to another (the leaving one's HAProxy
 /// serves on while FerryLB takes the VIPs off its node; the new leader's
-/// HAProxy already runs, reloads, and only then is the VIP announced): the
-/// longest time without an answer, and the failed connections at 20 a
-/// second. Measured: 0 failed, gaps under 0.1 s.
+/// HAProxy already runs, reloads, and only then is the VIP put on its node
+/// and announced): the longest time without an answer, and the failed
+/// connections at 20 a second. Measured: 0 failed, gaps under 0.1 s.
 const TAKEOVER_GAP_S: f64 = 2.0;
 const TAKEOVER_FAILED: u64 = 5;
 
+/// A takeover may delay connections, never refuse them: a node holds a VIP
+/// only while its HAProxy listens on it.
 fn assert_takeover_bounded(s: &Summary) {
     assert!(
-        s.longest_gap_s < TAKEOVER_GAP_S && s.failed <= TAKEOVER_FAILED,
+        s.longest_gap_s < TAKEOVER_GAP_S
+            && s.failed <= TAKEOVER_FAILED
+            && !s.errors.contains_key("refused"),
         "takeover: {s:?}"
     );
 }

@@ -342,6 +342,28 @@ teardown() {
 # leftovers [DIR]: prints whatever of a lab is still on this machine (network
 # namespaces, cgroups, processes, mounts, CNI cache entries) and fails when
 # anything is; with DIR, also mounts under DIR and processes naming it.
+# Drops the `PID command` lines of this shell, its subshells and its
+# ancestors (the `down` that asks, and a watcher that started it, name the
+# lab too).
+not_ours() {
+  local -A mine=()
+  local p=$$
+  while [[ -n "$p" && "$p" != 0 ]]; do
+    mine[$p]=1
+    p="$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null || true)"
+  done
+  local pid rest q ours
+  while read -r pid rest; do
+    ours=0
+    q=$pid
+    while [[ -n "$q" && "$q" != 0 && "$q" != 1 ]]; do
+      if [[ "$q" == "$$" || -n "${mine[$pid]:-}" ]]; then ours=1; break; fi
+      q="$(awk '{print $4}' "/proc/$q/stat" 2>/dev/null || true)"
+    done
+    [[ $ours -eq 1 ]] || echo "$pid $rest"
+  done
+}
+
 leftovers() {
   local dir="${1:-}" found=0 n c
   for n in host client "${lab_nodes[@]}"; do
@@ -355,7 +377,7 @@ leftovers() {
     done
   done
   local procs
-  procs="$(pgrep -af "$lab_prefix" | grep -v -e "pgrep" -e "leftovers" || true)"
+  procs="$(pgrep -af "$lab_prefix" | grep -v -e "pgrep" -e "leftovers" | not_ours || true)"
   if [[ -n "$procs" ]]; then
     echo "$procs" | sed 's/^/process /'
     found=1
@@ -364,7 +386,8 @@ leftovers() {
     if awk -v d="$dir/" 'index($2, d) == 1 {found=1} END {exit !found}' /proc/self/mounts; then
       echo "mounts under $dir"; found=1
     fi
-    if pgrep -f "$dir/" >/dev/null; then pgrep -af "$dir/" | sed 's/^/process /'; found=1; fi
+    procs="$(pgrep -af "$dir/" | not_ours || true)"
+    if [[ -n "$procs" ]]; then echo "$procs" | sed 's/^/process /'; found=1; fi
     if [[ -d /var/lib/cni/results ]] && grep -qlF "$dir/" /var/lib/cni/results/* 2>/dev/null; then
       echo "CNI cache entries naming $dir"; found=1
     fi

@@ -123,7 +123,7 @@ impl HaproxyProvider {
     }
 
     /// Renders `desired`, validates and installs it, reloads HAProxy, and
-    /// records it as loaded; then announces the VIPs that waited for it.
+    /// records it as loaded; then puts its VIPs on the interface.
     pub(crate) async fn load(
         &self,
         loaded: &mut Loaded,
@@ -137,15 +137,20 @@ impl HaproxyProvider {
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
         loaded.entries = Some(desired);
         loaded.file_stale = false;
-        let waiting: Vec<_> = {
-            let mut a = self.to_announce.lock().expect("announce lock");
-            let ready: Vec<_> = a.iter().copied().filter(|ip| vips.contains(ip)).collect();
-            for ip in &ready {
-                a.remove(ip);
+        // HAProxy listens on every VIP now: only now may this host answer
+        // for them. A failure here is retried by the Service's reconcile.
+        for ip in vips {
+            if let Err(e) = self.hold_vip(ip).await {
+                tracing::warn!(%ip, error = %e, "putting a VIP on the interface failed");
             }
-            ready
-        };
-        for ip in waiting {
+        }
+        Ok(())
+    }
+
+    /// Puts `ip` on the interface (when FerryLB manages one) and, when it
+    /// was not there, announces it.
+    pub(crate) async fn hold_vip(&self, ip: std::net::IpAddr) -> Result<(), ProviderError> {
+        if self.vips.add(ip).await? {
             self.vips.announce(ip);
         }
         Ok(())

@@ -88,8 +88,6 @@ pub struct HaproxyProvider {
     /// Why a pending change was refused when its burst was applied, for the
     /// reconcile that asks again.
     failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
-    /// VIPs added to the interface, announced once HAProxy listens on them.
-    to_announce: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -128,9 +126,7 @@ impl HaproxyProvider {
     pub fn new(settings: HaproxySettings) -> Self {
         Self {
             process: Process::new(settings.process.clone()),
-            vips: VipBinder {
-                interface: settings.vip_interface.clone(),
-            },
+            vips: VipBinder::new(settings.vip_interface.clone()),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -138,7 +134,6 @@ impl HaproxyProvider {
             flusher: std::sync::OnceLock::new(),
             requested: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::Mutex::default(),
-            to_announce: std::sync::Mutex::default(),
         }
     }
 
@@ -170,20 +165,21 @@ impl HaproxyProvider {
         self.process.reload_counters().await
     }
 
-    /// Stops a managed HAProxy, and takes the VIPs off the interface
-    /// (`vip_interface`), so the replica that takes over is the only host
-    /// answering for them.
+    /// Takes the VIPs off the interface (`vip_interface`), so the replica
+    /// that takes over is the only host answering for them, then stops a
+    /// managed HAProxy: in this order, this host never answers for a VIP
+    /// nobody listens on.
     pub async fn shutdown(&self) {
         if let Some(f) = self.flusher.get() {
             f.abort();
         }
-        self.process.stop().await;
         let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
         for ip in vips {
             if let Err(e) = self.vips.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing a VIP from the interface on shutdown failed");
             }
         }
+        self.process.stop().await;
     }
 
     /// Writes an empty configuration when there is none yet, so that an
@@ -313,7 +309,7 @@ impl HaproxyProvider {
         let ours = |addr: &str| {
             installed
                 .lines()
-                .any(|l| l.trim() == format!("bind {addr}"))
+                .any(|l| l.trim() == format!("bind {addr} transparent"))
         };
         match taken
             .into_iter()
@@ -446,20 +442,14 @@ impl LoadBalancerProvider for HaproxyProvider {
         }
         let (entry, previous) = self.plan(spec)?;
         if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
+            self.hold_vip(entry.vip).await?;
             return Ok(status_of(&entry));
         }
         // A VIP that moves is applied at once, so that the old one can be
         // taken off the interface after it.
         let moved = previous.as_ref().is_some_and(|p| p.vip != entry.vip);
         let result = async {
-            let added = self.vips.add(entry.vip).await?;
             self.check_binds(&entry, previous.as_ref())?;
-            if added {
-                self.to_announce
-                    .lock()
-                    .expect("announce lock")
-                    .insert(entry.vip);
-            }
             if moved {
                 self.sync().await.map(|()| true)
             } else {
@@ -475,6 +465,9 @@ impl LoadBalancerProvider for HaproxyProvider {
             Ok(false) => return Err(pending()),
             Ok(true) => {}
         }
+        // The load put the VIP on the interface; this only retries when
+        // that failed.
+        self.hold_vip(entry.vip).await?;
         if let Some(old) = previous.filter(|p| p.vip != entry.vip)
             && !self.vip_still_used(old.vip)
         {
@@ -574,14 +567,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 tracing::warn!(service = %spec.lb.key, error = %e, "not restoring this Service's address");
             }
         }
-        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
-        for ip in vips {
-            if self.vips.add(ip).await? {
-                // Announced by the first load that succeeds, this one or a
-                // later one: a VIP added here must not stay unannounced.
-                self.to_announce.lock().expect("announce lock").insert(ip);
-            }
-        }
+        // The load puts every VIP on the interface once HAProxy listens.
         self.sync().await
     }
 }

@@ -156,7 +156,11 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
 fn render_frontend(out: &mut String, e: &Entry, port: u16) {
     let _ = writeln!(out);
     let _ = writeln!(out, "frontend {}", frontend_name(e, port));
-    let _ = writeln!(out, "  bind {}", addr(e.vip, port));
+    // `transparent` binds the VIP before this host holds it (HAProxy falls
+    // back to IP_FREEBIND, which needs no privilege): HAProxy listens first,
+    // and only then is the VIP put on the interface and announced, so no
+    // client is ever sent to a host that would refuse it.
+    let _ = writeln!(out, "  bind {} transparent", addr(e.vip, port));
     let _ = writeln!(out, "  timeout client {}", ms(e.options.timeout_client));
     if !e.spec.source_ranges.is_empty() {
         let ranges: Vec<String> = e.spec.source_ranges.iter().map(|n| n.to_string()).collect();

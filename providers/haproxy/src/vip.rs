@@ -6,6 +6,7 @@
 //! neighbours' caches still name the old host until they expire, which
 //! takes tens of seconds; the announcement moves them at once.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ferrylb_model::ProviderError;
@@ -19,17 +20,33 @@ const DEL_BENIGN: &[&str] = &["Cannot assign requested address", "Address not fo
 
 /// Adds and removes VIPs on `interface`; does nothing when `None` (the host
 /// already owns the pool's addresses).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct VipBinder {
-    pub interface: Option<String>,
+    interface: Option<String>,
+    /// What this process put on the interface (or found there), so that
+    /// holding a VIP again costs no `ip` command.
+    held: std::sync::Mutex<BTreeSet<IpAddr>>,
 }
 
 impl VipBinder {
+    pub fn new(interface: Option<String>) -> Self {
+        Self {
+            interface,
+            held: std::sync::Mutex::default(),
+        }
+    }
+
     /// Adds `ip` to the interface; already present is fine. `true` when it
-    /// was added now: [`Self::announce`] it once HAProxy listens on it, so
-    /// that neighbours are not sent to a host that would refuse them.
+    /// was added now: [`Self::announce`] it (HAProxy must listen on it
+    /// first, so that neighbours are not sent to a host that would refuse
+    /// them).
     pub async fn add(&self, ip: IpAddr) -> Result<bool, ProviderError> {
-        self.ip_addr("add", ip, ADD_BENIGN).await
+        if self.interface.is_none() || self.held.lock().expect("held lock").contains(&ip) {
+            return Ok(false);
+        }
+        let added = self.ip_addr("add", ip, ADD_BENIGN).await?;
+        self.held.lock().expect("held lock").insert(ip);
+        Ok(added)
     }
 
     /// Announces an IPv4 VIP on the interface by gratuitous ARP, in the
@@ -42,7 +59,9 @@ impl VipBinder {
 
     /// Removes `ip` from the interface; already absent is fine.
     pub async fn remove(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        self.ip_addr("del", ip, DEL_BENIGN).await.map(drop)
+        self.ip_addr("del", ip, DEL_BENIGN).await?;
+        self.held.lock().expect("held lock").remove(&ip);
+        Ok(())
     }
 
     /// Runs `ip addr VERB`; `Ok(true)` when it changed the interface,
@@ -103,18 +122,32 @@ async fn announce(dev: String, ip: IpAddr) {
 
 /// The `(ip, port)`s of `wanted` that some process on this host already
 /// listens on (on that address or on the wildcard), found by binding each
-/// for a moment. Ports FerryLB may not bind itself (below 1024 without the
-/// capability) and addresses not on this host are not reported.
+/// for a moment, as HAProxy will: free to bind an address the host does not
+/// hold yet. Ports FerryLB may not bind itself (below 1024 without the
+/// capability) are not reported.
 pub fn taken(wanted: impl IntoIterator<Item = (IpAddr, u16)>) -> Vec<(IpAddr, u16)> {
     wanted
         .into_iter()
         .filter(|&(ip, port)| {
             matches!(
-                std::net::TcpListener::bind((ip, port)),
+                try_bind(std::net::SocketAddr::new(ip, port)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
             )
         })
         .collect()
+}
+
+fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind_v4(true)?;
+    } else {
+        socket.set_freebind_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ fn renders_frontend_and_backend_per_tcp_port() {
     let cfg = render(&global(), &[e.clone()]);
     let lb = &e.spec.lb.name;
     let expected_tail = format!(
-        "frontend fe_{lb}_80\n  bind 127.0.0.100:80\n  timeout client 60000ms\n  \
+        "frontend fe_{lb}_80\n  bind 127.0.0.100:80 transparent\n  timeout client 60000ms\n  \
          tcp-request connection reject if !{{ src 10.0.0.0/8 127.0.0.5/32 }}\n  default_backend be_{lb}_80\n\n\
          backend be_{lb}_80\n  balance roundrobin\n  timeout connect 5000ms\n  timeout server 60000ms\n  \
          default-server check inter 2000ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
@@ -77,7 +77,7 @@ fn local_traffic_policy_and_proxy_protocol() {
         path: "/healthz".into(),
     };
     let cfg = render(&global(), &[e]);
-    assert!(cfg.contains("  bind [fd00::10]:80\n"), "{cfg}");
+    assert!(cfg.contains("  bind [fd00::10]:80 transparent\n"), "{cfg}");
     assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
     assert!(cfg.contains("  default-server check inter 2000ms port 32000 send-proxy-v2\n"));
 }
