@@ -7,8 +7,9 @@
 # 65532:65532, the CA bundle, and what the HAProxy provider runs at run time:
 # `haproxy` (every configuration is checked with `haproxy -c` before it is
 # installed; HAProxy itself runs in its own container, the chart's sidecar),
-# and `ip` and `arping` (--haproxy-vip-interface adds VIPs to an interface
-# and announces them). The lab builds the same layout without a registry
+# `ip` and `arping` (--haproxy-vip-interface adds VIPs to an interface
+# and announces them), and `keepalived` (--haproxy-vrrp runs it to move the
+# VIPs between replicas). The lab builds the same layout without a registry
 # from this machine's Debian files: tests/lab/images/build.
 
 FROM rust:1.88-bookworm AS build
@@ -19,7 +20,7 @@ RUN cargo build --release --locked --bin ferrylb \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping \
+ && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping keepalived \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrylb /usr/local/bin/ferrylb
 RUN printf 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >>/etc/passwd \

@@ -9,6 +9,7 @@ use ferrylb_aws::{AwsSettings, RateLimits};
 use ferrylb_haproxy::HaproxySettings;
 use ferrylb_haproxy::pool::AddressPool;
 use ferrylb_haproxy::process::{ProcessSettings, RunMode};
+use ferrylb_haproxy::vrrp::VrrpSettings;
 
 /// Kubernetes LoadBalancer Services on AWS and bare metal.
 #[derive(Debug, Parser)]
@@ -38,6 +39,16 @@ pub enum Command {
     /// List (and with --delete, remove) cloud resources tagged for this
     /// cluster whose Service no longer exists.
     Gc(Box<GcArgs>),
+    /// Exit 0 when the local HAProxy has a worker serving (keepalived runs
+    /// this to decide whether this host may hold the VIPs).
+    HaproxyCheck(HaproxyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HaproxyCheckArgs {
+    /// HAProxy's master CLI socket.
+    #[arg(long)]
+    pub master_socket: PathBuf,
 }
 
 /// Providers FerryLB can run.
@@ -281,6 +292,60 @@ pub struct HaproxyArgs {
     /// Service and node. Unset: each server checks its own nodePort.
     #[arg(long, env = "FERRYLB_HAPROXY_NODE_CHECK_PORT")]
     pub haproxy_node_check_port: Option<u16>,
+
+    #[command(flatten)]
+    pub vrrp: VrrpArgs,
+}
+
+/// VIPs moved between replicas by VRRP (keepalived), instead of by the
+/// leader adding them to its interface.
+#[derive(Debug, Args)]
+pub struct VrrpArgs {
+    /// Run keepalived beside HAProxy on every replica and let VRRP decide
+    /// which host holds the VIPs (on --haproxy-vip-interface). Every
+    /// replica serves every VIP; failover needs neither the API server nor
+    /// the leader.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP")]
+    pub haproxy_vrrp: bool,
+
+    /// The keepalived binary.
+    #[arg(long, env = "FERRYLB_KEEPALIVED_BINARY", default_value = "keepalived")]
+    pub keepalived_binary: PathBuf,
+
+    /// VRRP's virtual_router_id: unique among VRRP routers on the network
+    /// segment (1-255).
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_ROUTER_ID", default_value_t = 51, value_parser = clap::value_parser!(u8).range(1..))]
+    pub haproxy_vrrp_router_id: u8,
+
+    /// This replica's VRRP priority (1-254); equal on every replica by
+    /// default, and a replica coming back never takes the VIPs back.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PRIORITY", default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..255))]
+    pub haproxy_vrrp_priority: u8,
+
+    /// Time between VRRP adverts: a backup takes over after about three
+    /// missed (0.1s: failover in about 0.35 s, ten small packets a second
+    /// per replica). 10ms to 40s.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_ADVERT_INTERVAL", default_value = "100ms", value_parser = advert_interval)]
+    pub haproxy_vrrp_advert_interval: Duration,
+
+    /// This host's address for unicast adverts (the chart passes the
+    /// node's address). Unset: multicast adverts.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_SOURCE")]
+    pub haproxy_vrrp_source: Option<std::net::IpAddr>,
+
+    /// The other replicas are the pods matching this label selector in the
+    /// leader election namespace; their node addresses are the unicast
+    /// peers.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PEER_SELECTOR")]
+    pub haproxy_vrrp_peer_selector: Option<String>,
+}
+
+fn advert_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(40) {
+        return Err(format!("{s} is outside what VRRPv3 can send (10ms to 40s)"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -320,7 +385,38 @@ impl HaproxyArgs {
             vip_interface: self.haproxy_vip_interface.clone(),
             hard_stop_after: self.haproxy_hard_stop_after,
             node_check_port: self.haproxy_node_check_port,
+            vrrp: self.vrrp_settings()?,
         })
+    }
+
+    fn vrrp_settings(&self) -> anyhow::Result<Option<VrrpSettings>> {
+        let v = &self.vrrp;
+        if !v.haproxy_vrrp {
+            return Ok(None);
+        }
+        let interface = self.haproxy_vip_interface.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--haproxy-vrrp needs --haproxy-vip-interface: the interface VRRP adds the VIPs to"
+            )
+        })?;
+        let master_socket = self
+            .haproxy_master_socket
+            .clone()
+            .unwrap_or_else(|| self.haproxy_dir.join("master.sock"));
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "ferrylb".into());
+        Ok(Some(VrrpSettings {
+            binary: v.keepalived_binary.clone(),
+            config_path: self.haproxy_dir.join("keepalived.conf"),
+            interface,
+            router_id: v.haproxy_vrrp_router_id,
+            priority: v.haproxy_vrrp_priority,
+            advert_interval: v.haproxy_vrrp_advert_interval,
+            source: v.haproxy_vrrp_source,
+            master_socket,
+            name,
+        }))
     }
 }
 

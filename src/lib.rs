@@ -6,6 +6,7 @@ pub mod cli;
 pub mod controller;
 pub mod gc;
 pub mod leader;
+pub mod mirror;
 pub mod plan;
 pub mod spec;
 pub mod telemetry;

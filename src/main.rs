@@ -25,6 +25,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller(args) => run_controller(*args).await,
         Command::Plan(args) => run_plan(&args),
         Command::Gc(args) => run_gc(*args).await,
+        Command::HaproxyCheck(args) => {
+            if let Err(e) = ferrylb_haproxy::process::serving(&args.master_socket).await {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -174,15 +181,51 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             args.leader.leader_election_lease_duration,
         )
     });
+    let mut side_tasks = Vec::new();
+    if let Some(h) = &haproxy {
+        side_tasks.push(tokio::spawn(report_haproxy(h.clone(), telemetry.clone())));
+        if let (Some(k), Some(selector)) = (
+            h.keepalived(),
+            args.haproxy.vrrp.haproxy_vrrp_peer_selector.clone(),
+        ) {
+            side_tasks.push(tokio::spawn(ferrylb::mirror::peers(
+                client.clone(),
+                args.leader.leader_election_namespace.clone(),
+                selector,
+                k.clone(),
+            )));
+        }
+    }
     if let Some(lock) = &lock {
         telemetry.set_leader(false);
+        // Until it leads, a replica serves what the leader provisioned.
+        let mirror = haproxy.clone().map(|h| {
+            h.set_holding(false);
+            tokio::spawn(ferrylb::mirror::run(ferrylb::mirror::Mirror {
+                client: client.clone(),
+                haproxy: h,
+                class: args.haproxy.haproxy_class.clone(),
+                namespace: args.namespace.clone(),
+                node_selector: args.node_selector.clone(),
+            }))
+        });
         tracing::info!(lease = %args.leader.leader_election_lease, "waiting to lead");
-        tokio::select! {
-            () = lock.acquire() => {}
-            () = stopped(stop_rx.clone()) => {
-                tracing::info!("stopped before leading");
-                return Ok(());
+        let leading = tokio::select! {
+            () = lock.acquire() => true,
+            () = stopped(stop_rx.clone()) => false,
+        };
+        if let Some(m) = mirror {
+            m.abort();
+        }
+        if !leading {
+            tracing::info!("stopped before leading");
+            if let Some(h) = &haproxy {
+                h.shutdown().await;
             }
+            return Ok(());
+        }
+        if let Some(h) = &haproxy {
+            h.set_holding(true);
         }
     }
     telemetry.set_leader(true);
@@ -220,6 +263,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         t.abort();
     }
     checker.abort();
+    for t in side_tasks {
+        t.abort();
+    }
     if let Some(h) = haproxy {
         h.shutdown().await;
     }
@@ -259,6 +305,23 @@ async fn check_providers(providers: Vec<Arc<dyn LoadBalancerProvider>>, telemetr
             }
         }
         telemetry.set_provider_problem((!problems.is_empty()).then(|| problems.join("; ")));
+    }
+}
+
+/// Copies what the HAProxy provider serves, and keepalived's state, into
+/// the metrics once a second.
+async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let (generation, sha) = h.served();
+        telemetry.set_served(generation, &sha);
+        if let Some(k) = h.keepalived() {
+            let status = k.status();
+            let master = status.state == "MASTER";
+            let vips = k.vips().await.into_iter().map(|ip| (ip, master)).collect();
+            telemetry.set_vrrp(&status.state, &status.transitions, &vips);
+        }
     }
 }
 

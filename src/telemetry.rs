@@ -35,6 +35,10 @@ pub struct Telemetry {
     load_balancers: Family<Labels, Gauge>,
     in_flight: Gauge,
     leader: Gauge,
+    served: Family<Labels, Gauge>,
+    vrrp_state: Family<Labels, Gauge>,
+    vrrp_transitions: Family<Labels, Counter>,
+    vip_held: Family<Labels, Gauge>,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
     /// Why a provider's last check failed (`None`: all answered).
@@ -80,8 +84,36 @@ impl Default for Telemetry {
             "1 while this replica holds the leader Lease (or runs without leader election)",
             leader.clone(),
         );
+        let served = Family::<Labels, Gauge>::default();
+        registry.register(
+            "haproxy_config_generation",
+            "Configurations this replica's HAProxy loaded, labelled with the SHA-256 of the one it serves (equal on replicas serving the same state)",
+            served.clone(),
+        );
+        let vrrp_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "vrrp_state",
+            "1 for the VRRP state this replica's keepalived is in (MASTER holds the VIPs; BACKUP, FAULT, STOPPED)",
+            vrrp_state.clone(),
+        );
+        let vrrp_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "vrrp_transitions",
+            "Times this replica's keepalived entered each VRRP state",
+            vrrp_transitions.clone(),
+        );
+        let vip_held = Family::<Labels, Gauge>::default();
+        registry.register(
+            "haproxy_vip_held",
+            "Per VIP this replica serves: 1 while this replica's host holds it",
+            vip_held.clone(),
+        );
         Self {
             registry,
+            served,
+            vrrp_state,
+            vrrp_transitions,
+            vip_held,
             reconciles,
             reconcile_seconds,
             provider_calls,
@@ -163,6 +195,45 @@ impl Telemetry {
     /// The providers' last check: `None` when all answered, else why not.
     pub fn set_provider_problem(&self, problem: Option<String>) {
         *self.provider_problem.lock().expect("readiness lock") = problem;
+    }
+
+    /// What this replica's HAProxy serves: loads so far and the SHA-256 of
+    /// the configuration.
+    pub fn set_served(&self, generation: u64, sha256: &str) {
+        self.served.clear();
+        self.served
+            .get_or_create(&vec![("sha256", sha256.to_owned())])
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// keepalived's state now, how often it entered each state, and which
+    /// of the VIPs this replica serves its host holds.
+    pub fn set_vrrp(
+        &self,
+        state: &str,
+        transitions: &std::collections::BTreeMap<String, u64>,
+        vips: &std::collections::BTreeMap<std::net::IpAddr, bool>,
+    ) {
+        for s in ["MASTER", "BACKUP", "FAULT", "STOPPED"] {
+            self.vrrp_state
+                .get_or_create(&vec![("state", s.to_owned())])
+                .set(i64::from(s == state));
+        }
+        for (s, n) in transitions {
+            let c = self
+                .vrrp_transitions
+                .get_or_create(&vec![("state", s.clone())]);
+            let seen = c.get();
+            if *n > seen {
+                c.inc_by(*n - seen);
+            }
+        }
+        self.vip_held.clear();
+        for (ip, held) in vips {
+            self.vip_held
+                .get_or_create(&vec![("vip", ip.to_string())])
+                .set(i64::from(*held));
+        }
     }
 
     /// `Ok` when ready, else why not.
@@ -265,6 +336,22 @@ mod tests {
         assert!(t.readiness().is_err());
         t.set_caches_synced(true);
         assert_eq!(t.readiness(), Ok(()));
+        t.set_served(3, "ab12");
+        let mut transitions = std::collections::BTreeMap::new();
+        transitions.insert("MASTER".to_owned(), 2);
+        let vips = [("10.0.0.1".parse().unwrap(), true)].into_iter().collect();
+        t.set_vrrp("MASTER", &transitions, &vips);
+        t.set_vrrp("MASTER", &transitions, &vips);
+        let text = t.encode();
+        for want in [
+            r#"ferrylb_haproxy_config_generation{sha256="ab12"} 3"#,
+            r#"ferrylb_vrrp_state{state="MASTER"} 1"#,
+            r#"ferrylb_vrrp_state{state="BACKUP"} 0"#,
+            r#"ferrylb_vrrp_transitions_total{state="MASTER"} 2"#,
+            r#"ferrylb_haproxy_vip_held{vip="10.0.0.1"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
         t.set_provider_problem(Some("haproxy: cannot run haproxy".into()));
         assert!(t.readiness().is_err());
     }

@@ -606,3 +606,289 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
     }
     assert!(lab.fetch(&vip, 80).is_none(), "{vip} still answers");
 }
+
+/// The longest a client may go without an answer while VRRP moves the VIPs
+/// off a node that died (defaults: 0.1 s adverts, taken over after about
+/// three missed).
+const VRRP_FAILOVER_GAP_S: f64 = 1.0;
+
+/// Installs (or upgrades to) FerryLB with VRRP: keepalived on every replica.
+async fn install_vrrp(lab: &Lab, client: &kube::Client) {
+    helm_ok(
+        lab,
+        &[
+            "upgrade",
+            "--install",
+            RELEASE,
+            "charts/ferrylb",
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+            "-f",
+            "tests/lab/values.yaml",
+            "--set",
+            "haproxy.vrrp.enabled=true",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    leader(client).await;
+}
+
+/// FerryLB's running pods and their nodes.
+async fn replicas(client: &kube::Client) -> Vec<(String, String)> {
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.metadata.name?, p.spec?.node_name?)))
+        .collect()
+}
+
+/// The HAProxy configuration a replica serves, read from its sidecar.
+fn served_config(lab: &Lab, pod: &str) -> String {
+    lab.kubectl(&[
+        "-n",
+        RELEASE_NS,
+        "exec",
+        pod,
+        "-c",
+        "haproxy",
+        "--",
+        "busybox",
+        "cat",
+        "/run/ferrylb/haproxy.cfg",
+    ])
+}
+
+/// Waits until every replica serves the same configuration, with `want` in
+/// it; returns it.
+async fn replicas_agree(lab: &'static Lab, client: &kube::Client, want: &str) -> String {
+    let client = client.clone();
+    let want = want.to_owned();
+    wait::until(
+        "both replicas to serve the same configuration",
+        Duration::from_secs(60),
+        || {
+            let (client, want) = (client.clone(), want.clone());
+            async move {
+                let pods = replicas(&client).await;
+                if pods.len() < 2 {
+                    return None;
+                }
+                let configs: BTreeSet<String> =
+                    pods.iter().map(|(p, _)| served_config(lab, p)).collect();
+                let one = configs.into_iter().next()?;
+                (pods.len() >= 2 && one.contains(&want)).then_some(one)
+            }
+        },
+    )
+    .await
+}
+
+/// The node whose interface holds `vip` (waits for exactly one).
+async fn holder_of(lab: &Lab, vip: &str) -> String {
+    wait::until("one node to hold the VIP", Duration::from_secs(30), || {
+        let holders: Vec<&str> = lab::NODES
+            .iter()
+            .copied()
+            .filter(|n| {
+                let out = lab.in_ns(
+                    &format!("ferrylb-lab-{n}"),
+                    &["ip", "-o", "addr", "show", "dev", "eth0"],
+                );
+                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
+            })
+            .collect();
+        let one = (holders.len() == 1).then(|| holders[0].to_owned());
+        async move { one }
+    })
+    .await
+}
+
+/// Cuts `node` off the lab's network (its link to the bridge goes down), or
+/// reconnects it.
+fn link(lab: &Lab, node: &str, up: bool) {
+    let out = lab.in_ns(
+        "ferrylb-lab-host",
+        &[
+            "ip",
+            "link",
+            "set",
+            &format!("v{node}"),
+            if up { "up" } else { "down" },
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Sends `sig` to the lab's kube-apiserver.
+fn apiserver_signal(lab: &Lab, sig: &str) {
+    let pid = std::fs::read_to_string(lab.dir.join("apiserver.pid")).expect("apiserver.pid");
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.trim())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} kube-apiserver");
+}
+
+/// Cuts the node holding `vip` off the network while a client connects 20
+/// times a second; returns what the client saw and the new holder.
+async fn cut_holder(lab: &Lab, vip: &str) -> (Summary, String, String) {
+    let old = holder_of(lab, vip).await;
+    let probe = lab.probe(vip, 80, 20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    link(lab, &old, false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = probe.finish().await;
+    let new = holder_of_except(lab, vip, &old).await;
+    link(lab, &old, true);
+    (s, old, new)
+}
+
+/// The node other than `not` whose interface holds `vip`.
+async fn holder_of_except(lab: &Lab, vip: &str, not: &str) -> String {
+    wait::until(
+        "another node to hold the VIP",
+        Duration::from_secs(10),
+        || {
+            let found = lab::NODES.iter().copied().filter(|n| *n != not).find(|n| {
+                let out = lab.in_ns(
+                    &format!("ferrylb-lab-{n}"),
+                    &["ip", "-o", "addr", "show", "dev", "eth0"],
+                );
+                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
+            });
+            let found = found.map(str::to_owned);
+            async move { found }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_server() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    install_vrrp(lab, &client).await;
+    let ns = k::namespace(&client, "lab-vrrp").await;
+    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+
+    // A burst of changes: both replicas end up serving the identical file.
+    for i in 1..=4 {
+        lab.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: burst-{i}, namespace: {ns}}}\n\
+             spec: {{type: LoadBalancer, selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+        ));
+    }
+    lab.kubectl(&["-n", &ns, "delete", "service", "burst-2", "burst-3"]);
+    let burst_4 = vip_of(&client, &ns, "burst-4").await;
+    let config = replicas_agree(lab, &client, &format!("bind {burst_4}:80")).await;
+    assert!(config.contains(&format!("bind {vip}:80")), "{config}");
+    eprintln!(
+        "lab: vrrp: {} replicas serve the same configuration ({} bytes)",
+        replicas(&client).await.len(),
+        config.len()
+    );
+
+    // The node holding the VIP dies (its link is cut): another takes over.
+    let (s, old, new) = cut_holder(lab, &vip).await;
+    report(&format!("vrrp: {old} cut off, {new} took over"), &s);
+    assert!(
+        s.longest_gap_s < VRRP_FAILOVER_GAP_S,
+        "new connections must succeed again within {VRRP_FAILOVER_GAP_S}s: {s:?}"
+    );
+
+    // The same with the API server stopped: VRRP needs neither it nor the
+    // Lease.
+    apiserver_signal(lab, "STOP");
+    let result = cut_holder(lab, &vip).await;
+    apiserver_signal(lab, "CONT");
+    let (s, old, new) = result;
+    report(
+        &format!("vrrp, API server stopped: {old} cut off, {new} took over"),
+        &s,
+    );
+    assert!(s.longest_gap_s < VRRP_FAILOVER_GAP_S, "{s:?}");
+
+    // A planned stop of the replica holding the VIPs: its keepalived hands
+    // them over first, its HAProxy finishes what it holds. Meanwhile a
+    // Service created with one replica down is served, and by both once the
+    // replacement runs.
+    let holder = holder_of(lab, &vip).await;
+    let (pod, _) = replicas(&client)
+        .await
+        .into_iter()
+        .find(|(_, n)| *n == holder)
+        .expect("a replica on the holding node");
+    let probe = lab.probe(&vip, 80, 100);
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .delete(&pod, &DeleteParams::default())
+        .await
+        .unwrap();
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: late, namespace: {ns}}}\n\
+         spec: {{type: LoadBalancer, selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    ));
+    let late = vip_of(&client, &ns, "late").await;
+    answered_by(lab, &late, &lab::NODES, Duration::from_secs(60)).await;
+    lab.kubectl(&[
+        "-n",
+        RELEASE_NS,
+        "rollout",
+        "status",
+        "deployment/ferrylb",
+        "--timeout=120s",
+    ]);
+    replicas_agree(lab, &client, &format!("bind {late}:80")).await;
+    // At least 2,000 connections, 100 a second.
+    let left = Duration::from_secs(22).saturating_sub(started.elapsed());
+    tokio::time::sleep(left).await;
+    let s = probe.finish().await;
+    report(&format!("vrrp: replica on {holder} deleted"), &s);
+    assert!(s.sent >= 2_000, "{s:?}");
+    assert_eq!(s.failed, 0, "a planned stop loses nothing: {s:?}");
+
+    // Back to the lab's usual release (VIPs by the leader), Services first.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    for name in ["echo", "burst-1", "burst-4", "late"] {
+        svcs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait::until("the Services to be gone", Duration::from_secs(60), || {
+        let svcs = svcs.clone();
+        async move {
+            svcs.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    helm_ok(
+        lab,
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/ferrylb",
+            "-n",
+            RELEASE_NS,
+            "-f",
+            "tests/lab/values.yaml",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+}

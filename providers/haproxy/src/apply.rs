@@ -130,15 +130,23 @@ impl HaproxyProvider {
         desired: BTreeMap<LoadBalancerRef, Entry>,
     ) -> Result<(), ProviderError> {
         let entries: Vec<Entry> = desired.values().cloned().collect();
-        self.process
-            .install(&render::render(&self.global(), &entries))
-            .await?;
+        let text = render::render(&self.global(), &entries);
+        self.process.install(&text).await?;
         self.process.reload().await?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.config_sha.lock().expect("config sha lock") = sha256_hex(&text);
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
         loaded.entries = Some(desired);
         loaded.file_stale = false;
         // HAProxy listens on every VIP now: only now may this host answer
         // for them. A failure here is retried by the Service's reconcile.
+        if let Some(k) = &self.keepalived {
+            if let Err(e) = k.set_vips(vips).await {
+                tracing::warn!(error = %e, "handing the VIPs to keepalived failed");
+            }
+            return Ok(());
+        }
         for ip in vips {
             if let Err(e) = self.hold_vip(ip).await {
                 tracing::warn!(%ip, error = %e, "putting a VIP on the interface failed");
@@ -147,12 +155,27 @@ impl HaproxyProvider {
         Ok(())
     }
 
-    /// Puts `ip` on the interface (when FerryLB manages one) and, when it
-    /// was not there, announces it.
+    /// Makes this host answer for `ip` (HAProxy listens on it): VRRP
+    /// announces it from whichever replica is master; otherwise the leader
+    /// puts it on the interface and announces it when it was not there.
     pub(crate) async fn hold_vip(&self, ip: std::net::IpAddr) -> Result<(), ProviderError> {
+        if let Some(k) = &self.keepalived {
+            return k.include(ip).await;
+        }
+        if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         if self.vips.add(ip).await? {
             self.vips.announce(ip);
         }
         Ok(())
     }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

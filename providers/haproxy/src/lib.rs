@@ -15,6 +15,7 @@ pub mod process;
 pub mod render;
 mod runtime;
 pub mod vip;
+pub mod vrrp;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -47,6 +48,9 @@ pub struct HaproxySettings {
     pub hard_stop_after: Duration,
     /// See [`GlobalSettings::node_check_port`].
     pub node_check_port: Option<u16>,
+    /// VIPs owned by VRRP: a keepalived FerryLB runs moves them between the
+    /// replicas (then `vip_interface` is not used).
+    pub vrrp: Option<vrrp::VrrpSettings>,
 }
 
 impl HaproxySettings {
@@ -67,6 +71,7 @@ impl HaproxySettings {
             vip_interface: None,
             hard_stop_after: Duration::from_secs(30),
             node_check_port: None,
+            vrrp: None,
         }
     }
 }
@@ -88,6 +93,14 @@ pub struct HaproxyProvider {
     /// Why a pending change was refused when its burst was applied, for the
     /// reconcile that asks again.
     failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
+    /// Owns the VIPs when VRRP is on.
+    keepalived: Option<Arc<vrrp::Keepalived>>,
+    /// Whether this replica puts VIPs on `vip_interface` (the leader does;
+    /// a follower serves the same configuration without them).
+    holding: std::sync::atomic::AtomicBool,
+    /// Configurations loaded, and the SHA-256 of the last one.
+    generation: std::sync::atomic::AtomicU64,
+    config_sha: std::sync::Mutex<String>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -126,7 +139,15 @@ impl HaproxyProvider {
     pub fn new(settings: HaproxySettings) -> Self {
         Self {
             process: Process::new(settings.process.clone()),
-            vips: VipBinder::new(settings.vip_interface.clone()),
+            vips: VipBinder::new(if settings.vrrp.is_some() {
+                None
+            } else {
+                settings.vip_interface.clone()
+            }),
+            keepalived: settings.vrrp.clone().map(vrrp::Keepalived::new),
+            holding: std::sync::atomic::AtomicBool::new(true),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            config_sha: std::sync::Mutex::default(),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -165,13 +186,66 @@ impl HaproxyProvider {
         self.process.reload_counters().await
     }
 
-    /// Takes the VIPs off the interface (`vip_interface`), so the replica
-    /// that takes over is the only host answering for them, then stops a
-    /// managed HAProxy: in this order, this host never answers for a VIP
-    /// nobody listens on.
+    /// Whether this replica puts VIPs on `vip_interface`: the leader does,
+    /// a follower (serving the same configuration) does not. Without VRRP
+    /// only one host may answer for a VIP.
+    pub fn set_holding(&self, holding: bool) {
+        self.holding
+            .store(holding, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The keepalived that owns the VIPs, when VRRP is on.
+    pub fn keepalived(&self) -> Option<&Arc<vrrp::Keepalived>> {
+        self.keepalived.as_ref()
+    }
+
+    /// How many configurations this process loaded, and the SHA-256 of the
+    /// last one: equal on every replica that serves the same state.
+    pub fn served(&self) -> (u64, String) {
+        (
+            self.generation.load(std::sync::atomic::Ordering::SeqCst),
+            self.config_sha.lock().expect("config sha lock").clone(),
+        )
+    }
+
+    /// Serves exactly `specs`, each on the VIP its Service's status carries
+    /// (what a follower does: the leader allocated them), in one load.
+    /// Services without an address yet, without a TCP port, or whose
+    /// annotations are invalid are left out (the leader reports them).
+    ///
+    /// # Errors
+    /// When the configuration cannot be loaded.
+    pub async fn mirror(&self, specs: &[LoadBalancerSpec]) -> Result<(), ProviderError> {
+        let next: BTreeMap<LoadBalancerRef, Entry> = specs
+            .iter()
+            .filter(|s| s.listeners.iter().any(|l| l.protocol == Protocol::Tcp))
+            .filter_map(|spec| {
+                let vip = *spec.status_ips.first()?;
+                let options = Options::parse(&spec.annotations).ok()?;
+                Some((
+                    spec.lb.clone(),
+                    Entry {
+                        spec: spec.clone(),
+                        vip,
+                        options,
+                    },
+                ))
+            })
+            .collect();
+        *self.entries.lock().expect("entries lock") = next;
+        self.sync().await
+    }
+
+    /// Hands the VIPs over (stops keepalived, or takes them off
+    /// `vip_interface`), so the replica that takes over is the only host
+    /// answering for them, then stops a managed HAProxy: in this order, this
+    /// host never answers for a VIP nobody listens on.
     pub async fn shutdown(&self) {
         if let Some(f) = self.flusher.get() {
             f.abort();
+        }
+        if let Some(k) = &self.keepalived {
+            k.stop().await;
         }
         let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
         for ip in vips {
@@ -567,7 +641,13 @@ impl LoadBalancerProvider for HaproxyProvider {
                 tracing::warn!(service = %spec.lb.key, error = %e, "not restoring this Service's address");
             }
         }
-        // The load puts every VIP on the interface once HAProxy listens.
-        self.sync().await
+        self.sync().await?;
+        // The load put every VIP on the interface once HAProxy listened; a
+        // follower that already served them is told to hold them now.
+        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
+        for ip in vips {
+            self.hold_vip(ip).await?;
+        }
+        Ok(())
     }
 }

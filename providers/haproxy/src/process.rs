@@ -380,6 +380,33 @@ pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String>
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "master CLI timed out"))?
 }
 
+/// Whether the HAProxy behind `socket` has a current worker (one listed
+/// before the old workers that are still draining).
+///
+/// # Errors
+/// Why it does not: no master answering, or no worker.
+pub async fn serving(socket: &Path) -> Result<(), String> {
+    let out = master_command(socket, "show proc").await.map_err(|e| {
+        format!(
+            "haproxy's master at {} does not answer: {e}",
+            socket.display()
+        )
+    })?;
+    if current_workers(&out) > 0 {
+        Ok(())
+    } else {
+        Err("haproxy has no worker serving".into())
+    }
+}
+
+fn current_workers(show_proc: &str) -> usize {
+    show_proc
+        .lines()
+        .take_while(|l| !l.starts_with("# old workers"))
+        .filter(|l| l.split_whitespace().nth(1) == Some("worker"))
+        .count()
+}
+
 /// From `show proc`: `<pid> master <reloads> [failed: <n>] ...`.
 /// The master's pid from `show proc`.
 fn master_pid(out: &str) -> Option<u32> {
@@ -445,6 +472,19 @@ fn alerts(stdout: &[u8], stderr: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_current_workers_only() {
+        let out = "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+            10              master          2 [failed: 0]   0d00h01m00s     2.6.12\n\
+            # workers\n\
+            31              worker          0               0d00h00m10s     2.6.12\n\
+            # old workers\n\
+            20              worker          1               0d00h00m50s     2.6.12\n\n";
+        assert_eq!(current_workers(out), 1);
+        let draining_only = out.replace("31              worker", "# none");
+        assert_eq!(current_workers(&draining_only), 0);
+    }
 
     #[test]
     fn parses_show_proc() {

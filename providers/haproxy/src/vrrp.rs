@@ -1,0 +1,544 @@
+//! VIPs owned by VRRP: FerryLB renders the configuration of a keepalived
+//! it runs beside HAProxy, from the VIPs it serves and the other replicas'
+//! node addresses, and keepalived moves the VIPs between LB hosts on its
+//! own, in fractions of a second, with or without the API server.
+//!
+//! Every replica runs the same instance (`state BACKUP`, the same priority,
+//! `nopreempt`: a replica coming back never takes VIPs from a healthy one),
+//! with unicast adverts to its peers, so that it works where multicast does
+//! not. FerryLB asks the local HAProxy every second whether a worker serves
+//! and writes the answer to a file keepalived tracks (it reacts to the
+//! change at once): two failed answers in a row put the instance in FAULT,
+//! and a peer takes the VIPs. Each change is validated with `keepalived -t`, which must
+//! be clean (a reload applies even a broken file), and applied by SIGHUP,
+//! which keepalived applies by difference: unchanged VIPs are not touched.
+//!
+//! A planned stop (`stop`) ends keepalived first: it sends a priority-0
+//! advert and the peer takes the VIPs over at once, while this host's
+//! HAProxy still serves what it holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrylb_model::ProviderError;
+use tokio::process::{Child, Command};
+
+/// VIPs carried in each VRRP advert; keepalived allows 20, and the rest go
+/// into `virtual_ipaddress_excluded`, which moves with the instance too.
+const IN_ADVERT: usize = 20;
+
+/// How keepalived is run and what it announces.
+#[derive(Debug, Clone)]
+pub struct VrrpSettings {
+    /// The keepalived binary.
+    pub binary: PathBuf,
+    /// The configuration file FerryLB owns; pid files sit beside it.
+    pub config_path: PathBuf,
+    /// The interface VIPs are added to and adverts are sent on.
+    pub interface: String,
+    /// `virtual_router_id`: unique among VRRP routers on the segment.
+    pub router_id: u8,
+    /// This replica's priority (all replicas the same by default).
+    pub priority: u8,
+    /// Time between adverts; a backup takes over after about three missed.
+    pub advert_interval: Duration,
+    /// This host's address for unicast adverts (`unicast_src_ip`); `None`
+    /// sends multicast adverts.
+    pub source: Option<IpAddr>,
+    /// The local HAProxy's master socket, asked once a second whether a
+    /// worker serves.
+    pub master_socket: PathBuf,
+    /// Names this host in keepalived's logs.
+    pub name: String,
+}
+
+/// keepalived's configuration for `vips` and `peers`; `None` when there is no
+/// VIP to announce (keepalived requires one).
+#[must_use]
+pub fn render(
+    s: &VrrpSettings,
+    vips: &BTreeSet<IpAddr>,
+    peers: &BTreeSet<IpAddr>,
+) -> Option<String> {
+    // The instance speaks its source's family; at least one VIP of it must
+    // be in the adverts.
+    let v6 = s.source.is_some_and(|ip| ip.is_ipv6());
+    let (same, other): (Vec<IpAddr>, Vec<IpAddr>) = vips.iter().partition(|ip| ip.is_ipv6() == v6);
+    if same.is_empty() {
+        return None;
+    }
+    let line = |ip: &IpAddr| {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        format!("    {ip}/{prefix} dev {}\n", s.interface)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Written by FerryLB; every change is replaced.\n\
+         global_defs {{\n  router_id {}\n  vrrp_version 3\n}}\n",
+        quote_free(&s.name)
+    );
+    // Non-zero in the file (HAProxy not serving) puts the instance in FAULT.
+    let _ = writeln!(
+        out,
+        "vrrp_track_file ferrylb_haproxy {{\n  file \"{}\"\n  weight 0\n}}\n",
+        quote_free(&health_file(&s.config_path).display().to_string())
+    );
+    let _ = writeln!(
+        out,
+        "vrrp_instance ferrylb {{\n  state BACKUP\n  interface {}\n  virtual_router_id {}\n  priority {}\n  nopreempt\n  advert_int {}",
+        s.interface,
+        s.router_id,
+        s.priority,
+        advert(s.advert_interval)
+    );
+    if let Some(src) = s.source {
+        let _ = writeln!(out, "  unicast_src_ip {src}");
+        let peers: Vec<_> = peers
+            .iter()
+            .filter(|p| **p != src && p.is_ipv6() == v6)
+            .collect();
+        if !peers.is_empty() {
+            out.push_str("  unicast_peer {\n");
+            for p in peers {
+                let _ = writeln!(out, "    {p}");
+            }
+            out.push_str("  }\n");
+        }
+    }
+    out.push_str("  virtual_ipaddress {\n");
+    for ip in same.iter().take(IN_ADVERT) {
+        out.push_str(&line(ip));
+    }
+    out.push_str("  }\n");
+    let rest: Vec<&IpAddr> = same.iter().skip(IN_ADVERT).chain(other.iter()).collect();
+    if !rest.is_empty() {
+        out.push_str("  virtual_ipaddress_excluded {\n");
+        for ip in rest {
+            out.push_str(&line(ip));
+        }
+        out.push_str("  }\n");
+    }
+    out.push_str("  track_file {\n    ferrylb_haproxy\n  }\n}\n");
+    Some(out)
+}
+
+/// `advert_int` in seconds: VRRPv3 takes hundredths.
+fn advert(d: Duration) -> String {
+    let cs = (d.as_millis() / 10).clamp(1, 4095);
+    if cs.is_multiple_of(100) {
+        (cs / 100).to_string()
+    } else {
+        format!("{}.{:02}", cs / 100, cs % 100)
+            .trim_end_matches('0')
+            .to_owned()
+    }
+}
+
+/// Keeps a value from breaking out of its place in the file.
+fn quote_free(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '{' | '}' | '#' | '!'))
+        .collect()
+}
+
+/// What keepalived reports, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VrrpStatus {
+    /// MASTER, BACKUP, FAULT, or STOPPED when keepalived does not run.
+    pub state: String,
+    /// How many times the instance entered each state.
+    pub transitions: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    vips: BTreeSet<IpAddr>,
+    peers: BTreeSet<IpAddr>,
+    /// The configuration keepalived runs, `None` when it does not run.
+    applied: Option<String>,
+    child: Option<Child>,
+}
+
+/// The keepalived FerryLB runs.
+pub struct Keepalived {
+    settings: VrrpSettings,
+    inner: tokio::sync::Mutex<Inner>,
+    status: Arc<std::sync::Mutex<VrrpStatus>>,
+    supervisor: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+fn failed(msg: String) -> ProviderError {
+    ProviderError::transient("VrrpFailed", msg)
+}
+
+impl Keepalived {
+    pub fn new(settings: VrrpSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            inner: tokio::sync::Mutex::default(),
+            status: Arc::new(std::sync::Mutex::new(VrrpStatus {
+                state: "STOPPED".into(),
+                ..VrrpStatus::default()
+            })),
+            supervisor: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &VrrpSettings {
+        &self.settings
+    }
+
+    /// The VIPs keepalived is told to announce.
+    pub async fn vips(&self) -> BTreeSet<IpAddr> {
+        self.inner.lock().await.vips.clone()
+    }
+
+    /// The instance's state and its history.
+    pub fn status(&self) -> VrrpStatus {
+        self.status.lock().expect("vrrp status lock").clone()
+    }
+
+    /// Announces exactly `vips` from now on.
+    ///
+    /// # Errors
+    /// When keepalived rejects the configuration or cannot be started.
+    pub async fn set_vips(self: &Arc<Self>, vips: BTreeSet<IpAddr>) -> Result<(), ProviderError> {
+        let mut inner = self.inner.lock().await;
+        inner.vips = vips;
+        self.apply(&mut inner).await
+    }
+
+    /// Makes sure `ip` is announced (a no-op when it is and keepalived
+    /// runs).
+    ///
+    /// # Errors
+    /// As [`Self::set_vips`].
+    pub async fn include(self: &Arc<Self>, ip: IpAddr) -> Result<(), ProviderError> {
+        let mut inner = self.inner.lock().await;
+        let running = inner
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if inner.vips.contains(&ip) && (running || inner.applied.is_none()) {
+            return Ok(());
+        }
+        inner.vips.insert(ip);
+        self.apply(&mut inner).await
+    }
+
+    /// Sends adverts to exactly `peers` from now on.
+    ///
+    /// # Errors
+    /// As [`Self::set_vips`].
+    pub async fn set_peers(self: &Arc<Self>, peers: BTreeSet<IpAddr>) -> Result<(), ProviderError> {
+        let mut inner = self.inner.lock().await;
+        inner.peers = peers;
+        self.apply(&mut inner).await
+    }
+
+    async fn apply(self: &Arc<Self>, inner: &mut Inner) -> Result<(), ProviderError> {
+        let text = render(&self.settings, &inner.vips, &inner.peers);
+        let running = inner
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if text == inner.applied && (running || text.is_none()) {
+            return Ok(());
+        }
+        let Some(text) = text else {
+            if !inner.vips.is_empty() {
+                tracing::warn!(
+                    vips = ?inner.vips,
+                    "no VIP of the nodes' address family to announce: keepalived cannot run, so these VIPs are not moved by VRRP"
+                );
+            }
+            stop_child(inner).await;
+            inner.applied = None;
+            self.set_state("STOPPED");
+            return Ok(());
+        };
+        self.install(&text).await?;
+        match inner.child.as_ref().and_then(Child::id) {
+            Some(pid) if running => signal("HUP", pid).await?,
+            _ => {
+                inner.child = Some(self.spawn().await?);
+                self.supervisor.get_or_init(|| {
+                    let weak = Arc::downgrade(self);
+                    tokio::spawn(async move {
+                        tokio::join!(supervise(weak.clone()), watch_haproxy(weak));
+                    })
+                });
+            }
+        }
+        inner.applied = Some(text);
+        Ok(())
+    }
+
+    /// Validates `text` with `keepalived -t` (clean means exit code 0) and
+    /// renames it into place; a rejected file is kept as `.rejected`.
+    async fn install(&self, text: &str) -> Result<(), ProviderError> {
+        let path = &self.settings.config_path;
+        let tmp = sibling(path, "new");
+        tokio::fs::write(&tmp, text)
+            .await
+            .map_err(|e| failed(format!("writing {}: {e}", tmp.display())))?;
+        let out = Command::new(&self.settings.binary)
+            .arg("-t")
+            .arg("-f")
+            .arg(&tmp)
+            .output()
+            .await
+            .map_err(|e| {
+                failed(format!(
+                    "running {} -t: {e}",
+                    self.settings.binary.display()
+                ))
+            })?;
+        if !out.status.success() {
+            let rejected = sibling(path, "rejected");
+            let _ = tokio::fs::rename(&tmp, &rejected).await;
+            let said: String = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .chain(String::from_utf8_lossy(&out.stdout).lines())
+                .take(5)
+                .map(|l| l.chars().take(300).collect::<String>())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProviderError::transient(
+                "InvalidKeepalivedConfiguration",
+                format!(
+                    "keepalived rejected the rendered configuration (kept as {}): {said}",
+                    rejected.display()
+                ),
+            ));
+        }
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| failed(format!("installing {}: {e}", path.display())))
+    }
+
+    async fn spawn(&self) -> Result<Child, ProviderError> {
+        let health = health_file(&self.settings.config_path);
+        if !tokio::fs::try_exists(&health).await.unwrap_or(false) {
+            // Serving until the first answer says otherwise: HAProxy loaded
+            // these VIPs before keepalived was asked to announce them.
+            tokio::fs::write(&health, "0\n")
+                .await
+                .map_err(|e| failed(format!("writing {}: {e}", health.display())))?;
+        }
+        let (pid, vrrp_pid) = pid_files(&self.settings.config_path);
+        // A keepalived an earlier FerryLB started here (killed before it
+        // could stop it) goes first: two would fight over the VIPs. Then
+        // its pid files, which would make the new one refuse to start.
+        for f in [&pid, &vrrp_pid] {
+            if let Some(old) = tokio::fs::read_to_string(f)
+                .await
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                && is_keepalived(old)
+            {
+                tracing::info!(pid = old, "stopping the keepalived an earlier run started");
+                let _ = signal("TERM", old).await;
+            }
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        let mut child = Command::new(&self.settings.binary)
+            .args(["-n", "-l", "-D", "-G", "-P"])
+            .arg("-f")
+            .arg(&self.settings.config_path)
+            .arg("-p")
+            .arg(&pid)
+            .arg("-r")
+            .arg(&vrrp_pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("starting {}: {e}", self.settings.binary.display())))?;
+        tracing::info!(pid = child.id(), config = %self.settings.config_path.display(), "started keepalived");
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(relay(out, self.status.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(relay(err, self.status.clone()));
+        }
+        Ok(child)
+    }
+
+    fn set_state(&self, state: &str) {
+        record(&self.status, state);
+    }
+
+    /// Stops keepalived: its VRRP child sends a priority-0 advert, and a
+    /// peer takes the VIPs over at once.
+    pub async fn stop(&self) {
+        if let Some(s) = self.supervisor.get() {
+            s.abort();
+        }
+        let mut inner = self.inner.lock().await;
+        stop_child(&mut inner).await;
+        inner.applied = None;
+        self.set_state("STOPPED");
+    }
+}
+
+async fn stop_child(inner: &mut Inner) {
+    let Some(mut child) = inner.child.take() else {
+        return;
+    };
+    if let Some(pid) = child.id() {
+        let _ = signal("TERM", pid).await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(pid, "keepalived did not stop within 5s; killing it");
+    }
+    let _ = child.kill().await;
+}
+
+/// Starts keepalived again when it exited on its own.
+async fn supervise(k: std::sync::Weak<Keepalived>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(k) = k.upgrade() else { return };
+        let mut inner = k.inner.lock().await;
+        let exited = match inner.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status),
+            _ => None,
+        };
+        if let Some(status) = exited {
+            tracing::warn!(%status, "keepalived exited; starting it again");
+            inner.child = None;
+            k.set_state("STOPPED");
+            if inner.applied.is_some() {
+                match k.spawn().await {
+                    Ok(c) => inner.child = Some(c),
+                    Err(e) => tracing::warn!(error = %e, "starting keepalived again failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Asks the local HAProxy once a second whether a worker serves, and tells
+/// keepalived through the health file: `1` after two failed answers in a
+/// row, `0` after two good ones.
+async fn watch_haproxy(k: std::sync::Weak<Keepalived>) {
+    let (mut written, mut streak) = (None::<bool>, 0u8);
+    let mut last = true;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(k) = k.upgrade() else { return };
+        let serving = match crate::process::serving(&k.settings.master_socket).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "haproxy check failed");
+                false
+            }
+        };
+        streak = if serving == last {
+            streak.saturating_add(1)
+        } else {
+            1
+        };
+        last = serving;
+        if streak < 2 || written == Some(serving) {
+            continue;
+        }
+        let path = health_file(&k.settings.config_path);
+        let value = if serving { "0\n" } else { "1\n" };
+        match crate::process::write_atomically(&path, value).await {
+            Ok(()) => {
+                if written.is_some() || !serving {
+                    tracing::info!(serving, "local haproxy health changed; keepalived follows");
+                }
+                written = Some(serving);
+            }
+            Err(e) => tracing::warn!(error = %e, "writing the health file failed"),
+        }
+    }
+}
+
+fn record(status: &std::sync::Mutex<VrrpStatus>, state: &str) {
+    let mut s = status.lock().expect("vrrp status lock");
+    if s.state != state {
+        s.state = state.to_owned();
+        *s.transitions.entry(state.to_owned()).or_default() += 1;
+    }
+}
+
+/// Passes keepalived's output to FerryLB's log, state changes at info, and
+/// records the instance's state.
+async fn relay(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    status: Arc<std::sync::Mutex<VrrpStatus>>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(state) = entered_state(&line) {
+            tracing::info!(target: "keepalived", state, "{line}");
+            record(&status, state);
+        } else {
+            tracing::debug!(target: "keepalived", "{line}");
+        }
+    }
+}
+
+/// The state a keepalived log line says the instance entered.
+fn entered_state(line: &str) -> Option<&'static str> {
+    ["MASTER", "BACKUP", "FAULT"]
+        .into_iter()
+        .find(|s| line.contains(&format!("Entering {s} STATE")))
+}
+
+async fn signal(name: &str, pid: u32) -> Result<(), ProviderError> {
+    let out = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .output()
+        .await
+        .map_err(|e| failed(format!("running kill: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "kill -{name} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn is_keepalived(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "keepalived")
+}
+
+/// The file keepalived tracks: `0` while the local HAProxy serves.
+#[must_use]
+pub fn health_file(config: &Path) -> PathBuf {
+    sibling(config, "health")
+}
+
+fn pid_files(config: &Path) -> (PathBuf, PathBuf) {
+    (sibling(config, "pid"), sibling(config, "vrrp.pid"))
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use super::*;
+
+fn settings() -> VrrpSettings {
+    VrrpSettings {
+        binary: "keepalived".into(),
+        config_path: "/run/ferrylb/keepalived.conf".into(),
+        interface: "eth0".into(),
+        router_id: 51,
+        priority: 100,
+        advert_interval: Duration::from_millis(100),
+        source: Some("10.0.0.11".parse().unwrap()),
+        master_socket: "/run/ferrylb/master.sock".into(),
+        name: "node1".into(),
+    }
+}
+
+fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+    list.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn renders_one_backup_instance_with_unicast_peers_and_the_check() {
+    let cfg = render(
+        &settings(),
+        &ips(&["10.0.0.200", "fd00::200"]),
+        &ips(&["10.0.0.11", "10.0.0.12", "fd00::12"]),
+    )
+    .unwrap();
+    for want in [
+        "  router_id node1\n",
+        "  vrrp_version 3\n",
+        "vrrp_track_file ferrylb_haproxy {\n  file \"/run/ferrylb/keepalived.conf.health\"\n  weight 0\n}\n",
+        "  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority 100\n  nopreempt\n  advert_int 0.1\n",
+        "  unicast_src_ip 10.0.0.11\n  unicast_peer {\n    10.0.0.12\n  }\n",
+        "  virtual_ipaddress {\n    10.0.0.200/32 dev eth0\n  }\n",
+        "  virtual_ipaddress_excluded {\n    fd00::200/128 dev eth0\n  }\n",
+        "  track_file {\n    ferrylb_haproxy\n  }\n",
+    ] {
+        assert!(cfg.contains(want), "{want:?} missing in\n{cfg}");
+    }
+}
+
+#[test]
+fn adverts_carry_twenty_vips_and_the_rest_move_with_them() {
+    let many: BTreeSet<IpAddr> = (1..=25u8).map(|i| IpAddr::from([10, 0, 1, i])).collect();
+    let cfg = render(&settings(), &many, &BTreeSet::new()).unwrap();
+    let advert = cfg
+        .split("virtual_ipaddress {")
+        .nth(1)
+        .unwrap()
+        .split('}')
+        .next()
+        .unwrap();
+    assert_eq!(advert.matches("/32 dev eth0").count(), 20);
+    let excluded = cfg.split("virtual_ipaddress_excluded {").nth(1).unwrap();
+    assert_eq!(excluded.matches("/32 dev eth0").count(), 5);
+    assert!(!cfg.contains("unicast_peer"), "no peers, no block:\n{cfg}");
+}
+
+#[test]
+fn nothing_to_announce_is_no_configuration() {
+    assert_eq!(
+        render(&settings(), &BTreeSet::new(), &BTreeSet::new()),
+        None
+    );
+    // keepalived needs a VIP of the instance's family in its adverts.
+    assert_eq!(
+        render(&settings(), &ips(&["fd00::1"]), &BTreeSet::new()),
+        None
+    );
+}
+
+#[test]
+fn advert_intervals_in_hundredths() {
+    let f = |ms| advert(Duration::from_millis(ms));
+    assert_eq!(f(100), "0.1");
+    assert_eq!(f(250), "0.25");
+    assert_eq!(f(1000), "1");
+    assert_eq!(f(1500), "1.5");
+    assert_eq!(f(1), "0.01");
+}
+
+#[test]
+fn keepalived_log_lines_name_the_state() {
+    assert_eq!(
+        entered_state("Wed Nov 25 (ferrylb) Entering MASTER STATE"),
+        Some("MASTER")
+    );
+    assert_eq!(
+        entered_state("(ferrylb) Entering BACKUP STATE (init)"),
+        Some("BACKUP")
+    );
+    assert_eq!(
+        entered_state("(ferrylb) Entering FAULT STATE"),
+        Some("FAULT")
+    );
+    assert_eq!(entered_state("Registering Kernel netlink reflector"), None);
+}
+
+#[test]
+fn values_cannot_break_out_of_their_place() {
+    let mut s = settings();
+    s.name = "node1\"}\nvrrp_instance evil {".into();
+    let cfg = render(&s, &ips(&["10.0.0.200"]), &BTreeSet::new()).unwrap();
+    assert!(
+        cfg.contains("  router_id node1vrrp_instance evil \n"),
+        "{cfg}"
+    );
+    assert_eq!(cfg.matches("vrrp_instance").count(), 2);
+}
+
+/// Removes the test's network namespace, also when the test fails.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// What FerryLB renders, keepalived accepts cleanly (`-t` exits 0), in a
+/// network namespace with an `eth0` (needs root and keepalived, as CI has).
+#[test]
+fn keepalived_accepts_what_is_rendered() {
+    let ns = Netns(format!("ferrylb-vrrp-{}", std::process::id()));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip is not installed");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    run(&["netns", "add", &ns.0]);
+    run(&[
+        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    run(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = settings();
+    s.config_path = dir.join("keepalived.conf");
+    std::fs::write(health_file(&s.config_path), "0\n").unwrap();
+    let many: BTreeSet<IpAddr> = (1..=30u8)
+        .map(|i| IpAddr::from([10, 0, 1, i]))
+        .chain(ips(&["fd00::200"]))
+        .collect();
+    let cfg = render(&s, &many, &ips(&["10.0.0.12", "10.0.0.13"])).unwrap();
+    let path = dir.join("keepalived.conf");
+    std::fs::write(&path, &cfg).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(binary())
+        .arg("-t")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("keepalived is not installed (.ci/run installs it with apt-get)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "keepalived -t: {}{}\n{cfg}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn binary() -> &'static str {
+    if Path::new("/usr/sbin/keepalived").exists() {
+        "/usr/sbin/keepalived"
+    } else {
+        "keepalived"
+    }
+}
