@@ -726,6 +726,24 @@ fn link(lab: &Lab, node: &str, up: bool) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// `/metrics` of the replica on `node` (on the node's address, as the chart
+/// serves it on the host network).
+fn replica_metrics(lab: &Lab, node: &str) -> String {
+    let ip = format!("10.250.0.1{}", node.trim_start_matches("node"));
+    let out = lab.in_ns(
+        "ferrylb-lab-host",
+        &[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://{ip}:8080/metrics"),
+        ],
+    );
+    assert!(out.status.success(), "metrics of {node}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Sends `sig` to the lab's kube-apiserver.
 fn apiserver_signal(lab: &Lab, sig: &str) {
     let pid = std::fs::read_to_string(lab.dir.join("apiserver.pid")).expect("apiserver.pid");
@@ -738,18 +756,61 @@ fn apiserver_signal(lab: &Lab, sig: &str) {
     assert!(ok, "kill -{sig} kube-apiserver");
 }
 
-/// Cuts the node holding `vip` off the network while a client connects 20
-/// times a second; returns what the client saw and the new holder.
-async fn cut_holder(lab: &Lab, vip: &str) -> (Summary, String, String) {
-    let old = holder_of(lab, vip).await;
-    let probe = lab.probe(vip, 80, 20);
+/// `vip` as a URL host: IPv6 in brackets.
+fn host(vip: &str) -> String {
+    if vip.contains(':') {
+        format!("[{vip}]")
+    } else {
+        vip.to_owned()
+    }
+}
+
+/// What a client saw of each VIP while its holder was cut off.
+struct Cut {
+    seen: Vec<(String, Summary)>,
+    old: String,
+    new: String,
+}
+
+/// Cuts the node holding `vips` off the network while a client connects 20
+/// times a second to each; the VIPs move together, to the new holder.
+async fn cut_holder(lab: &Lab, vips: &[&str]) -> Cut {
+    let old = holder_of(lab, vips[0]).await;
+    let probes: Vec<_> = vips
+        .iter()
+        .map(|v| (v.to_string(), lab.probe(&host(v), 80, 20)))
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     link(lab, &old, false);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let s = probe.finish().await;
-    let new = holder_of_except(lab, vip, &old).await;
+    let mut seen = Vec::new();
+    for (v, p) in probes {
+        seen.push((v, p.finish().await));
+    }
+    let new = holder_of_except(lab, vips[0], &old).await;
+    for v in &vips[1..] {
+        assert_eq!(
+            holder_of_except(lab, v, &old).await,
+            new,
+            "{v} moved elsewhere"
+        );
+    }
     link(lab, &old, true);
-    (s, old, new)
+    Cut { seen, old, new }
+}
+
+/// Every VIP answered again within [`VRRP_FAILOVER_GAP_S`].
+fn assert_failover(what: &str, cut: &Cut) {
+    for (vip, s) in &cut.seen {
+        report(
+            &format!("{what}: {} cut off, {} took over {vip}", cut.old, cut.new),
+            s,
+        );
+        assert!(
+            s.longest_gap_s < VRRP_FAILOVER_GAP_S,
+            "new connections to {vip} must succeed again within {VRRP_FAILOVER_GAP_S}s: {s:?}"
+        );
+    }
 }
 
 /// The node other than `not` whose interface holds `vip`.
@@ -778,6 +839,15 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
     let lab = lab::shared();
     let client = lab.client().await;
     install_vrrp(lab, &client).await;
+    // An earlier run of this test on a lab kept up holds the addresses it
+    // asks for: its Services go first.
+    for old in lab
+        .kubectl(&["get", "namespaces", "-o", "name"])
+        .lines()
+        .filter(|n| n.starts_with("namespace/lab-vrrp-"))
+    {
+        lab.kubectl(&["delete", old, "--wait=true", "--timeout=60s"]);
+    }
     let ns = k::namespace(&client, "lab-vrrp").await;
     let vip = echo_service(lab, &client, &ns, 3, None, false).await;
     answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
@@ -799,25 +869,26 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
         config.len()
     );
 
-    // The node holding the VIP dies (its link is cut): another takes over.
-    let (s, old, new) = cut_holder(lab, &vip).await;
-    report(&format!("vrrp: {old} cut off, {new} took over"), &s);
-    assert!(
-        s.longest_gap_s < VRRP_FAILOVER_GAP_S,
-        "new connections must succeed again within {VRRP_FAILOVER_GAP_S}s: {s:?}"
-    );
+    // An IPv6 VIP beside the IPv4 ones.
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: six, namespace: {ns}, annotations: {{ferrylb.io/load-balancer-ips: \"fd51::20a\"}}}}\n\
+         spec: {{type: LoadBalancer, selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    ));
+    let six = vip_of(&client, &ns, "six").await;
+    assert_eq!(six, "fd51::20a");
+    answered_by(lab, &host(&six), &lab::NODES, Duration::from_secs(60)).await;
+
+    // The node holding the VIPs dies (its link is cut): another takes them
+    // over, IPv4 and IPv6 together.
+    let cut = cut_holder(lab, &[&vip, &six]).await;
+    assert_failover("vrrp", &cut);
 
     // The same with the API server stopped: VRRP needs neither it nor the
     // Lease.
     apiserver_signal(lab, "STOP");
-    let result = cut_holder(lab, &vip).await;
+    let cut = cut_holder(lab, &[&vip]).await;
     apiserver_signal(lab, "CONT");
-    let (s, old, new) = result;
-    report(
-        &format!("vrrp, API server stopped: {old} cut off, {new} took over"),
-        &s,
-    );
-    assert!(s.longest_gap_s < VRRP_FAILOVER_GAP_S, "{s:?}");
+    assert_failover("vrrp, API server stopped", &cut);
 
     // A planned stop of the replica holding the VIPs: its keepalived hands
     // them over first, its HAProxy finishes what it holds. Meanwhile a
@@ -859,9 +930,66 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
     assert!(s.sent >= 2_000, "{s:?}");
     assert_eq!(s.failed, 0, "a planned stop loses nothing: {s:?}");
 
+    // What the replicas say of themselves: one is MASTER and holds the
+    // VIPs, both serve the same configuration.
+    let pods = replicas(&client).await;
+    let metrics: Vec<(String, String)> = pods
+        .iter()
+        .map(|(_, node)| (node.clone(), replica_metrics(lab, node)))
+        .collect();
+    let masters: Vec<&String> = metrics
+        .iter()
+        .filter(|(_, m)| m.contains(r#"ferrylb_vrrp_state{state="MASTER"} 1"#))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(masters.len(), 1, "one MASTER: {metrics:?}");
+    let held = format!(r#"ferrylb_haproxy_vip_held{{vip="{vip}"}} 1"#);
+    for (node, m) in &metrics {
+        assert_eq!(m.contains(&held), node == masters[0], "{node}: {m}");
+    }
+    let served: BTreeSet<&str> = metrics
+        .iter()
+        .filter_map(|(_, m)| {
+            m.lines()
+                .find(|l| l.starts_with("ferrylb_haproxy_config_generation{"))?
+                .split('"')
+                .nth(1)
+        })
+        .collect();
+    assert_eq!(served.len(), 1, "the same configuration: {metrics:?}");
+
+    // `helm upgrade` rolls both replicas: nothing lost either.
+    let probe = lab.probe(&vip, 80, 100);
+    let started = std::time::Instant::now();
+    helm_ok(
+        lab,
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/ferrylb",
+            "-n",
+            RELEASE_NS,
+            "-f",
+            "tests/lab/values.yaml",
+            "--set",
+            "haproxy.vrrp.enabled=true",
+            "--set",
+            "podAnnotations.rolled=again",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    let left = Duration::from_secs(22).saturating_sub(started.elapsed());
+    tokio::time::sleep(left.max(Duration::from_secs(3))).await;
+    let s = probe.finish().await;
+    report("vrrp: helm upgrade", &s);
+    assert!(s.sent >= 2_000, "{s:?}");
+    assert_eq!(s.failed, 0, "helm upgrade loses nothing: {s:?}");
+
     // Back to the lab's usual release (VIPs by the leader), Services first.
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-    for name in ["echo", "burst-1", "burst-4", "late"] {
+    for name in ["echo", "burst-1", "burst-4", "late", "six"] {
         svcs.delete(name, &DeleteParams::default()).await.unwrap();
     }
     wait::until("the Services to be gone", Duration::from_secs(60), || {

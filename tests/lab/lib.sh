@@ -3,6 +3,9 @@
 #
 # The lab's shape (every address lives in namespaces the lab creates):
 #
+#   (each also holds fd51::<same last byte>/64, and the pool has IPv6 VIPs
+#   fd51::200-fd51::21f beside the IPv4 ones)
+#
 #   ferrylb-lab-host    br0 10.250.0.1/24, the API server's address for the
 #                       nodes and pods (10.250.0.1:<port>, forwarded to the
 #                       test API server on the root namespace's loopback
@@ -26,7 +29,9 @@ lab_prefix=ferrylb-lab
 lab_nodes=(node1 node2 node3)
 lab_host_ip=10.250.0.1
 lab_client_ip=10.250.0.100
-lab_pool=10.250.0.200-10.250.0.219
+lab_pool=10.250.0.200-10.250.0.219,fd51::200-fd51::21f
+# The IPv6 network beside 10.250.0.0/24, for IPv6 VIPs.
+lab_v6_prefix=fd51:
 lab_cluster_cidr=10.244.0.0/16
 
 die() { echo "tests/lab: $*" >&2; exit 1; }
@@ -98,6 +103,7 @@ make_network() {
   for n in "${lab_nodes[@]}"; do
     ip="$(node_ip "$n")"
     in_ns "$(ns "$n")" ip addr add "$ip/24" dev eth0
+    in_ns "$(ns "$n")" ip addr add "${lab_v6_prefix}:1$(node_index "$n")/64" dev eth0 nodad
     in_ns "$(ns "$n")" ip link set eth0 up
     in_ns "$(ns "$n")" ip route add default via "$lab_host_ip"
     in_ns "$(ns "$n")" sysctl -qw net.ipv4.ip_forward=1
@@ -107,6 +113,7 @@ make_network() {
     done
   done
   in_ns "$client" ip addr add "$lab_client_ip/24" dev eth0
+  in_ns "$client" ip addr add "${lab_v6_prefix}:100/64" dev eth0 nodad
   in_ns "$client" ip link set eth0 up
 }
 

@@ -20,7 +20,7 @@ pub const CLIENT_NS: &str = "ferrylb-lab-client";
 /// The lab's nodes.
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 /// The VIP pool, on the nodes' network.
-pub const POOL: &str = "10.250.0.200-10.250.0.219";
+pub const POOL: &str = "10.250.0.200-10.250.0.219,fd51::200-fd51::21f";
 
 /// A running lab.
 #[derive(Debug)]

@@ -131,14 +131,23 @@ impl HaproxyProvider {
     ) -> Result<(), ProviderError> {
         let entries: Vec<Entry> = desired.values().cloned().collect();
         let text = render::render(&self.global(), &entries);
-        self.process.install(&text).await?;
-        self.process.reload().await?;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        *self.config_sha.lock().expect("config sha lock") = sha256_hex(&text);
+        // Entries can differ in what the configuration does not show (a
+        // follower's entry and the leader's for the same Service, when one
+        // takes over from the other): the same text is no reload.
+        let running = loaded.entries.as_ref().map(|r| {
+            let r: Vec<Entry> = r.values().cloned().collect();
+            render::render(&self.global(), &r)
+        });
+        if running.as_deref() != Some(text.as_str()) {
+            self.process.install(&text).await?;
+            self.process.reload().await?;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *self.config_sha.lock().expect("config sha lock") = sha256_hex(&text);
+            loaded.file_stale = false;
+        }
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
         loaded.entries = Some(desired);
-        loaded.file_stale = false;
         // HAProxy listens on every VIP now: only now may this host answer
         // for them. A failure here is retried by the Service's reconcile.
         if let Some(k) = &self.keepalived {
@@ -172,7 +181,7 @@ impl HaproxyProvider {
     }
 }
 
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(text.as_bytes())
         .iter()

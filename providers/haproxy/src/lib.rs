@@ -98,9 +98,10 @@ pub struct HaproxyProvider {
     /// Whether this replica puts VIPs on `vip_interface` (the leader does;
     /// a follower serves the same configuration without them).
     holding: std::sync::atomic::AtomicBool,
-    /// Configurations loaded, and the SHA-256 of the last one.
+    /// Configurations loaded, and the SHA-256 of what HAProxy serves (the
+    /// file as last loaded or written after runtime API changes).
     generation: std::sync::atomic::AtomicU64,
-    config_sha: std::sync::Mutex<String>,
+    config_sha: Arc<std::sync::Mutex<String>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -117,6 +118,7 @@ async fn flush_loop(
     notify: Arc<tokio::sync::Notify>,
     global: GlobalSettings,
     config_path: std::path::PathBuf,
+    served_sha: Arc<std::sync::Mutex<String>>,
 ) {
     loop {
         notify.notified().await;
@@ -126,8 +128,12 @@ async fn flush_loop(
             continue;
         }
         let entries: Vec<Entry> = l.entries.iter().flat_map(|e| e.values().cloned()).collect();
-        match process::write_atomically(&config_path, &render::render(&global, &entries)).await {
-            Ok(()) => l.file_stale = false,
+        let text = render::render(&global, &entries);
+        match process::write_atomically(&config_path, &text).await {
+            Ok(()) => {
+                l.file_stale = false;
+                *served_sha.lock().expect("config sha lock") = apply::sha256_hex(&text);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "writing runtime API changes to the configuration file failed")
             }
@@ -147,7 +153,7 @@ impl HaproxyProvider {
             keepalived: settings.vrrp.clone().map(vrrp::Keepalived::new),
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
-            config_sha: std::sync::Mutex::default(),
+            config_sha: Arc::default(),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -610,6 +616,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 self.flush.clone(),
                 self.global(),
                 self.settings.process.config_path.clone(),
+                self.config_sha.clone(),
             ))
         });
         self.flush.notify_one();

@@ -222,11 +222,9 @@ impl Process {
             .and_then(|out| master_pid(&out));
         if let Some(pid) = master {
             tracing::info!(pid, "stopping the adopted haproxy");
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
+            if let Err(e) = signal("TERM", pid) {
+                tracing::warn!(pid, error = %e, "stopping the adopted haproxy failed");
+            }
         }
     }
 }
@@ -378,6 +376,26 @@ pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String>
     tokio::time::timeout(Duration::from_secs(3), io)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "master CLI timed out"))?
+}
+
+/// Sends the signal `name` (`HUP`, `TERM`, `KILL`) to `pid`: without a
+/// `kill` command, which FerryLB's image does not have.
+///
+/// # Errors
+/// When there is no such process or signal, or it may not be signalled.
+pub fn signal(name: &str, pid: u32) -> Result<(), String> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let sig = match name {
+        "HUP" => Signal::HUP,
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        other => return Err(format!("unknown signal {other}")),
+    };
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| format!("no process {pid}"))?;
+    kill_process(target, sig).map_err(|e| format!("kill -{name} {pid}: {e}"))
 }
 
 /// Whether the HAProxy behind `socket` has a current worker (one listed

@@ -98,13 +98,14 @@ pub fn render(
         advert(s.advert_interval)
     );
     if let Some(src) = s.source {
-        let _ = writeln!(out, "  unicast_src_ip {src}");
+        // Unicast once there is a peer to send to (keepalived refuses a
+        // source without peers); alone, adverts go to the VRRP group.
         let peers: Vec<_> = peers
             .iter()
             .filter(|p| **p != src && p.is_ipv6() == v6)
             .collect();
         if !peers.is_empty() {
-            out.push_str("  unicast_peer {\n");
+            let _ = writeln!(out, "  unicast_src_ip {src}\n  unicast_peer {{");
             for p in peers {
                 let _ = writeln!(out, "    {p}");
             }
@@ -503,20 +504,7 @@ fn entered_state(line: &str) -> Option<&'static str> {
 }
 
 async fn signal(name: &str, pid: u32) -> Result<(), ProviderError> {
-    let out = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .output()
-        .await
-        .map_err(|e| failed(format!("running kill: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "kill -{name} {pid}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    crate::process::signal(name, pid).map_err(failed)
 }
 
 fn is_keepalived(pid: u32) -> bool {

@@ -54,7 +54,7 @@ fn adverts_carry_twenty_vips_and_the_rest_move_with_them() {
     assert_eq!(advert.matches("/32 dev eth0").count(), 20);
     let excluded = cfg.split("virtual_ipaddress_excluded {").nth(1).unwrap();
     assert_eq!(excluded.matches("/32 dev eth0").count(), 5);
-    assert!(!cfg.contains("unicast_peer"), "no peers, no block:\n{cfg}");
+    assert!(!cfg.contains("unicast"), "no peers, multicast:\n{cfg}");
 }
 
 #[test]
@@ -172,4 +172,94 @@ fn binary() -> &'static str {
     } else {
         "keepalived"
     }
+}
+
+/// The VIPs on `dev` in `ns`.
+fn addresses(ns: &str, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "addr", "show", "dev", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} within 10s");
+}
+
+/// A real keepalived, alone on its network (so it becomes MASTER): the VIPs
+/// it is given appear on the interface, a changed set is applied by SIGHUP
+/// (added and removed), and stopping it takes them off. In a network
+/// namespace of its own (needs root and keepalived, as CI has).
+#[tokio::test]
+async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
+    let ns = Netns(format!("ferrylb-vrrp-run-{}", std::process::id()));
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip is not installed");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["netns", "add", &ns.0]);
+    ip(&[
+        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ip(&["-n", &ns.0, "addr", "add", "10.0.0.11/24", "dev", "eth0"]);
+    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
+    let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // keepalived runs inside the namespace: a wrapper that enters it.
+    let wrapper = dir.join("keepalived");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+            ns.0,
+            binary()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let mut s = settings();
+    s.binary = wrapper;
+    s.config_path = dir.join("keepalived.conf");
+    s.master_socket = dir.join("master.sock");
+    let k = Keepalived::new(s);
+
+    k.set_vips(ips(&["10.0.0.200"])).await.unwrap();
+    until("MASTER with the first VIP", || {
+        k.status().state == "MASTER" && addresses(&ns.0, "eth0").contains("10.0.0.200/32")
+    })
+    .await;
+    k.set_vips(ips(&["10.0.0.201", "fd00::201"])).await.unwrap();
+    until("the changed set applied", || {
+        let a = addresses(&ns.0, "eth0");
+        a.contains("10.0.0.201/32") && a.contains("fd00::201/128") && !a.contains("10.0.0.200/")
+    })
+    .await;
+    assert_eq!(
+        k.status().transitions.get("MASTER"),
+        Some(&1),
+        "{:?}",
+        k.status()
+    );
+    k.stop().await;
+    until("the VIPs released on stop", || {
+        !addresses(&ns.0, "eth0").contains("10.0.0.201/")
+    })
+    .await;
+    assert_eq!(k.status().state, "STOPPED");
+    let _ = std::fs::remove_dir_all(&dir);
 }
