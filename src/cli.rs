@@ -416,6 +416,7 @@ impl HaproxyArgs {
             source: v.haproxy_vrrp_source,
             master_socket,
             name,
+            await_peers: v.haproxy_vrrp_peer_selector.is_some(),
         }))
     }
 }

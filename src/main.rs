@@ -184,6 +184,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut side_tasks = Vec::new();
     if let Some(h) = &haproxy {
         side_tasks.push(tokio::spawn(report_haproxy(h.clone(), telemetry.clone())));
+        if let Some(k) = h.keepalived().cloned() {
+            // A replica going away hands its VIPs over first, before it
+            // finishes in-flight work, while its HAProxy still serves.
+            let rx = stop_rx.clone();
+            tokio::spawn(async move {
+                stopped(rx).await;
+                k.stop().await;
+            });
+        }
         if let (Some(k), Some(selector)) = (
             h.keepalived(),
             args.haproxy.vrrp.haproxy_vrrp_peer_selector.clone(),

@@ -168,24 +168,29 @@ async fn vip_of(client: &kube::Client, ns: &str, name: &str) -> String {
 }
 
 /// Waits until the client, through `vip`, gets answers from exactly the
-/// nodes in `nodes` (over enough requests to see each of them).
+/// nodes in `nodes` (over enough requests to see each of them), and every
+/// request is answered (HAProxy's checks have settled).
 async fn answered_by(lab: &Lab, vip: &str, nodes: &[&str], within: Duration) -> BTreeSet<String> {
     let want: BTreeSet<String> = nodes.iter().map(|s| s.to_string()).collect();
     let mut seen = BTreeSet::new();
     let deadline = std::time::Instant::now() + within;
     loop {
         seen.clear();
+        let mut failed = 0;
         for _ in 0..12 {
-            if let Some(a) = lab.fetch(vip, 80) {
-                seen.insert(a.node);
+            match lab.fetch(vip, 80) {
+                Some(a) => {
+                    seen.insert(a.node);
+                }
+                None => failed += 1,
             }
         }
-        if seen == want {
+        if seen == want && failed == 0 {
             return seen;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "through {vip}: answered by {seen:?}, want {want:?}"
+            "through {vip}: answered by {seen:?} ({failed} of 12 failed), want {want:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -55,6 +55,10 @@ pub struct VrrpSettings {
     pub master_socket: PathBuf,
     /// Names this host in keepalived's logs.
     pub name: String,
+    /// Peers are learnt at run time ([`Keepalived::set_peers`]): keepalived
+    /// waits for them, since started without them it would hear no advert,
+    /// declare itself master beside the real one, and pull clients to it.
+    pub await_peers: bool,
 }
 
 /// keepalived's configuration for `vips` and `peers`; `None` when there is no
@@ -161,6 +165,9 @@ pub struct VrrpStatus {
 struct Inner {
     vips: BTreeSet<IpAddr>,
     peers: BTreeSet<IpAddr>,
+    peers_known: bool,
+    /// Stopped for good: this replica is going away.
+    stopped: bool,
     /// The configuration keepalived runs, `None` when it does not run.
     applied: Option<String>,
     child: Option<Child>,
@@ -240,10 +247,18 @@ impl Keepalived {
     pub async fn set_peers(self: &Arc<Self>, peers: BTreeSet<IpAddr>) -> Result<(), ProviderError> {
         let mut inner = self.inner.lock().await;
         inner.peers = peers;
+        inner.peers_known = true;
         self.apply(&mut inner).await
     }
 
     async fn apply(self: &Arc<Self>, inner: &mut Inner) -> Result<(), ProviderError> {
+        if inner.stopped {
+            return Ok(());
+        }
+        if self.settings.await_peers && !inner.peers_known {
+            tracing::debug!("keepalived waits for the list of peers");
+            return Ok(());
+        }
         let text = render(&self.settings, &inner.vips, &inner.peers);
         let running = inner
             .child
@@ -377,13 +392,15 @@ impl Keepalived {
         record(&self.status, state);
     }
 
-    /// Stops keepalived: its VRRP child sends a priority-0 advert, and a
-    /// peer takes the VIPs over at once.
+    /// Stops keepalived for good: its VRRP child sends a priority-0 advert,
+    /// and a peer takes the VIPs over at once. Later changes do not start it
+    /// again.
     pub async fn stop(&self) {
         if let Some(s) = self.supervisor.get() {
             s.abort();
         }
         let mut inner = self.inner.lock().await;
+        inner.stopped = true;
         stop_child(&mut inner).await;
         inner.applied = None;
         self.set_state("STOPPED");

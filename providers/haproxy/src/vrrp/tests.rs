@@ -11,6 +11,7 @@ fn settings() -> VrrpSettings {
         source: Some("10.0.0.11".parse().unwrap()),
         master_socket: "/run/ferrylb/master.sock".into(),
         name: "node1".into(),
+        await_peers: false,
     }
 }
 
