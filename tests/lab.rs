@@ -1025,3 +1025,96 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
         ],
     );
 }
+
+/// The figures in BENCHMARKS.md: the VIPs' holder cut off ten times with
+/// VRRP (defaults), and three times with the VIPs held by the leader (no
+/// VRRP), each while a client connects 20 times a second. Not part of the
+/// suite (about five minutes):
+///   cargo test --test lab -- --ignored failover_trials --nocapture
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run it by name"]
+async fn failover_trials() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    install_vrrp(lab, &client).await;
+    let ns = k::namespace(&client, "lab-trials").await;
+    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+
+    let mut gaps = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..10 {
+        let cut = cut_holder(lab, &[&vip]).await;
+        let s = &cut.seen[0].1;
+        gaps.push(s.longest_gap_s);
+        failed.push(s.failed);
+        // The node that was cut comes back before the next trial.
+        answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+    }
+    gaps.sort_by(f64::total_cmp);
+    eprintln!(
+        "lab: failover trials, vrrp (10): longest gap median {:.2}s max {:.2}s; failed per trial {failed:?}",
+        (gaps[4] + gaps[5]) / 2.0,
+        gaps[9]
+    );
+
+    // The same without VRRP: the leader holds the VIPs; cut off, it stops
+    // renewing its Lease, and the other replica takes over once it expires.
+    helm_ok(
+        lab,
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/ferrylb",
+            "-n",
+            RELEASE_NS,
+            "-f",
+            "tests/lab/values.yaml",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    );
+    leader(&client).await;
+    answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
+    for _ in 0..3 {
+        let old = holder_of(lab, &vip).await;
+        let probe = lab.probe(&vip, 80, 20);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        link(lab, &old, false);
+        let back = wait::until("another node to hold the VIP", Duration::from_secs(120), || {
+            let found = lab::NODES.iter().copied().filter(|n| *n != old).find(|n| {
+                let out = lab.in_ns(
+                    &format!("ferrylb-lab-{n}"),
+                    &["ip", "-o", "addr", "show", "dev", "eth0"],
+                );
+                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
+            });
+            async move { found }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let s = probe.finish().await;
+        link(lab, &old, true);
+        eprintln!(
+            "lab: failover trial, leader-held VIP: {old} cut off, {back} took over: longest gap {:.2}s, failed {}",
+            s.longest_gap_s, s.failed
+        );
+        // The old leader lost its Lease and restarts; wait for both again.
+        lab.kubectl(&[
+            "-n",
+            RELEASE_NS,
+            "rollout",
+            "status",
+            "deployment/ferrylb",
+            "--timeout=180s",
+        ]);
+        leader(&client).await;
+        answered_by(lab, &vip, &lab::NODES, Duration::from_secs(120)).await;
+    }
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .delete("echo", &DeleteParams::default())
+        .await
+        .unwrap();
+}
