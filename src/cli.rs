@@ -317,9 +317,10 @@ pub struct VrrpArgs {
     #[arg(long, env = "FERRYLB_HAPROXY_VRRP_ROUTER_ID", default_value_t = 51, value_parser = clap::value_parser!(u8).range(1..))]
     pub haproxy_vrrp_router_id: u8,
 
-    /// This replica's VRRP priority (1-254); equal on every replica by
-    /// default, and a replica coming back never takes the VIPs back.
-    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PRIORITY", default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..255))]
+    /// This replica's base VRRP priority (1-155); FerryLB adds 0-99 from
+    /// the node's address, so that when the master leaves one backup takes
+    /// over first. A replica coming back never takes the VIPs back.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PRIORITY", default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..156))]
     pub haproxy_vrrp_priority: u8,
 
     /// Time between VRRP adverts: a backup takes over after about three

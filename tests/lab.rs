@@ -801,7 +801,26 @@ async fn cut_holder(lab: &Lab, vips: &[&str]) -> Cut {
         );
     }
     link(lab, &old, true);
+    // The node comes back still master in its own view: VRRP settles on one
+    // master again (the higher address wins a tie), which may move the VIPs
+    // once more. Measure nothing else until it has.
+    settled(lab, vips[0]).await;
     Cut { seen, old, new }
+}
+
+/// Waits until one node has held `vip` for three seconds in a row.
+async fn settled(lab: &Lab, vip: &str) {
+    let (mut last, mut steady) = (String::new(), 0);
+    for _ in 0..60 {
+        let now = holder_of(lab, vip).await;
+        steady = if now == last { steady + 1 } else { 0 };
+        if steady >= 3 {
+            return;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{vip} did not settle on one node within 60 s");
 }
 
 /// Every VIP answered again within [`VRRP_FAILOVER_GAP_S`].
@@ -1083,16 +1102,20 @@ async fn failover_trials() {
         let probe = lab.probe(&vip, 80, 20);
         tokio::time::sleep(Duration::from_secs(2)).await;
         link(lab, &old, false);
-        let back = wait::until("another node to hold the VIP", Duration::from_secs(120), || {
-            let found = lab::NODES.iter().copied().filter(|n| *n != old).find(|n| {
-                let out = lab.in_ns(
-                    &format!("ferrylb-lab-{n}"),
-                    &["ip", "-o", "addr", "show", "dev", "eth0"],
-                );
-                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
-            });
-            async move { found }
-        })
+        let back = wait::until(
+            "another node to hold the VIP",
+            Duration::from_secs(120),
+            || {
+                let found = lab::NODES.iter().copied().filter(|n| *n != old).find(|n| {
+                    let out = lab.in_ns(
+                        &format!("ferrylb-lab-{n}"),
+                        &["ip", "-o", "addr", "show", "dev", "eth0"],
+                    );
+                    String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
+                });
+                async move { found }
+            },
+        )
         .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let s = probe.finish().await;

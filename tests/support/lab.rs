@@ -224,6 +224,12 @@ pub struct Summary {
     pub pods: std::collections::BTreeMap<String, u64>,
     pub longest_gap_s: f64,
     pub duration_s: f64,
+    /// The first failed attempts: seconds after `started_at`, and the error.
+    #[serde(default)]
+    pub failures: Vec<(f64, String)>,
+    /// Unix time the client started, to match failures with logs.
+    #[serde(default)]
+    pub started_at: f64,
 }
 
 impl Probe {

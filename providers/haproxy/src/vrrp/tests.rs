@@ -31,7 +31,8 @@ fn renders_one_backup_instance_with_unicast_peers_and_the_check() {
         "  router_id node1\n",
         "  vrrp_version 3\n",
         "vrrp_track_file ferrylb_haproxy {\n  file \"/run/ferrylb/keepalived.conf.health\"\n  weight 0\n}\n",
-        "  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority 100\n  nopreempt\n  advert_int 0.1\n",
+        // 100 and the spread from 10.0.0.11 (11 * 37 % 100).
+        "  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority 107\n  nopreempt\n  advert_int 0.1\n",
         "  unicast_src_ip 10.0.0.11\n  unicast_peer {\n    10.0.0.12\n  }\n",
         "  virtual_ipaddress {\n    10.0.0.200/32 dev eth0\n  }\n",
         "  virtual_ipaddress_excluded {\n    fd00::200/128 dev eth0\n  }\n",
@@ -69,6 +70,23 @@ fn nothing_to_announce_is_no_configuration() {
         render(&settings(), &ips(&["fd00::1"]), &BTreeSet::new()),
         None
     );
+}
+
+#[test]
+fn neighbouring_hosts_get_priorities_far_apart() {
+    let p = |ip: &str| {
+        let mut s = settings();
+        s.source = Some(ip.parse().unwrap());
+        priority(&s)
+    };
+    let ps = [p("10.0.0.11"), p("10.0.0.12"), p("10.0.0.13")];
+    assert_eq!(ps, [107, 144, 181]);
+    let mut s = settings();
+    s.source = None;
+    assert_eq!(priority(&s), 100);
+    s.priority = 155;
+    s.source = Some("10.0.0.2".parse().unwrap());
+    assert_eq!(priority(&s), 229);
 }
 
 #[test]
