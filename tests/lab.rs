@@ -802,19 +802,20 @@ async fn cut_holder(lab: &Lab, vips: &[&str]) -> Cut {
     }
     link(lab, &old, true);
     // The node comes back still master in its own view: VRRP settles on one
-    // master again (the higher address wins a tie), which may move the VIPs
-    // once more. Measure nothing else until it has.
+    // master again (the higher priority wins), which may move the VIPs once
+    // more, and keepalived repeats its announcements 5 s after a change.
+    // Measure nothing else until that is over.
     settled(lab, vips[0]).await;
     Cut { seen, old, new }
 }
 
-/// Waits until one node has held `vip` for three seconds in a row.
+/// Waits until one node has held `vip` for eight seconds in a row.
 async fn settled(lab: &Lab, vip: &str) {
     let (mut last, mut steady) = (String::new(), 0);
     for _ in 0..60 {
         let now = holder_of(lab, vip).await;
         steady = if now == last { steady + 1 } else { 0 };
-        if steady >= 3 {
+        if steady >= 8 {
             return;
         }
         last = now;

@@ -240,7 +240,9 @@ impl Probe {
             .arg("-TERM")
             .arg(self.child.pid().to_string())
             .status();
-        for _ in 0..100 {
+        // It waits for the connections in flight (2 s at most each); at 100
+        // a second over a minute that is thousands of threads to join.
+        for _ in 0..600 {
             if !self.child.running() {
                 break;
             }
