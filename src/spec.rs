@@ -53,19 +53,21 @@ impl SpecError {
 
 /// Whether a node may receive load balancer traffic (KEP-3458): every node
 /// except those being deleted, labelled
-/// `node.kubernetes.io/exclude-from-external-load-balancers`, or tainted
-/// `ToBeDeletedByClusterAutoscaler`. Readiness is the health check's job, so
-/// a node flapping Ready rewrites nothing.
+/// `node.kubernetes.io/exclude-from-external-load-balancers` (any value but
+/// one that reads as false, as Kubernetes' own service controller decides),
+/// or tainted `ToBeDeletedByClusterAutoscaler`. Readiness is the health
+/// check's job, so a node flapping Ready rewrites nothing.
 pub fn is_eligible(node: &Node) -> bool {
     if node.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    if node
+    let excluded = node
         .metadata
         .labels
         .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL_EXCLUDE_FROM_LB))
-    {
+        .and_then(|l| l.get(LABEL_EXCLUDE_FROM_LB))
+        .is_some_and(|v| !reads_as_false(v));
+    if excluded {
         return false;
     }
     let tainted = node
@@ -74,6 +76,13 @@ pub fn is_eligible(node: &Node) -> bool {
         .and_then(|s| s.taints.as_ref())
         .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
     !tainted
+}
+
+/// Whether `v` is one of the spellings of false that Go's
+/// `strconv.ParseBool` accepts (the upstream predicate parses the label
+/// with it; anything it cannot parse excludes the node).
+fn reads_as_false(v: &str) -> bool {
+    matches!(v, "0" | "f" | "F" | "false" | "FALSE" | "False")
 }
 
 /// The targets for the eligible nodes among `nodes`, sorted by node name.

@@ -336,6 +336,26 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
             json!({"metadata": {"labels": {LABEL_EXCLUDE_FROM_LB: ""}}}),
         ),
         node(
+            "ex-true",
+            "127.0.0.19",
+            json!({"metadata": {"labels": {LABEL_EXCLUDE_FROM_LB: "true"}}}),
+        ),
+        node(
+            "ex-junk",
+            "127.0.0.20",
+            json!({"metadata": {"labels": {LABEL_EXCLUDE_FROM_LB: "yes"}}}),
+        ),
+        node(
+            "kept-false",
+            "127.0.0.21",
+            json!({"metadata": {"labels": {LABEL_EXCLUDE_FROM_LB: "false"}}}),
+        ),
+        node(
+            "kept-zero",
+            "127.0.0.22",
+            json!({"metadata": {"labels": {LABEL_EXCLUDE_FROM_LB: "0"}}}),
+        ),
+        node(
             "del",
             "127.0.0.15",
             json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["x"]}}),
@@ -358,12 +378,13 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
     ];
     let t = targets(&nodes);
     let names: Vec<&str> = t.iter().map(|t| t.node.as_str()).collect();
-    assert_eq!(names, vec!["n1", "n3", "notready", "other-taint"]);
     assert_eq!(
-        t[0].addresses,
-        vec!["127.0.0.11".parse::<IpAddr>().unwrap()]
+        names,
+        vec!["kept-false", "kept-zero", "n1", "n3", "notready", "other-taint"]
     );
-    assert_eq!(t[0].provider_id.as_deref(), Some("aws:///us-east-1a/i-n1"));
+    let n1 = &t[2];
+    assert_eq!(n1.addresses, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
+    assert_eq!(n1.provider_id.as_deref(), Some("aws:///us-east-1a/i-n1"));
 }
 
 #[test]
