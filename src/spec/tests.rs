@@ -380,7 +380,14 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
     let names: Vec<&str> = t.iter().map(|t| t.node.as_str()).collect();
     assert_eq!(
         names,
-        vec!["kept-false", "kept-zero", "n1", "n3", "notready", "other-taint"]
+        vec![
+            "kept-false",
+            "kept-zero",
+            "n1",
+            "n3",
+            "notready",
+            "other-taint"
+        ]
     );
     let n1 = &t[2];
     assert_eq!(n1.addresses, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);

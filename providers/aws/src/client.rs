@@ -31,10 +31,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 /// Loads the SDK configuration: the standard credential chain
 /// (environment, profile, IRSA web identity, instance metadata), the given
 /// region and endpoint (else `AWS_REGION`/`AWS_ENDPOINT_URL` and the
-/// profile), and adaptive retry, which slows down when AWS throttles.
+/// profile), adaptive retry, which slows down when AWS throttles, and time
+/// limits ([`timeouts`]) so that a black-holed endpoint fails a call
+/// instead of holding it.
 pub async fn load_sdk_config(region: Option<&str>, endpoint: Option<&str>) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::adaptive().with_max_attempts(5));
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .timeout_config(timeouts());
     if let Some(r) = region {
         loader = loader.region(Region::new(r.to_owned()));
     }
@@ -42,6 +45,17 @@ pub async fn load_sdk_config(region: Option<&str>, endpoint: Option<&str>) -> Sd
         loader = loader.endpoint_url(e);
     }
     loader.load().await
+}
+
+/// Every AWS call's time limits: 3 s to connect, 20 s per attempt, 90 s for
+/// the call with its retries; then it fails as a transient error naming the
+/// operation, and the Service is retried with backoff.
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .operation_timeout(Duration::from_secs(90))
+        .build()
 }
 
 /// Kinds of calls, each paced by its own bucket (AWS publishes separate
@@ -404,5 +418,19 @@ impl From<CallError> for ProviderError {
         } else {
             ProviderError::transient("AwsRejected", e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_call_has_time_limits() {
+        let sdk = load_sdk_config(Some("us-east-1"), Some("http://127.0.0.1:9")).await;
+        let t = sdk.timeout_config().expect("a timeout config");
+        assert_eq!(t.connect_timeout(), Some(Duration::from_secs(3)));
+        assert_eq!(t.operation_attempt_timeout(), Some(Duration::from_secs(20)));
+        assert_eq!(t.operation_timeout(), Some(Duration::from_secs(90)));
     }
 }
