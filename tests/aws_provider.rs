@@ -508,3 +508,43 @@ async fn a_target_group_deleted_behind_its_back_is_rebuilt_on_the_next_node_chan
     p.ensure_deleted(&spec.lb).await.unwrap();
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
+
+/// Readiness comes from the calls the provider makes anyway: the first
+/// check with no call behind it asks AWS once; after that, checks cost
+/// nothing while calls are answered, and an unreachable endpoint fails them
+/// from the outcome of the call that found it.
+#[tokio::test]
+async fn readiness_comes_from_the_calls_made_anyway() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = aws::provider(&conf, &seed);
+    p.check().await.expect("moto answers");
+    assert_eq!(p.calls().snapshot().count("DescribeAccountLimits"), 1);
+    p.ensure(&two_port_spec(&seed, "ready", 2))
+        .await
+        .expect("create");
+    for _ in 0..5 {
+        p.check().await.expect("ready after answered calls");
+    }
+    assert_eq!(
+        p.calls().snapshot().count("DescribeAccountLimits"),
+        1,
+        "no probe while calls are answered"
+    );
+
+    // Nothing listens here: the call fails unanswered, and readiness says so
+    // without another call.
+    let dead = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(conf.region().cloned())
+        .credentials_provider(conf.credentials_provider().unwrap())
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    let q = aws::provider(&dead, &seed);
+    let lb = two_port_spec(&seed, "unreachable", 2).lb;
+    assert!(q.ensure_deleted(&lb).await.is_err());
+    let before = q.calls().snapshot().total();
+    let err = q.check().await.expect_err("unreachable");
+    assert_eq!(err.reason, "AwsUnavailable", "{err:?}");
+    assert_eq!(q.calls().snapshot().total(), before, "no probe: {err:?}");
+}

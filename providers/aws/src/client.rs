@@ -231,7 +231,21 @@ pub struct Clients {
     pub tagging: aws_sdk_resourcegroupstagging::Client,
     limiters: Arc<Limiters>,
     pub counter: CallCounter,
+    /// When the last call ended and whether AWS answered it: readiness
+    /// comes from the calls FerryLB makes anyway.
+    last: Arc<Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
 }
+
+/// Error codes that say FerryLB cannot talk to AWS at all (as opposed to
+/// one request AWS refused).
+const UNAUTHENTICATED: &[&str] = &[
+    "AuthFailure",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+];
 
 impl fmt::Debug for Clients {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -260,7 +274,18 @@ impl Clients {
             tagging: aws_sdk_resourcegroupstagging::Client::from_conf(tagging.build()),
             limiters: Arc::new(Limiters::new(limits)),
             counter,
+            last: Arc::default(),
         }
+    }
+
+    /// The outcome of the last call and how long ago it ended: `Err` when
+    /// AWS did not answer or did not accept FerryLB's credentials.
+    pub fn last_outcome(&self) -> Option<(Duration, Result<(), String>)> {
+        self.last
+            .lock()
+            .expect("last outcome lock")
+            .as_ref()
+            .map(|(at, r)| (at.elapsed(), r.clone()))
     }
 
     /// Sends one request after its rate limiter allows it, mapping failure
@@ -292,7 +317,17 @@ impl Clients {
         R: fmt::Debug,
     {
         self.limiters.acquire(kind, resync).await;
-        request.await.map_err(|e| CallError::from_sdk(action, e))
+        let result = request.await.map_err(|e| CallError::from_sdk(action, e));
+        let outcome = match &result {
+            Err(e) if e.unavailable || UNAUTHENTICATED.iter().any(|c| e.is(c)) => {
+                Err(e.to_string())
+            }
+            // An answer, even a refusal of this one request, means AWS is
+            // there and takes FerryLB's credentials.
+            _ => Ok(()),
+        };
+        *self.last.lock().expect("last outcome lock") = Some((std::time::Instant::now(), outcome));
+        result
     }
 }
 

@@ -41,6 +41,9 @@ pub use client::{CallCounter, CallCounts, Clients, RateLimits, load_sdk_config};
 use desired::TargetKey;
 pub use gc::Orphan;
 
+/// Readiness asks AWS itself only after this long without any call.
+pub const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How the provider runs.
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
@@ -164,7 +167,16 @@ impl LoadBalancerProvider for AwsProvider {
         self.delete_stale(spec).await
     }
 
+    /// Ready while the calls FerryLB makes anyway are answered; only after
+    /// [`PROBE_AFTER`] without any call is AWS asked (one
+    /// `DescribeAccountLimits`), so an idle controller costs six calls an
+    /// hour, not one every check.
     async fn check(&self) -> Result<(), ProviderError> {
+        if let Some((ago, outcome)) = self.clients.last_outcome()
+            && ago < PROBE_AFTER
+        {
+            return outcome.map_err(|m| ProviderError::transient("AwsUnavailable", m));
+        }
         self.clients
             .call(
                 client::CallKind::ElbDescribe,
