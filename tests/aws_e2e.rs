@@ -125,6 +125,22 @@ async fn two_ports_on_three_nodes_become_one_nlb_whose_name_is_in_the_status() {
         "a node add needs no describe"
     );
 
+    // A node that cannot be a target (no providerID): the Service hears of
+    // it, though only its targets changed.
+    let bare = h.node("bare", "127.0.3.9").await;
+    let events = wait::until("a Warning naming the bare node", WAIT, || async {
+        let evs = k::events(&h.client, &h.ns, "web").await;
+        evs.iter()
+            .any(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("NodesNotRegistered")
+                    && e.note.as_deref().is_some_and(|n| n.contains(&bare))
+            })
+            .then_some(evs)
+    })
+    .await;
+    assert!(!events.is_empty());
+
     // Deleting the Service leaves nothing tagged for the cluster.
     h.services()
         .delete("web", &DeleteParams::default())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus};
+use crate::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, Warning};
 
 /// Something that builds load balancers: an AWS NLB, an HAProxy.
 ///
@@ -29,11 +29,13 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     /// returns the status to publish.
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError>;
 
-    /// Converges a load balancer whose spec changed in its targets alone.
-    /// Providers with a cheaper path than [`ensure`](Self::ensure) (HAProxy's
-    /// runtime API, ELBv2's Register/DeregisterTargets) override it.
-    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        self.ensure(spec).await.map(|_| ())
+    /// Converges a load balancer whose spec changed in its targets alone,
+    /// and returns what the user should hear of (a node that cannot be a
+    /// target, say). Providers with a cheaper path than
+    /// [`ensure`](Self::ensure) (HAProxy's runtime API, ELBv2's
+    /// Register/DeregisterTargets) override it.
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
+        self.ensure(spec).await.map(|s| s.warnings)
     }
 
     /// Called after the status returned by [`ensure`](Self::ensure) was

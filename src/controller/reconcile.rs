@@ -132,7 +132,10 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             provider.update_targets(&spec),
         )
         .await
-        .map(|()| previous)
+        .map(|warnings| LoadBalancerStatus {
+            warnings,
+            ..previous
+        })
     } else {
         let announced = ctx
             .services
@@ -203,6 +206,17 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             spec.targets.len()
         );
         events::normal(&ctx.recorder, svc, events::UPDATED, note).await;
+        // A node change can bring news (a node that cannot be a target):
+        // said once, when it is new.
+        let before = last.as_ref().map(|(l, _)| &l.status.warnings);
+        for w in lb_status
+            .warnings
+            .iter()
+            .filter(|w| before.is_none_or(|b| !b.contains(w)))
+        {
+            tracing::warn!(service = %svc_name(svc), reason = %w.reason, "{}", w.message);
+            events::warning(&ctx.recorder, svc, &w.reason, w.message.clone()).await;
+        }
     } else if !unchanged {
         events::normal(&ctx.recorder, svc, events::ENSURED, "Ensured load balancer").await;
         for w in &lb_status.warnings {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use ferrylb_model::{
     Address, Ingress, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus,
-    ProviderError,
+    ProviderError, Warning,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -185,7 +185,7 @@ impl LoadBalancerProvider for RecordingProvider {
         Ok(Self::status(&spec.lb))
     }
 
-    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
         self.calls.lock().unwrap().push(Call::UpdateTargets {
             svc: spec.lb.key.to_string(),
             targets: node_names(spec),
@@ -194,7 +194,7 @@ impl LoadBalancerProvider for RecordingProvider {
             .lock()
             .unwrap()
             .insert(spec.lb.clone(), spec.clone());
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {

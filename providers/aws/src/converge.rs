@@ -1313,7 +1313,7 @@ impl AwsProvider {
     pub(crate) async fn converge_targets(
         &self,
         spec: &LoadBalancerSpec,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<Warning>, ProviderError> {
         let opts = AwsOptions::parse(&spec.annotations)?;
         let d = Desired::build(spec, &opts, &self.settings.cluster)?;
         let known = self
@@ -1327,7 +1327,7 @@ impl AwsProvider {
                 .values()
                 .all(|l| k.target_groups.contains_key(&l.target_group.name))
         }) else {
-            return self.converge(spec).await.map(|_| ());
+            return self.converge(spec).await.map(|s| s.warnings);
         };
         for l in d.listeners.values() {
             let tg = &l.target_group;
@@ -1339,7 +1339,7 @@ impl AwsProvider {
                 Ok(()) => *have = tg.targets.clone(),
                 Err(e) if e.is("TargetGroupNotFound") => {
                     // Deleted behind our back: a full converge recreates it.
-                    return self.converge(spec).await.map(|_| ());
+                    return self.converge(spec).await.map(|s| s.warnings);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1349,7 +1349,7 @@ impl AwsProvider {
             .lock()
             .expect("known lock")
             .insert(spec.lb.key.uid.clone(), known);
-        Ok(())
+        Ok(d.warnings)
     }
 
     /// After the status naming the new NLB is published, deletes NLBs of an

@@ -35,6 +35,7 @@ use aws_config::SdkConfig;
 use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 use ferrylb_model::{
     LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
+    Warning,
 };
 
 pub use client::{CallCounter, CallCounts, Clients, RateLimits, load_sdk_config};
@@ -155,7 +156,7 @@ impl LoadBalancerProvider for AwsProvider {
         result
     }
 
-    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
         let result = self.converge_targets(spec).await;
         if result.is_err() {
             self.forget(&spec.lb.key.uid);

@@ -559,7 +559,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// Target-only changes go through the runtime API, without a reload,
     /// and are written to the configuration file too. Anything unexpected
     /// (HAProxy not running, a refused command) falls back to a reload.
-    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+    async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
         if let Some(e) = self.failed.lock().expect("failed lock").remove(&spec.lb) {
             return Err(e);
         }
@@ -579,17 +579,23 @@ impl LoadBalancerProvider for HaproxyProvider {
             .cloned();
         let Some(old) = running_old else {
             drop(loaded);
-            return self.load_with_others(&spec.lb, &entry, previous).await;
+            return self
+                .load_with_others(&spec.lb, &entry, previous)
+                .await
+                .map(|()| Vec::new());
         };
         if old == entry {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let Some(plan) = runtime::commands(&old, &entry, self.settings.node_check_port.is_some())
         else {
             // A node added while servers track shared node checks: a reload,
             // loaded together with every other Service's.
             drop(loaded);
-            return self.load_with_others(&spec.lb, &entry, previous).await;
+            return self
+                .load_with_others(&spec.lb, &entry, previous)
+                .await
+                .map(|()| Vec::new());
         };
         for batch in plan.batches {
             if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
@@ -597,7 +603,10 @@ impl LoadBalancerProvider for HaproxyProvider {
                 // HAProxy's state is now unknown: the reload makes it certain.
                 loaded.entries = None;
                 drop(loaded);
-                return self.sync_or_roll_back(&spec.lb, previous).await;
+                return self
+                    .sync_or_roll_back(&spec.lb, previous)
+                    .await
+                    .map(|()| Vec::new());
             }
         }
         for del in plan.deletions {
@@ -620,7 +629,7 @@ impl LoadBalancerProvider for HaproxyProvider {
             ))
         });
         self.flush.notify_one();
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
