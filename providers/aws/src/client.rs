@@ -233,8 +233,12 @@ pub struct Clients {
     pub counter: CallCounter,
     /// When the last call ended and whether AWS answered it: readiness
     /// comes from the calls FerryLB makes anyway.
-    last: Arc<Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
+    last: Arc<Mutex<Option<Outcome>>>,
 }
+
+/// When a call ended, and `Err` with why when AWS did not answer it or did
+/// not accept FerryLB's credentials.
+type Outcome = (std::time::Instant, Result<(), String>);
 
 /// Error codes that say FerryLB cannot talk to AWS at all (as opposed to
 /// one request AWS refused).
