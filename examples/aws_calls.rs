@@ -112,14 +112,14 @@ async fn main() {
             let grown: Vec<_> = (0..s).map(|i| spec(&seed, i, k + 1)).collect();
             let t = Instant::now();
             each(&grown, |sp| async move {
-                p.update_targets(&sp).await.expect("node add")
+                p.update_targets(&sp).await.expect("node add");
             })
             .await;
             report("node added", s, k, p, t);
 
             let t = Instant::now();
             each(&specs, |sp| async move {
-                p.update_targets(&sp).await.expect("node remove")
+                p.update_targets(&sp).await.expect("node remove");
             })
             .await;
             report("node removed", s, k, p, t);
