@@ -323,8 +323,9 @@ async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let (generation, sha) = h.served();
-        telemetry.set_served(generation, &sha);
+        if let (generation, Some(sha)) = h.served().await {
+            telemetry.set_served(generation, &sha);
+        }
         if let Some(k) = h.keepalived() {
             let status = k.status();
             let master = status.state == "MASTER";

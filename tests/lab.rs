@@ -42,24 +42,30 @@ async fn ensure_installed(lab: &Lab, client: &kube::Client) {
         .status
         .success()
     {
-        helm_ok(
-            lab,
-            &[
-                "install",
-                RELEASE,
-                "charts/ferrylb",
-                "-n",
-                RELEASE_NS,
-                "--create-namespace",
-                "-f",
-                "tests/lab/values.yaml",
-                "--wait",
-                "--timeout",
-                "3m",
-            ],
-        );
+        upgrade_release(lab, &[]);
     }
     leader(client).await;
+}
+
+/// `helm upgrade --install` of FerryLB's release with the lab's values and
+/// each of `sets` as a `--set`, waiting until it is rolled out.
+fn upgrade_release(lab: &Lab, sets: &[&str]) {
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        "charts/ferrylb",
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+        "-f",
+        "tests/lab/values.yaml",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(["--wait", "--timeout", "3m"]);
+    helm_ok(lab, &args);
 }
 
 /// The pod holding FerryLB's Lease (waits for one).
@@ -537,23 +543,7 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
     // Upgrade with changed values: every node checked once on kube-proxy's
     // health port (10256), answered by the real kube-proxy.
     let probe = lab.probe(&vip, 80, 20);
-    helm_ok(
-        lab,
-        &[
-            "upgrade",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "-f",
-            "tests/lab/values.yaml",
-            "--set",
-            "haproxy.nodeCheckPort=10256",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    upgrade_release(lab, &["haproxy.nodeCheckPort=10256"]);
     leader(&client).await;
     answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -631,25 +621,7 @@ fn assert_planned_move(s: &Summary) {
 
 /// Installs (or upgrades to) FerryLB with VRRP: keepalived on every replica.
 async fn install_vrrp(lab: &Lab, client: &kube::Client) {
-    helm_ok(
-        lab,
-        &[
-            "upgrade",
-            "--install",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "-f",
-            "tests/lab/values.yaml",
-            "--set",
-            "haproxy.vrrp.enabled=true",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    upgrade_release(lab, &["haproxy.vrrp.enabled=true"]);
     leader(client).await;
 }
 
@@ -710,21 +682,26 @@ async fn replicas_agree(lab: &'static Lab, client: &kube::Client, want: &str) ->
 /// The node whose interface holds `vip` (waits for exactly one).
 async fn holder_of(lab: &Lab, vip: &str) -> String {
     wait::until("one node to hold the VIP", Duration::from_secs(30), || {
-        let holders: Vec<&str> = lab::NODES
-            .iter()
-            .copied()
-            .filter(|n| {
-                let out = lab.in_ns(
-                    &format!("ferrylb-lab-{n}"),
-                    &["ip", "-o", "addr", "show", "dev", "eth0"],
-                );
-                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
-            })
-            .collect();
+        let holders = holders(lab, vip);
         let one = (holders.len() == 1).then(|| holders[0].to_owned());
         async move { one }
     })
     .await
+}
+
+/// The nodes whose interface holds `vip` now.
+fn holders(lab: &Lab, vip: &str) -> Vec<&'static str> {
+    lab::NODES
+        .iter()
+        .copied()
+        .filter(|n| {
+            let out = lab.in_ns(
+                &format!("ferrylb-lab-{n}"),
+                &["ip", "-o", "addr", "show", "dev", "eth0"],
+            );
+            String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
+        })
+        .collect()
 }
 
 /// Cuts `node` off the lab's network (its link to the bridge goes down), or
@@ -804,10 +781,10 @@ async fn cut_holder(lab: &Lab, vips: &[&str]) -> Cut {
     for (v, p) in probes {
         seen.push((v, p.finish().await));
     }
-    let new = holder_of_except(lab, vips[0], &old).await;
+    let new = holder_of_except(lab, vips[0], &old, Duration::from_secs(10)).await;
     for v in &vips[1..] {
         assert_eq!(
-            holder_of_except(lab, v, &old).await,
+            holder_of_except(lab, v, &old, Duration::from_secs(10)).await,
             new,
             "{v} moved elsewhere"
         );
@@ -851,22 +828,14 @@ fn assert_failover(what: &str, cut: &Cut) {
 }
 
 /// The node other than `not` whose interface holds `vip`.
-async fn holder_of_except(lab: &Lab, vip: &str, not: &str) -> String {
-    wait::until(
-        "another node to hold the VIP",
-        Duration::from_secs(10),
-        || {
-            let found = lab::NODES.iter().copied().filter(|n| *n != not).find(|n| {
-                let out = lab.in_ns(
-                    &format!("ferrylb-lab-{n}"),
-                    &["ip", "-o", "addr", "show", "dev", "eth0"],
-                );
-                String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
-            });
-            let found = found.map(str::to_owned);
-            async move { found }
-        },
-    )
+async fn holder_of_except(lab: &Lab, vip: &str, not: &str, within: Duration) -> String {
+    wait::until("another node to hold the VIP", within, || {
+        let found = holders(lab, vip)
+            .into_iter()
+            .find(|n| *n != not)
+            .map(str::to_owned);
+        async move { found }
+    })
     .await
 }
 
@@ -997,24 +966,9 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
     // `helm upgrade` rolls both replicas: nothing lost either.
     let probe = lab.probe(&vip, 80, 100);
     let started = std::time::Instant::now();
-    helm_ok(
+    upgrade_release(
         lab,
-        &[
-            "upgrade",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "-f",
-            "tests/lab/values.yaml",
-            "--set",
-            "haproxy.vrrp.enabled=true",
-            "--set",
-            "podAnnotations.rolled=again",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
+        &["haproxy.vrrp.enabled=true", "podAnnotations.rolled=again"],
     );
     let left = Duration::from_secs(22).saturating_sub(started.elapsed());
     tokio::time::sleep(left.max(Duration::from_secs(3))).await;
@@ -1039,21 +993,7 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
         }
     })
     .await;
-    helm_ok(
-        lab,
-        &[
-            "upgrade",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "-f",
-            "tests/lab/values.yaml",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    upgrade_release(lab, &[]);
 }
 
 /// The figures in BENCHMARKS.md: the VIPs' holder cut off ten times with
@@ -1091,21 +1031,7 @@ async fn failover_trials() {
 
     // The same without VRRP: the leader holds the VIPs; cut off, it stops
     // renewing its Lease, and the other replica takes over once it expires.
-    helm_ok(
-        lab,
-        &[
-            "upgrade",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "-f",
-            "tests/lab/values.yaml",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    upgrade_release(lab, &[]);
     leader(&client).await;
     answered_by(lab, &vip, &lab::NODES, Duration::from_secs(60)).await;
     for _ in 0..3 {
@@ -1113,21 +1039,7 @@ async fn failover_trials() {
         let probe = lab.probe(&vip, 80, 20);
         tokio::time::sleep(Duration::from_secs(2)).await;
         link(lab, &old, false);
-        let back = wait::until(
-            "another node to hold the VIP",
-            Duration::from_secs(120),
-            || {
-                let found = lab::NODES.iter().copied().filter(|n| *n != old).find(|n| {
-                    let out = lab.in_ns(
-                        &format!("ferrylb-lab-{n}"),
-                        &["ip", "-o", "addr", "show", "dev", "eth0"],
-                    );
-                    String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/"))
-                });
-                async move { found }
-            },
-        )
-        .await;
+        let back = holder_of_except(lab, &vip, &old, Duration::from_secs(120)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let s = probe.finish().await;
         link(lab, &old, true);

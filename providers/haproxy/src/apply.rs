@@ -134,16 +134,13 @@ impl HaproxyProvider {
         // Entries can differ in what the configuration does not show (a
         // follower's entry and the leader's for the same Service, when one
         // takes over from the other): the same text is no reload.
-        let running = loaded.entries.as_ref().map(|r| {
-            let r: Vec<Entry> = r.values().cloned().collect();
-            render::render(&self.global(), &r)
-        });
-        if running.as_deref() != Some(text.as_str()) {
+        let sha = sha256_hex(&text);
+        if loaded.served_sha.as_deref() != Some(sha.as_str()) {
             self.process.install(&text).await?;
             self.process.reload().await?;
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            *self.config_sha.lock().expect("config sha lock") = sha256_hex(&text);
+            loaded.served_sha = Some(sha);
             loaded.file_stale = false;
         }
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();

@@ -14,6 +14,8 @@ pub mod pool;
 pub mod process;
 pub mod render;
 mod runtime;
+#[cfg(test)]
+mod testns;
 pub mod vip;
 pub mod vrrp;
 
@@ -98,10 +100,8 @@ pub struct HaproxyProvider {
     /// Whether this replica puts VIPs on `vip_interface` (the leader does;
     /// a follower serves the same configuration without them).
     holding: std::sync::atomic::AtomicBool,
-    /// Configurations loaded, and the SHA-256 of what HAProxy serves (the
-    /// file as last loaded or written after runtime API changes).
+    /// Configurations loaded.
     generation: std::sync::atomic::AtomicU64,
-    config_sha: Arc<std::sync::Mutex<String>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -109,6 +109,9 @@ pub struct HaproxyProvider {
 struct Loaded {
     entries: Option<BTreeMap<LoadBalancerRef, Entry>>,
     file_stale: bool,
+    /// The SHA-256 of the configuration HAProxy serves; `None` while
+    /// runtime API changes are not in a file yet (or the state is unknown).
+    served_sha: Option<String>,
 }
 
 /// Writes what HAProxy runs to the file once a burst of runtime API changes
@@ -118,7 +121,6 @@ async fn flush_loop(
     notify: Arc<tokio::sync::Notify>,
     global: GlobalSettings,
     config_path: std::path::PathBuf,
-    served_sha: Arc<std::sync::Mutex<String>>,
 ) {
     loop {
         notify.notified().await;
@@ -132,7 +134,7 @@ async fn flush_loop(
         match process::write_atomically(&config_path, &text).await {
             Ok(()) => {
                 l.file_stale = false;
-                *served_sha.lock().expect("config sha lock") = apply::sha256_hex(&text);
+                l.served_sha = Some(apply::sha256_hex(&text));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "writing runtime API changes to the configuration file failed")
@@ -153,7 +155,6 @@ impl HaproxyProvider {
             keepalived: settings.vrrp.clone().map(vrrp::Keepalived::new),
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
-            config_sha: Arc::default(),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -206,11 +207,12 @@ impl HaproxyProvider {
     }
 
     /// How many configurations this process loaded, and the SHA-256 of the
-    /// last one: equal on every replica that serves the same state.
-    pub fn served(&self) -> (u64, String) {
+    /// one HAProxy serves (equal on every replica that serves the same
+    /// state); `None` while runtime API changes are not written yet.
+    pub async fn served(&self) -> (u64, Option<String>) {
         (
             self.generation.load(std::sync::atomic::Ordering::SeqCst),
-            self.config_sha.lock().expect("config sha lock").clone(),
+            self.loaded.lock().await.served_sha.clone(),
         )
     }
 
@@ -602,6 +604,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
                 // HAProxy's state is now unknown: the reload makes it certain.
                 loaded.entries = None;
+                loaded.served_sha = None;
                 drop(loaded);
                 return self
                     .sync_or_roll_back(&spec.lb, previous)
@@ -618,6 +621,8 @@ impl LoadBalancerProvider for HaproxyProvider {
             running.insert(spec.lb.clone(), entry);
         }
         loaded.file_stale = true;
+        // HAProxy runs what no file says yet; the flush names it again.
+        loaded.served_sha = None;
         drop(loaded);
         self.flusher.get_or_init(|| {
             tokio::spawn(flush_loop(
@@ -625,7 +630,6 @@ impl LoadBalancerProvider for HaproxyProvider {
                 self.flush.clone(),
                 self.global(),
                 self.settings.process.config_path.clone(),
-                self.config_sha.clone(),
             ))
         });
         self.flush.notify_one();

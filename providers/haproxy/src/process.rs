@@ -61,39 +61,16 @@ impl Process {
     /// atomically. An invalid configuration is kept beside the live one as
     /// `<config>.rejected` for inspection; the live one stays untouched.
     pub async fn install(&self, text: &str) -> Result<(), ProviderError> {
-        let path = &self.settings.config_path;
-        let tmp = sibling(path, "new");
-        tokio::fs::write(&tmp, text)
-            .await
-            .map_err(|e| unavailable(format!("writing {}: {e}", tmp.display())))?;
-        // Not `-q`: it silences the alerts a user needs to see.
-        let out = Command::new(&self.settings.binary)
-            .arg("-c")
-            .arg("-f")
-            .arg(&tmp)
-            .output()
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "running {} -c: {e}",
-                    self.settings.binary.display()
-                ))
-            })?;
-        if !out.status.success() {
-            let rejected = sibling(path, "rejected");
-            let _ = tokio::fs::rename(&tmp, &rejected).await;
-            let alerts = alerts(&out.stdout, &out.stderr);
-            return Err(ProviderError::transient(
-                "InvalidHAProxyConfiguration",
-                format!(
-                    "haproxy rejected the rendered configuration (kept as {}): {alerts}",
-                    rejected.display()
-                ),
-            ));
-        }
-        tokio::fs::rename(&tmp, path)
-            .await
-            .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
+        let checker = Checker {
+            program: &self.settings.binary,
+            // Not `-q`: it silences the alerts a user needs to see.
+            flag: "-c",
+            name: "haproxy",
+            rejected_reason: "InvalidHAProxyConfiguration",
+            io_error: unavailable,
+            said: alerts,
+        };
+        install_checked(&checker, &self.settings.config_path, text).await
     }
 
     /// Writes `text` into place atomically without validating it: for state
@@ -347,7 +324,58 @@ pub async fn write_atomically(path: &Path, text: &str) -> Result<(), ProviderErr
         .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+/// A program that checks a configuration file in a test mode of its own
+/// (`haproxy -c`, `keepalived -t`), and how its answers are reported.
+pub(crate) struct Checker<'a> {
+    pub program: &'a Path,
+    pub flag: &'a str,
+    pub name: &'a str,
+    /// The reason a rejected configuration is reported under.
+    pub rejected_reason: &'static str,
+    /// Makes an I/O failure an error.
+    pub io_error: fn(String) -> ProviderError,
+    /// What the program said, bounded, from its stdout and stderr.
+    pub said: fn(&[u8], &[u8]) -> String,
+}
+
+/// Writes `text` beside `path`, has the checker judge it (exit code 0 is
+/// clean), and renames it into place atomically. A rejected file is kept as
+/// `<path>.rejected` for inspection; the live one stays untouched.
+pub(crate) async fn install_checked(
+    c: &Checker<'_>,
+    path: &Path,
+    text: &str,
+) -> Result<(), ProviderError> {
+    let tmp = sibling(path, "new");
+    tokio::fs::write(&tmp, text)
+        .await
+        .map_err(|e| (c.io_error)(format!("writing {}: {e}", tmp.display())))?;
+    let out = Command::new(c.program)
+        .arg(c.flag)
+        .arg("-f")
+        .arg(&tmp)
+        .output()
+        .await
+        .map_err(|e| (c.io_error)(format!("running {} {}: {e}", c.program.display(), c.flag)))?;
+    if !out.status.success() {
+        let rejected = sibling(path, "rejected");
+        let _ = tokio::fs::rename(&tmp, &rejected).await;
+        return Err(ProviderError::transient(
+            c.rejected_reason,
+            format!(
+                "{} rejected the rendered configuration (kept as {}): {}",
+                c.name,
+                rejected.display(),
+                (c.said)(&out.stdout, &out.stderr)
+            ),
+        ));
+    }
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| (c.io_error)(format!("installing {}: {e}", path.display())))
+}
+
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
     path.with_file_name(name)

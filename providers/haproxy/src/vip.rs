@@ -153,46 +153,19 @@ fn try_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Removes the test's network namespace, also when the test fails.
-    struct Netns(String);
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-
-    fn ip(ns: &str, args: &[&str]) -> std::process::Output {
-        std::process::Command::new("ip")
-            .args(["-n", ns])
-            .args(args)
-            .output()
-            .expect("ip is not installed")
-    }
+    use crate::testns::Netns;
 
     /// This machine's iproute2 words "already there" and "not there" in a
     /// way the binder recognises (in a network namespace of its own; needs
     /// root, as CI has).
     #[test]
     fn ip_s_wording_for_present_and_absent_addresses_is_recognised() {
-        let ns = Netns(format!("ferrylb-vip-{}", std::process::id()));
-        let created = std::process::Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .expect("ip is not installed");
-        assert!(created.success(), "creating a network namespace needs root");
-        assert!(
-            ip(&ns.0, &["addr", "add", "10.99.0.1/32", "dev", "lo"])
-                .status
-                .success()
-        );
-        let again = ip(&ns.0, &["addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        let ns = Netns::new("ferrylb-vip");
+        ns.ip_ok(&["addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        let again = ns.ip(&["addr", "add", "10.99.0.1/32", "dev", "lo"]);
         let stderr = String::from_utf8_lossy(&again.stderr);
         assert!(ADD_BENIGN.iter().any(|b| stderr.contains(b)), "{stderr}");
-        let absent = ip(&ns.0, &["addr", "del", "10.99.0.2/32", "dev", "lo"]);
+        let absent = ns.ip(&["addr", "del", "10.99.0.2/32", "dev", "lo"]);
         let stderr = String::from_utf8_lossy(&absent.stderr);
         assert!(DEL_BENIGN.iter().any(|b| stderr.contains(b)), "{stderr}");
     }

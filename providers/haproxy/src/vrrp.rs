@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use crate::process::sibling;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,6 +192,15 @@ struct Inner {
     child: Option<Child>,
 }
 
+impl Inner {
+    /// Whether the keepalived started last still runs.
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
 /// The keepalived FerryLB runs.
 pub struct Keepalived {
     settings: VrrpSettings,
@@ -246,10 +257,7 @@ impl Keepalived {
     /// As [`Self::set_vips`].
     pub async fn include(self: &Arc<Self>, ip: IpAddr) -> Result<(), ProviderError> {
         let mut inner = self.inner.lock().await;
-        let running = inner
-            .child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let running = inner.running();
         if inner.vips.contains(&ip) && (running || inner.applied.is_none()) {
             return Ok(());
         }
@@ -277,10 +285,7 @@ impl Keepalived {
             return Ok(());
         }
         let text = render(&self.settings, &inner.vips, &inner.peers);
-        let running = inner
-            .child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let running = inner.running();
         if text == inner.applied && (running || text.is_none()) {
             return Ok(());
         }
@@ -316,44 +321,15 @@ impl Keepalived {
     /// Validates `text` with `keepalived -t` (clean means exit code 0) and
     /// renames it into place; a rejected file is kept as `.rejected`.
     async fn install(&self, text: &str) -> Result<(), ProviderError> {
-        let path = &self.settings.config_path;
-        let tmp = sibling(path, "new");
-        tokio::fs::write(&tmp, text)
-            .await
-            .map_err(|e| failed(format!("writing {}: {e}", tmp.display())))?;
-        let out = Command::new(&self.settings.binary)
-            .arg("-t")
-            .arg("-f")
-            .arg(&tmp)
-            .output()
-            .await
-            .map_err(|e| {
-                failed(format!(
-                    "running {} -t: {e}",
-                    self.settings.binary.display()
-                ))
-            })?;
-        if !out.status.success() {
-            let rejected = sibling(path, "rejected");
-            let _ = tokio::fs::rename(&tmp, &rejected).await;
-            let said: String = String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .chain(String::from_utf8_lossy(&out.stdout).lines())
-                .take(5)
-                .map(|l| l.chars().take(300).collect::<String>())
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(ProviderError::transient(
-                "InvalidKeepalivedConfiguration",
-                format!(
-                    "keepalived rejected the rendered configuration (kept as {}): {said}",
-                    rejected.display()
-                ),
-            ));
-        }
-        tokio::fs::rename(&tmp, path)
-            .await
-            .map_err(|e| failed(format!("installing {}: {e}", path.display())))
+        let checker = crate::process::Checker {
+            program: &self.settings.binary,
+            flag: "-t",
+            name: "keepalived",
+            rejected_reason: "InvalidKeepalivedConfiguration",
+            io_error: failed,
+            said: keepalived_said,
+        };
+        crate::process::install_checked(&checker, &self.settings.config_path, text).await
     }
 
     async fn spawn(&self) -> Result<Child, ProviderError> {
@@ -555,11 +531,15 @@ fn pid_files(config: &Path) -> (PathBuf, PathBuf) {
     (sibling(config, "pid"), sibling(config, "vrrp.pid"))
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(suffix);
-    path.with_file_name(name)
+/// keepalived's complaint: its first five lines, 300 bytes each at most.
+fn keepalived_said(stdout: &[u8], stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(stdout).lines())
+        .take(5)
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testns::Netns;
 
 fn settings() -> VrrpSettings {
     VrrpSettings {
@@ -128,34 +129,12 @@ fn values_cannot_break_out_of_their_place() {
     assert_eq!(cfg.matches("vrrp_instance").count(), 2);
 }
 
-/// Removes the test's network namespace, also when the test fails.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// What FerryLB renders, keepalived accepts cleanly (`-t` exits 0), in a
 /// network namespace with an `eth0` (needs root and keepalived, as CI has).
 #[test]
 fn keepalived_accepts_what_is_rendered() {
-    let ns = Netns(format!("ferrylb-vrrp-{}", std::process::id()));
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .expect("ip is not installed");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    run(&["netns", "add", &ns.0]);
-    run(&[
-        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    run(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    let ns = Netns::new("ferrylb-vrrp");
+    ns.with_eth0();
     let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut s = settings();
@@ -193,13 +172,9 @@ fn binary() -> &'static str {
     }
 }
 
-/// The VIPs on `dev` in `ns`.
-fn addresses(ns: &str, dev: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-o", "addr", "show", "dev", dev])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The addresses on `eth0` in `ns`.
+fn addresses(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.ip(&["-o", "addr", "show", "dev", "eth0"]).stdout).into_owned()
 }
 
 async fn until(what: &str, mut ok: impl FnMut() -> bool) {
@@ -218,21 +193,10 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
 /// namespace of its own (needs root and keepalived, as CI has).
 #[tokio::test]
 async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
-    let ns = Netns(format!("ferrylb-vrrp-run-{}", std::process::id()));
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .expect("ip is not installed");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    ip(&["netns", "add", &ns.0]);
-    ip(&[
-        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    ip(&["-n", &ns.0, "addr", "add", "10.0.0.11/24", "dev", "eth0"]);
-    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
-    ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
+    let ns = Netns::new("ferrylb-vrrp-run");
+    ns.with_eth0();
+    ns.ip_ok(&["addr", "add", "10.0.0.11/24", "dev", "eth0"]);
+    ns.ip_ok(&["link", "set", "eth1", "up"]);
     let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // keepalived runs inside the namespace: a wrapper that enters it.
@@ -259,12 +223,12 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
 
     k.set_vips(ips(&["10.0.0.200"])).await.unwrap();
     until("MASTER with the first VIP", || {
-        k.status().state == "MASTER" && addresses(&ns.0, "eth0").contains("10.0.0.200/32")
+        k.status().state == "MASTER" && addresses(&ns).contains("10.0.0.200/32")
     })
     .await;
     k.set_vips(ips(&["10.0.0.201", "fd00::201"])).await.unwrap();
     until("the changed set applied", || {
-        let a = addresses(&ns.0, "eth0");
+        let a = addresses(&ns);
         a.contains("10.0.0.201/32") && a.contains("fd00::201/128") && !a.contains("10.0.0.200/")
     })
     .await;
@@ -276,7 +240,7 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
     );
     k.stop().await;
     until("the VIPs released on stop", || {
-        !addresses(&ns.0, "eth0").contains("10.0.0.201/")
+        !addresses(&ns).contains("10.0.0.201/")
     })
     .await;
     assert_eq!(k.status().state, "STOPPED");
