@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod provider;
+pub mod reason;
 mod spec;
 mod status;
 

@@ -124,7 +124,7 @@ impl ProviderError {
     /// what is allowed.
     pub fn invalid(field: &str, value: &str, allowed: &str) -> Self {
         Self::permanent(
-            "InvalidAnnotation",
+            crate::reason::INVALID_ANNOTATION,
             format!("{field}: invalid value {}: {allowed}", excerpt(value)),
         )
     }
@@ -133,7 +133,7 @@ impl ProviderError {
     pub fn pending(after: Duration, message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Pending(after),
-            reason: "Applying".into(),
+            reason: crate::reason::APPLYING.into(),
             message: message.into(),
         }
     }

@@ -1,6 +1,7 @@
 //! Reconcile errors, each named after the operation that failed and carrying
 //! the Service, and whether retrying can help.
 
+use ferrylb_model::reason;
 use ferrylb_model::{ErrorKind, ProviderError};
 
 use crate::spec::SpecError;
@@ -50,10 +51,10 @@ impl Error {
     /// Short CamelCase reason, for conditions and metrics.
     pub fn reason(&self) -> &str {
         match self {
-            Error::InvalidService { .. } => "InvalidService",
+            Error::InvalidService { .. } => reason::INVALID_SERVICE,
             Error::Ensure { source, .. } | Error::EnsureDeleted { source, .. } => &source.reason,
-            Error::PatchService { .. } => "PatchServiceFailed",
-            Error::PatchStatus { .. } => "PatchStatusFailed",
+            Error::PatchService { .. } => reason::PATCH_SERVICE_FAILED,
+            Error::PatchStatus { .. } => reason::PATCH_STATUS_FAILED,
         }
     }
 }

@@ -5,14 +5,9 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 
-pub const ENSURING: &str = "EnsuringLoadBalancer";
-pub const ENSURED: &str = "EnsuredLoadBalancer";
-pub const UPDATED: &str = "UpdatedLoadBalancer";
-pub const SYNC_FAILED: &str = "SyncLoadBalancerFailed";
-pub const DELETING: &str = "DeletingLoadBalancer";
-pub const DELETED: &str = "DeletedLoadBalancer";
-/// Kubernetes' own reason when a load balancer has no node to send to.
-pub const UNAVAILABLE: &str = "UnAvailableLoadBalancer";
+pub use ferrylb_model::reason::{
+    DELETED, DELETING, ENSURED, ENSURING, SYNC_FAILED, UNAVAILABLE, UPDATED,
+};
 
 /// Publishes an Event on `svc`. Failing to publish is logged, never fatal:
 /// an Event is a courtesy, the reconcile's outcome is what matters.

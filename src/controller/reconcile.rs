@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use std::future::Future;
 
+use ferrylb_model::reason;
 use ferrylb_model::{
     ErrorKind, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus,
     ProviderError, ServiceKey,
@@ -323,7 +324,7 @@ fn ensured(provider: &str, spec: &LoadBalancerSpec) -> Readiness {
     }
     Readiness {
         ready: true,
-        reason: "Ensured".into(),
+        reason: reason::READY.into(),
         message: format!("load balancer ensured by provider {provider}"),
     }
 }
@@ -375,7 +376,7 @@ async fn observed<T>(
     let result = match tokio::time::timeout(limit, call).await {
         Ok(r) => r,
         Err(_) => Err(ProviderError::transient(
-            "ProviderTimeout",
+            reason::PROVIDER_TIMEOUT,
             format!(
                 "provider {} did not finish {operation} within {} (--provider-timeout); retrying",
                 provider.name(),

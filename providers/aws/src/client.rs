@@ -26,6 +26,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use ferrylb_model::ProviderError;
+use ferrylb_model::reason;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Loads the SDK configuration: the standard credential chain
@@ -438,12 +439,12 @@ impl From<CallError> for ProviderError {
         if e.is_throttling() {
             ProviderError::retry_after(
                 Duration::from_secs(10),
-                "Throttled",
+                reason::THROTTLED,
                 format!("AWS throttled {}; retrying", e.action),
             )
         } else if DENIED.contains(&code) {
             ProviderError::transient(
-                "AccessDenied",
+                reason::ACCESS_DENIED,
                 format!(
                     "AWS denied {} ({code}): {}. Grant {} to FerryLB's IAM role",
                     e.action, e.message, e.action
@@ -453,9 +454,9 @@ impl From<CallError> for ProviderError {
             || code.starts_with("InternalFailure")
             || code == "ServiceUnavailable"
         {
-            ProviderError::transient("AwsUnavailable", e.to_string())
+            ProviderError::transient(reason::AWS_UNAVAILABLE, e.to_string())
         } else {
-            ProviderError::transient("AwsRejected", e.to_string())
+            ProviderError::transient(reason::AWS_REJECTED, e.to_string())
         }
     }
 }

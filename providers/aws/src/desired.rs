@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ferrylb_model::reason;
 use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol, ProviderError, Warning};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -249,7 +250,7 @@ impl Desired {
                 TargetType::Ip => "an IPv4 InternalIP",
             };
             warnings.push(Warning {
-                reason: "NodesNotRegistered".into(),
+                reason: reason::NODES_NOT_REGISTERED.into(),
                 message: format!(
                     "nodes without {what} are not registered as targets: {}",
                     skipped.join(", ")
@@ -263,7 +264,7 @@ impl Desired {
         for l in &spec.listeners {
             if l.protocol == Protocol::Sctp {
                 warnings.push(Warning {
-                    reason: "UnsupportedProtocol".into(),
+                    reason: reason::UNSUPPORTED_PROTOCOL.into(),
                     message: format!(
                         "port {}/SCTP is not served: Network Load Balancers do not support SCTP",
                         l.port
@@ -275,7 +276,7 @@ impl Desired {
         }
         if by_port.is_empty() {
             return Err(ProviderError::permanent(
-                "UnsupportedProtocol",
+                reason::UNSUPPORTED_PROTOCOL,
                 "the Service has no TCP or UDP port a Network Load Balancer can serve",
             ));
         }
@@ -299,7 +300,7 @@ impl Desired {
                 ),
                 _ => {
                     return Err(ProviderError::permanent(
-                        "UnsupportedPorts",
+                        reason::UNSUPPORTED_PORTS,
                         format!(
                             "port {port} is used for TCP and UDP with different nodePorts; a TCP_UDP listener needs one nodePort"
                         ),

@@ -33,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
+use ferrylb_model::reason;
 use ferrylb_model::{
     LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
     Warning,
@@ -176,7 +177,7 @@ impl LoadBalancerProvider for AwsProvider {
         if let Some((ago, outcome)) = self.clients.last_outcome()
             && ago < PROBE_AFTER
         {
-            return outcome.map_err(|m| ProviderError::transient("AwsUnavailable", m));
+            return outcome.map_err(|m| ProviderError::transient(reason::AWS_UNAVAILABLE, m));
         }
         self.clients
             .call(

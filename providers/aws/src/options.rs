@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ferrylb_model::reason;
 use ferrylb_model::{ProviderError, Warning, split_list};
 
 /// Prefix shared by every annotation this module reads.
@@ -283,7 +284,7 @@ impl AwsOptions {
         for key in annotations.keys() {
             if key.starts_with(PREFIX) && !KNOWN.contains(&key.as_str()) {
                 o.warnings.push(Warning {
-                    reason: "UnsupportedAnnotation".into(),
+                    reason: reason::UNSUPPORTED_ANNOTATION.into(),
                     message: format!(
                         "annotation {key} is not supported by FerryLB's AWS provider and has no effect"
                     ),

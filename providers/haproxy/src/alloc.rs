@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ferrylb_model::reason;
 use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError};
 
 use crate::pool::AddressPool;
@@ -49,7 +50,7 @@ fn conflict(
         if !same_key {
             return Some(ProviderError::retry_after(
                 RETRY,
-                "AddressInUse",
+                reason::ADDRESS_IN_USE,
                 format!(
                     "address {ip} is in use by Service {}; to share it, give both Services the same \
                      ferrylb.io/allow-shared-ip value",
@@ -64,7 +65,7 @@ fn conflict(
         {
             return Some(ProviderError::retry_after(
                 RETRY,
-                "PortCollision",
+                reason::PORT_COLLISION,
                 format!(
                     "cannot share address {ip} with Service {}: both use port {}/{}",
                     r.key, p.port, p.protocol
@@ -95,7 +96,7 @@ pub fn allocate(
         let ip = pick_family(&spec.requested_ips, pool);
         if !pool.contains(ip) {
             return Err(ProviderError::permanent(
-                "AddressNotInPool",
+                reason::ADDRESS_NOT_IN_POOL,
                 format!(
                     "requested address {ip} is not in the HAProxy address pool; request an address from the pool or leave it unset"
                 ),
@@ -134,7 +135,7 @@ pub fn allocate(
     pool.iter().find(|ip| !used.contains(ip)).ok_or_else(|| {
         ProviderError::retry_after(
             RETRY,
-            "PoolExhausted",
+            reason::POOL_EXHAUSTED,
             "every address in the HAProxy address pool is in use; the Service waits until one is freed (or widen the pool)",
         )
     })

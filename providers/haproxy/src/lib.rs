@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ferrylb_model::reason;
 use ferrylb_model::{
     Address, Ingress, IpMode, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec,
     LoadBalancerStatus, PortStatus, Protocol, ProviderError, Warning,
@@ -400,7 +401,7 @@ impl HaproxyProvider {
         {
             None => Ok(()),
             Some((addr, port)) => Err(ProviderError::transient(
-                "PortInUse",
+                reason::PORT_IN_USE,
                 format!(
                     "{addr}: another process on this host already listens on port {port} \
                      (on that address or on all addresses), so HAProxy cannot bind it; \
@@ -438,13 +439,13 @@ pub fn status_of(entry: &Entry) -> LoadBalancerStatus {
         .map(|l| {
             let error = (l.protocol != Protocol::Tcp).then(|| {
                 warnings.push(Warning {
-                    reason: "UnsupportedProtocol".into(),
+                    reason: reason::UNSUPPORTED_PROTOCOL.into(),
                     message: format!(
                         "port {}/{} is not served: HAProxy load-balances TCP only; the Service's TCP ports work",
                         l.port, l.protocol
                     ),
                 });
-                "UnsupportedProtocol".to_owned()
+                reason::UNSUPPORTED_PROTOCOL.to_owned()
             });
             PortStatus {
                 port: l.port,
@@ -481,18 +482,18 @@ impl LoadBalancerProvider for HaproxyProvider {
         match out {
             Ok(Ok(o)) if o.status.success() => Ok(()),
             Ok(Ok(o)) => Err(ProviderError::transient(
-                "HAProxyUnavailable",
+                reason::HAPROXY_UNAVAILABLE,
                 format!("{} -v failed: {}", binary.display(), o.status),
             )),
             Ok(Err(e)) => Err(ProviderError::transient(
-                "HAProxyUnavailable",
+                reason::HAPROXY_UNAVAILABLE,
                 format!(
                     "cannot run {} ({e}); set --haproxy-binary",
                     binary.display()
                 ),
             )),
             Err(_) => Err(ProviderError::transient(
-                "HAProxyUnavailable",
+                reason::HAPROXY_UNAVAILABLE,
                 format!("{} -v did not answer within 5s", binary.display()),
             )),
         }
@@ -513,7 +514,7 @@ impl LoadBalancerProvider for HaproxyProvider {
             // ports before gives its VIP back) and say why.
             self.ensure_deleted(&spec.lb).await?;
             return Err(ProviderError::permanent(
-                "UnsupportedProtocol",
+                reason::UNSUPPORTED_PROTOCOL,
                 "HAProxy balances TCP only and none of this Service's ports is TCP; \
                  use another loadBalancerClass for UDP or SCTP",
             ));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrylb_model::ProviderError;
+use ferrylb_model::reason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -41,7 +42,7 @@ pub struct Process {
 }
 
 fn unavailable(msg: String) -> ProviderError {
-    ProviderError::transient("HAProxyUnavailable", msg)
+    ProviderError::transient(reason::HAPROXY_UNAVAILABLE, msg)
 }
 
 impl Process {
@@ -66,7 +67,7 @@ impl Process {
             // Not `-q`: it silences the alerts a user needs to see.
             flag: "-c",
             name: "haproxy",
-            rejected_reason: "InvalidHAProxyConfiguration",
+            rejected_reason: reason::INVALID_HAPROXY_CONFIGURATION,
             io_error: unavailable,
             said: alerts,
         };

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ferrylb_model::reason;
 use ferrylb_model::{HealthCheck, Protocol, ProviderError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -120,7 +121,7 @@ fn addr(ip: IpAddr, port: u16) -> String {
 /// # Errors
 /// When the socket cannot be reached or HAProxy refuses a command.
 pub async fn run(socket: &Path, batch: &str) -> Result<(), ProviderError> {
-    let fail = |m: String| ProviderError::transient("HAProxyRuntimeApiFailed", m);
+    let fail = |m: String| ProviderError::transient(reason::HAPROXY_RUNTIME_API_FAILED, m);
     let io = async {
         let mut s = UnixStream::connect(socket).await?;
         s.write_all(format!("{batch}\n").as_bytes()).await?;

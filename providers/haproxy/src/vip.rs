@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ferrylb_model::ProviderError;
+use ferrylb_model::reason;
 use tokio::process::Command;
 
 /// How `ip addr add` says the address is there already: older iproute2
@@ -81,7 +82,10 @@ impl VipBinder {
             .output()
             .await
             .map_err(|e| {
-                ProviderError::transient("VipBindFailed", format!("running ip addr {verb}: {e}"))
+                ProviderError::transient(
+                    reason::VIP_BIND_FAILED,
+                    format!("running ip addr {verb}: {e}"),
+                )
             })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
@@ -91,7 +95,7 @@ impl VipBinder {
             return Ok(false);
         }
         Err(ProviderError::transient(
-            "VipBindFailed",
+            reason::VIP_BIND_FAILED,
             format!(
                 "ip addr {verb} {ip}/{prefix} dev {dev} failed: {} (FerryLB needs NET_ADMIN for this)",
                 stderr.trim()

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrylb_model::ProviderError;
+use ferrylb_model::reason;
 use tokio::process::{Child, Command};
 
 /// VIPs carried in each VRRP advert; keepalived allows 20, and the rest go
@@ -210,7 +211,7 @@ pub struct Keepalived {
 }
 
 fn failed(msg: String) -> ProviderError {
-    ProviderError::transient("VrrpFailed", msg)
+    ProviderError::transient(reason::VRRP_FAILED, msg)
 }
 
 impl Keepalived {
@@ -325,7 +326,7 @@ impl Keepalived {
             program: &self.settings.binary,
             flag: "-t",
             name: "keepalived",
-            rejected_reason: "InvalidKeepalivedConfiguration",
+            rejected_reason: reason::INVALID_KEEPALIVED_CONFIGURATION,
             io_error: failed,
             said: keepalived_said,
         };
