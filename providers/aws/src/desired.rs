@@ -8,24 +8,18 @@ use std::net::IpAddr;
 use ferrylb_model::reason;
 use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol, ProviderError, Warning};
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
 
 use crate::options::{
     AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, SSL_PORTS, Scheme,
     TargetType,
 };
 
-/// Tag naming the cluster that owns a resource.
-pub const TAG_CLUSTER: &str = "ferrylb.io/cluster";
-/// Tag naming the owning Service as `namespace/name`.
-pub const TAG_SERVICE: &str = "ferrylb.io/service";
-/// Tag carrying the owning Service's uid: what FerryLB finds resources by.
-pub const TAG_SERVICE_UID: &str = "ferrylb.io/service-uid";
+mod names;
 
-/// The tag AWS tooling uses for cluster ownership.
-pub fn cluster_ownership_tag(cluster: &str) -> String {
-    format!("kubernetes.io/cluster/{cluster}")
-}
+pub use names::{
+    TAG_CLUSTER, TAG_SERVICE, TAG_SERVICE_UID, cluster_ownership_tag, instance_id, nlb_name,
+    target_group_name,
+};
 
 /// An ELBv2 protocol for listeners and target groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -165,47 +159,157 @@ pub struct Desired {
     pub warnings: Vec<Warning>,
 }
 
-fn hash10(parts: &[&str]) -> String {
-    let digest = Sha256::digest(parts.join("\u{0}"));
-    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The NLB name for a Service's load balancer name, scheme and address type.
-pub fn nlb_name(lb_name: &str, scheme: Scheme, ip: IpAddressType) -> String {
-    if scheme == Scheme::default() && ip == IpAddressType::default() {
-        return lb_name.to_owned();
+/// The target ids for `spec`'s nodes (instance ids or IPv4 addresses), and
+/// a warning naming the nodes that have none.
+fn target_ids(
+    spec: &LoadBalancerSpec,
+    target_type: TargetType,
+) -> (BTreeSet<String>, Option<Warning>) {
+    let mut ids = BTreeSet::new();
+    let mut skipped = Vec::new();
+    for t in &spec.targets {
+        let id = match target_type {
+            TargetType::Instance => t
+                .provider_id
+                .as_deref()
+                .and_then(instance_id)
+                .map(str::to_owned),
+            TargetType::Ip => t
+                .addresses
+                .iter()
+                .find(|a| matches!(a, IpAddr::V4(_)))
+                .map(ToString::to_string),
+        };
+        match id {
+            Some(id) => {
+                ids.insert(id);
+            }
+            None => skipped.push(t.node.as_str()),
+        }
     }
-    let stem = lb_name.rsplit_once('-').map_or(lb_name, |(s, _)| s);
-    format!(
-        "{stem}-{}",
-        hash10(&[lb_name, scheme.as_str(), ip.as_str()])
-    )
+    let warning = (!skipped.is_empty()).then(|| {
+        let what = match target_type {
+            TargetType::Instance => "an AWS providerID (aws:///<zone>/i-…)",
+            TargetType::Ip => "an IPv4 InternalIP",
+        };
+        Warning {
+            reason: reason::NODES_NOT_REGISTERED.into(),
+            message: format!(
+                "nodes without {what} are not registered as targets: {}",
+                skipped.join(", ")
+            ),
+        }
+    });
+    (ids, warning)
 }
 
-/// A target group name: `fl-<hash>-<port>`, at most 32 characters.
-pub fn target_group_name(
-    nlb: &str,
+/// The Service's ports grouped by port number (TCP and UDP on one port
+/// become one TCP_UDP listener), and a warning per SCTP port left out.
+fn ports_by_number(
+    spec: &LoadBalancerSpec,
+) -> (BTreeMap<u16, Vec<&ferrylb_model::Listener>>, Vec<Warning>) {
+    let mut by_port: BTreeMap<u16, Vec<&ferrylb_model::Listener>> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for l in &spec.listeners {
+        if l.protocol == Protocol::Sctp {
+            warnings.push(Warning {
+                reason: reason::UNSUPPORTED_PROTOCOL.into(),
+                message: format!(
+                    "port {}/SCTP is not served: Network Load Balancers do not support SCTP",
+                    l.port
+                ),
+            });
+            continue;
+        }
+        by_port.entry(l.port).or_default().push(l);
+    }
+    (by_port, warnings)
+}
+
+/// The ELBv2 protocol, nodePort and port names of one port number's
+/// Service ports.
+fn port_protocol(
+    port: u16,
+    ls: &[&ferrylb_model::Listener],
+) -> Result<(ElbProtocol, u16, Vec<String>), ProviderError> {
+    match ls {
+        [l] => Ok((
+            match l.protocol {
+                Protocol::Udp => ElbProtocol::Udp,
+                _ => ElbProtocol::Tcp,
+            },
+            l.node_port,
+            vec![l.name.clone()],
+        )),
+        [a, b] if a.node_port == b.node_port => Ok((
+            ElbProtocol::TcpUdp,
+            a.node_port,
+            vec![a.name.clone(), b.name.clone()],
+        )),
+        _ => Err(ProviderError::permanent(
+            reason::UNSUPPORTED_PORTS,
+            format!(
+                "port {port} is used for TCP and UDP with different nodePorts; a TCP_UDP listener needs one nodePort"
+            ),
+        )),
+    }
+}
+
+/// The listener protocol and TLS settings for `port` (whose Service ports
+/// are named `names`): TLS where the ssl-ports annotation covers it.
+fn tls_for(
+    o: &AwsOptions,
     port: u16,
     protocol: ElbProtocol,
-    node_port: u16,
-    target_type: TargetType,
-) -> String {
-    let h = hash10(&[
-        nlb,
-        &port.to_string(),
-        protocol.as_str(),
-        &node_port.to_string(),
-        target_type.as_str(),
-    ]);
-    format!("fl-{h}-{port}")
+    names: &[String],
+) -> Result<(ElbProtocol, Option<(String, String)>), ProviderError> {
+    let here = o.tls.as_ref().filter(|t| {
+        t.ports
+            .as_ref()
+            .is_none_or(|ps| ps.contains(&port.to_string()) || names.iter().any(|n| ps.contains(n)))
+    });
+    match (here, protocol) {
+        (None, p) => Ok((p, None)),
+        (Some(t), ElbProtocol::Tcp) => Ok((
+            ElbProtocol::Tls,
+            Some((t.certificate_arn.clone(), t.policy.clone())),
+        )),
+        // TLS on every port: the UDP ones stay as they are.
+        (Some(t), p) if t.ports.is_none() => Ok((p, None)),
+        (Some(_), p) => Err(ProviderError::invalid(
+            SSL_PORTS,
+            &port.to_string(),
+            &format!("TLS is for TCP ports; port {port} is {}", p.as_str()),
+        )),
+    }
 }
 
-/// The instance id in a Node's `providerID` (`aws:///us-east-1a/i-0abc…`).
-pub fn instance_id(provider_id: &str) -> Option<&str> {
-    let rest = provider_id.strip_prefix("aws://")?;
-    let id = rest.rsplit('/').next()?;
-    (id.starts_with("i-") && id.len() > 2 && id[2..].chars().all(|c| c.is_ascii_alphanumeric()))
-        .then_some(id)
+/// The security-group rules: every listener's IP protocols on its port,
+/// from the Service's source ranges (everywhere when it has none).
+fn ingress_rules(
+    spec: &LoadBalancerSpec,
+    o: &AwsOptions,
+    listeners: &BTreeMap<u16, DesiredListener>,
+) -> BTreeSet<IngressRule> {
+    let mut cidrs = spec.source_ranges.clone();
+    if cidrs.is_empty() {
+        cidrs.push("0.0.0.0/0".parse().expect("a CIDR"));
+        if o.ip_address_type == IpAddressType::Dualstack {
+            cidrs.push("::/0".parse().expect("a CIDR"));
+        }
+    }
+    listeners
+        .values()
+        .flat_map(|l| {
+            l.protocol.ip_protocols().iter().flat_map(|p| {
+                cidrs.iter().map(|c| IngressRule {
+                    protocol: p,
+                    port: l.port,
+                    cidr: *c,
+                })
+            })
+        })
+        .collect()
 }
 
 impl Desired {
@@ -221,59 +325,10 @@ impl Desired {
     ) -> Result<Desired, ProviderError> {
         let name = nlb_name(&spec.lb.name, o.scheme, o.ip_address_type);
         let mut warnings = o.warnings.clone();
-
-        let mut targets = BTreeSet::new();
-        let mut skipped = Vec::new();
-        for t in &spec.targets {
-            let id = match o.target_type {
-                TargetType::Instance => t
-                    .provider_id
-                    .as_deref()
-                    .and_then(instance_id)
-                    .map(str::to_owned),
-                TargetType::Ip => t
-                    .addresses
-                    .iter()
-                    .find(|a| matches!(a, IpAddr::V4(_)))
-                    .map(ToString::to_string),
-            };
-            match id {
-                Some(id) => {
-                    targets.insert(id);
-                }
-                None => skipped.push(t.node.clone()),
-            }
-        }
-        if !skipped.is_empty() {
-            let what = match o.target_type {
-                TargetType::Instance => "an AWS providerID (aws:///<zone>/i-…)",
-                TargetType::Ip => "an IPv4 InternalIP",
-            };
-            warnings.push(Warning {
-                reason: reason::NODES_NOT_REGISTERED.into(),
-                message: format!(
-                    "nodes without {what} are not registered as targets: {}",
-                    skipped.join(", ")
-                ),
-            });
-        }
-
-        // Group the Service's ports by port number: TCP and UDP on one port
-        // become one TCP_UDP listener.
-        let mut by_port: BTreeMap<u16, Vec<&ferrylb_model::Listener>> = BTreeMap::new();
-        for l in &spec.listeners {
-            if l.protocol == Protocol::Sctp {
-                warnings.push(Warning {
-                    reason: reason::UNSUPPORTED_PROTOCOL.into(),
-                    message: format!(
-                        "port {}/SCTP is not served: Network Load Balancers do not support SCTP",
-                        l.port
-                    ),
-                });
-                continue;
-            }
-            by_port.entry(l.port).or_default().push(l);
-        }
+        let (targets, skipped) = target_ids(spec, o.target_type);
+        warnings.extend(skipped);
+        let (by_port, unsupported) = ports_by_number(spec);
+        warnings.extend(unsupported);
         if by_port.is_empty() {
             return Err(ProviderError::permanent(
                 reason::UNSUPPORTED_PROTOCOL,
@@ -284,51 +339,8 @@ impl Desired {
         let health = Health::resolve(&spec.health_check, &o.health);
         let mut listeners = BTreeMap::new();
         for (port, ls) in by_port {
-            let (protocol, node_port, names) = match ls.as_slice() {
-                [l] => (
-                    match l.protocol {
-                        Protocol::Udp => ElbProtocol::Udp,
-                        _ => ElbProtocol::Tcp,
-                    },
-                    l.node_port,
-                    vec![l.name.clone()],
-                ),
-                [a, b] if a.node_port == b.node_port => (
-                    ElbProtocol::TcpUdp,
-                    a.node_port,
-                    vec![a.name.clone(), b.name.clone()],
-                ),
-                _ => {
-                    return Err(ProviderError::permanent(
-                        reason::UNSUPPORTED_PORTS,
-                        format!(
-                            "port {port} is used for TCP and UDP with different nodePorts; a TCP_UDP listener needs one nodePort"
-                        ),
-                    ));
-                }
-            };
-            let tls_here = o.tls.as_ref().filter(|t| {
-                t.ports.as_ref().is_none_or(|ps| {
-                    ps.contains(&port.to_string()) || names.iter().any(|n| ps.contains(n))
-                })
-            });
-            let (protocol, tls) = match (tls_here, protocol) {
-                (None, p) => (p, None),
-                (Some(t), ElbProtocol::Tcp) => (
-                    ElbProtocol::Tls,
-                    Some((t.certificate_arn.clone(), t.policy.clone())),
-                ),
-                (Some(_), _) if o.tls.as_ref().is_some_and(|t| t.ports.is_none()) => {
-                    (protocol, None)
-                }
-                (Some(_), p) => {
-                    return Err(ProviderError::invalid(
-                        SSL_PORTS,
-                        &port.to_string(),
-                        &format!("TLS is for TCP ports; port {port} is {}", p.as_str()),
-                    ));
-                }
-            };
+            let (protocol, node_port, names) = port_protocol(port, &ls)?;
+            let (protocol, tls) = tls_for(o, port, protocol, &names)?;
             // The target group forwards plain TCP behind a TLS listener.
             let tg_protocol = if protocol == ElbProtocol::Tls {
                 ElbProtocol::Tcp
@@ -355,26 +367,6 @@ impl Desired {
             );
         }
 
-        let mut cidrs = spec.source_ranges.clone();
-        if cidrs.is_empty() {
-            cidrs.push("0.0.0.0/0".parse().expect("a CIDR"));
-            if o.ip_address_type == IpAddressType::Dualstack {
-                cidrs.push("::/0".parse().expect("a CIDR"));
-            }
-        }
-        let ingress = listeners
-            .values()
-            .flat_map(|l| {
-                l.protocol.ip_protocols().iter().flat_map(|p| {
-                    cidrs.iter().map(|c| IngressRule {
-                        protocol: p,
-                        port: l.port,
-                        cidr: *c,
-                    })
-                })
-            })
-            .collect();
-
         let mut tags = o.extra_tags.clone();
         tags.insert(TAG_CLUSTER.into(), cluster.into());
         tags.insert(cluster_ownership_tag(cluster), "owned".into());
@@ -383,11 +375,11 @@ impl Desired {
 
         Ok(Desired {
             security_group_name: spec.lb.name.clone(),
+            ingress: ingress_rules(spec, o, &listeners),
             name,
             scheme: o.scheme,
             ip_address_type: o.ip_address_type,
             subnets: o.subnets.clone(),
-            ingress,
             listeners,
             tags,
             cross_zone: o.cross_zone,

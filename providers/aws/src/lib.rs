@@ -25,6 +25,8 @@ mod converge;
 pub mod desired;
 pub mod gc;
 pub mod options;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -78,6 +80,8 @@ impl AwsSettings {
 #[derive(Debug, Clone)]
 struct Known {
     spec: LoadBalancerSpec,
+    /// The NLB's name.
+    name: String,
     /// Target groups by name: ARN and the targets registered.
     target_groups: BTreeMap<String, (String, std::collections::BTreeSet<TargetKey>)>,
     /// An NLB of an earlier shape (scheme or address type changed) still

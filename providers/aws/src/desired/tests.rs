@@ -1,43 +1,5 @@
-use std::collections::BTreeMap;
-
-use ferrylb_model::{Listener, LoadBalancerRef, ServiceKey, Target};
-
 use super::*;
-
-fn spec(listeners: Vec<Listener>, targets: Vec<Target>) -> LoadBalancerSpec {
-    LoadBalancerSpec {
-        lb: LoadBalancerRef::for_service(ServiceKey {
-            namespace: "shop".into(),
-            name: "web".into(),
-            uid: "u1".into(),
-        }),
-        listeners,
-        targets,
-        health_check: HealthCheck::TrafficPort,
-        source_ranges: vec![],
-        requested_ips: vec![],
-        shared_ip_key: None,
-        status_ips: vec![],
-        annotations: BTreeMap::new(),
-    }
-}
-
-fn listener(protocol: Protocol, port: u16, node_port: u16) -> Listener {
-    Listener {
-        protocol,
-        port,
-        node_port,
-        name: format!("p{port}"),
-    }
-}
-
-fn node(name: &str, provider_id: Option<&str>) -> Target {
-    Target {
-        node: name.into(),
-        addresses: vec!["10.0.0.1".parse().unwrap()],
-        provider_id: provider_id.map(str::to_owned),
-    }
-}
+use crate::testing::{listener, node, spec};
 
 #[test]
 fn instance_ids_come_from_provider_ids() {
