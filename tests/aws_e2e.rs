@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferrylb_aws::AwsProvider;
 use ferrylb_model::LoadBalancerProvider;
@@ -313,4 +315,156 @@ async fn the_localstack_seed_script_prints_provider_ids_of_real_instances() {
             .unwrap();
         assert_eq!(found.reservations().len(), 1, "{id} is not an instance");
     }
+}
+
+#[tokio::test]
+async fn an_invalid_annotation_costs_no_aws_call() {
+    let (conf, seed, mut h) = world("aws-zero", 1).await;
+    h.cloud_node("n0", "127.0.3.21", &seed.provider_id(0)).await;
+    let ctl = h.start(false);
+    let mut bad = k::lb_service("bad", &[80]);
+    bad.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
+    bad.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/aws-load-balancer-scheme".to_owned(),
+            "public".to_owned(),
+        )]
+        .into(),
+    );
+    h.services()
+        .create(&Default::default(), &bad)
+        .await
+        .unwrap();
+    let bad = h
+        .wait_service("bad's condition", "bad", |s| {
+            condition(s).is_some_and(|(st, _, _)| st == "False")
+        })
+        .await;
+    let (_, reason, message) = condition(&bad).unwrap();
+    assert_eq!(reason, "InvalidAnnotation");
+    assert!(
+        message.contains("aws-load-balancer-scheme") && message.contains("public"),
+        "{message}"
+    );
+    let events = k::events(&h.client, &h.ns, "bad").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SyncLoadBalancerFailed")),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("EnsuringLoadBalancer")),
+        "nothing is announced for an invalid Service: {events:?}"
+    );
+    assert_eq!(
+        h.provider.calls().snapshot().total(),
+        0,
+        "{:?}",
+        h.provider.calls().snapshot()
+    );
+    // Once valid, it is built (and the counter counts).
+    h.services()
+        .patch(
+            "bad",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}}})),
+        )
+        .await
+        .unwrap();
+    h.wait_service("bad healed", "bad", |s| ingress_hostname(s).is_some())
+        .await;
+    assert!(h.provider.calls().snapshot().total() > 0);
+    delete_and_stop(&h, ctl, &conf, &seed, &["bad"]).await;
+}
+
+/// A TCP server that accepts connections and never answers: an AWS
+/// endpoint behind a black hole.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_fails_the_reconcile_within_the_limit_and_others_converge() {
+    let (conf, seed, mut h) = world("aws-hole", 2).await;
+    h.cloud_node("n0", "127.0.3.31", &seed.provider_id(0)).await;
+    let (endpoint, hole) = black_hole().await;
+    let stuck_conf = aws::sdk_config_at(&endpoint, &aws::fresh_account_id()).await;
+    let stuck: Arc<dyn LoadBalancerProvider> =
+        Arc::new(AwsProvider::new(&stuck_conf, aws::settings(&seed)));
+    let stuck_class = format!("{}-stuck", h.class);
+    let limit = Duration::from_secs(4);
+    let mut cfg = support::controller::config(
+        vec![
+            (h.class.clone(), h.provider.clone()),
+            (stuck_class.clone(), stuck),
+        ],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.provider_timeout = limit;
+    let ctl = support::controller::RunningController::start(h.client.clone(), cfg);
+
+    let started = Instant::now();
+    h.service("stuck", &[80], Some(&stuck_class)).await;
+    h.service("good1", &[80], Some(&h.class)).await;
+    h.service("good2", &[81], Some(&h.class)).await;
+    for name in ["good1", "good2"] {
+        h.wait_service("good converged", name, |s| ingress_hostname(s).is_some())
+            .await;
+    }
+    let stuck_svc = h
+        .wait_service("stuck's condition", "stuck", |s| {
+            condition(s).is_some_and(|(st, _, _)| st == "False")
+        })
+        .await;
+    let failed_after = started.elapsed();
+    let (_, reason, message) = condition(&stuck_svc).unwrap();
+    assert_eq!(reason, "ProviderTimeout", "{message}");
+    assert!(
+        message.contains("did not finish ensure within 4s"),
+        "{message}"
+    );
+    assert!(
+        failed_after < limit + Duration::from_secs(15),
+        "failed after {failed_after:?}"
+    );
+    let events = k::events(&h.client, &h.ns, "stuck").await;
+    assert!(
+        events.iter().any(|e| e.type_.as_deref() == Some("Warning")
+            && e.reason.as_deref() == Some("SyncLoadBalancerFailed")
+            && e.note.as_deref().is_some_and(|n| n.contains("ensure"))),
+        "{events:?}"
+    );
+
+    // The stuck Service cannot be deleted through a dead endpoint: stop the
+    // controller and let it go by hand, then clean up the good ones.
+    ctl.stop().await;
+    h.services()
+        .patch(
+            "stuck",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    h.services()
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
+    hole.abort();
+    let ctl = h.start(false);
+    delete_and_stop(&h, ctl, &conf, &seed, &["good1", "good2"]).await;
 }

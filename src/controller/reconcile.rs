@@ -116,10 +116,22 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         return Ok(Action::requeue(ctx.config.resync));
     }
 
+    let name = svc_name(svc);
+    // Checked before anything is announced or asked of the provider: an
+    // invalid Service costs no backend call, and what was built for it
+    // before stays as it is.
+    if let Err(source) = provider.validate(&spec) {
+        let err = Error::Ensure {
+            svc: name,
+            provider: provider.name().to_owned(),
+            source,
+        };
+        report_failure(svc, &err, ctx).await;
+        return Err(err);
+    }
     let target_only = last
         .as_ref()
         .is_some_and(|(l, _)| l.spec.differs_only_in_targets(&spec));
-    let name = svc_name(svc);
     let result = if target_only {
         tracing::info!(service = %name, provider = provider.name(), targets = spec.targets.len(), "updating load balancer targets");
         let previous = last

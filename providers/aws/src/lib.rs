@@ -149,6 +149,12 @@ impl LoadBalancerProvider for AwsProvider {
         "aws"
     }
 
+    /// The annotations parsed and the resources computed, as every call
+    /// does first.
+    fn validate(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
+        converge::desired(spec, &self.settings.cluster).map(|d| d.warnings)
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self.current_status(lb).await?)
     }

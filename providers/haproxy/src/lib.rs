@@ -499,6 +499,12 @@ impl LoadBalancerProvider for HaproxyProvider {
         }
     }
 
+    /// The `ferrylb.io/haproxy-*` annotations. A Service without a TCP
+    /// port is left to [`ensure`](Self::ensure), which gives its VIP back.
+    fn validate(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
+        Options::parse(&spec.annotations).map(|_| vec![])
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self
             .entries
