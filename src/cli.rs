@@ -33,8 +33,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Watch Services and Nodes and provision load balancers.
     Controller(Box<ControllerArgs>),
-    /// Print the address assignments and the HAProxy configuration FerryLB
-    /// would apply for Service and Node manifests, without a cluster.
+    /// Print what FerryLB would build for Service and Node manifests,
+    /// offline: HAProxy's address assignments and configuration, or AWS's
+    /// NLBs, listeners, target groups, security group rules and tags.
     Plan(PlanArgs),
     /// List (and with --delete, remove) cloud resources tagged for this
     /// cluster whose Service no longer exists.
@@ -428,13 +429,27 @@ pub struct PlanArgs {
     /// `kind: List`); `-` reads standard input.
     pub file: PathBuf,
 
-    /// loadBalancerClass planned for; Services with no class are included too.
+    /// The provider planned for.
+    #[arg(long, value_enum, default_value = "haproxy")]
+    pub provider: ProviderName,
+
+    /// loadBalancerClass planned for with the HAProxy provider; Services with
+    /// no class are included too.
     #[arg(
         long,
         env = "FERRYLB_HAPROXY_CLASS",
         default_value = "ferrylb.io/haproxy"
     )]
     pub haproxy_class: String,
+
+    /// loadBalancerClass planned for with the AWS provider; Services with no
+    /// class are included too.
+    #[arg(long, env = "FERRYLB_AWS_CLASS", default_value = "ferrylb.io/aws")]
+    pub aws_class: String,
+
+    /// Cluster name for the AWS plan's tags.
+    #[arg(long, env = "FERRYLB_AWS_CLUSTER_NAME", default_value = "kubernetes")]
+    pub aws_cluster_name: String,
 
     /// VIP pool: CIDRs and ranges, comma-separated.
     #[arg(

@@ -56,10 +56,15 @@ fn run_plan(args: &PlanArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(&args.file)
             .with_context(|| format!("reading {}", args.file.display()))?
     };
-    print!(
-        "{}",
-        ferrylb::plan::plan(&text, &args.haproxy_class, args.haproxy_pool.clone())?
-    );
+    let plan = match args.provider {
+        ProviderName::Haproxy => {
+            ferrylb::plan::plan(&text, &args.haproxy_class, args.haproxy_pool.clone())?
+        }
+        ProviderName::Aws => {
+            ferrylb::plan::plan_aws(&text, &args.aws_class, &args.aws_cluster_name)?
+        }
+    };
+    print!("{plan}");
     Ok(())
 }
 

@@ -8,8 +8,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use ferrylb_haproxy::pool::AddressPool;
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings, status_of};
+use ferrylb_model::LoadBalancerSpec;
 use k8s_openapi::api::core::v1::{Node, Service};
 use serde::Deserialize;
+
+mod aws;
 
 /// The largest manifest text `plan` reads.
 pub const MAX_INPUT_BYTES: usize = 16 << 20;
@@ -91,8 +94,66 @@ pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> 
     Ok((services, nodes))
 }
 
-/// The plan as text: assignments (or why a Service gets none), then the
-/// configuration.
+/// The eligible nodes' line that opens every plan.
+fn nodes_line(targets: &[ferrylb_model::Target]) -> String {
+    format!(
+        "# {} eligible node(s): {}\n",
+        targets.len(),
+        targets
+            .iter()
+            .map(|t| t.node.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What a Service of the manifests is called in a plan: `namespace/name`.
+type Named<T> = Vec<(String, T)>;
+
+/// Stands in for the uid of a Service the manifests give none (one not
+/// created yet).
+const NO_UID: &str = "plan-";
+
+/// The specs of the LoadBalancer Services of `class` (or of no class), as
+/// the controller builds them, and why the others cannot become one.
+fn specs(
+    services: &[Service],
+    class: &str,
+    targets: &[ferrylb_model::Target],
+) -> (Named<LoadBalancerSpec>, Named<String>) {
+    let ours = services.iter().filter(|s| {
+        s.spec.as_ref().is_some_and(|spec| {
+            spec.type_.as_deref() == Some("LoadBalancer")
+                && spec
+                    .load_balancer_class
+                    .as_deref()
+                    .is_none_or(|c| c == class)
+        })
+    });
+    let (mut specs, mut refused) = (Vec::new(), Vec::new());
+    for svc in ours {
+        let name = format!(
+            "{}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or("default"),
+            svc.metadata.name.as_deref().unwrap_or_default()
+        );
+        let mut svc = svc.clone();
+        svc.metadata
+            .namespace
+            .get_or_insert_with(|| "default".into());
+        svc.metadata
+            .uid
+            .get_or_insert_with(|| format!("{NO_UID}{name}"));
+        match crate::spec::build(&svc, targets) {
+            Ok(spec) => specs.push((name, spec)),
+            Err(e) => refused.push((name, e.to_string())),
+        }
+    }
+    (specs, refused)
+}
+
+/// The HAProxy plan as text: assignments (or why a Service gets none), then
+/// the configuration.
 pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String> {
     let (services, nodes) = parse_manifests(text)?;
     // Nothing is written or started: the directory only appears in the
@@ -100,53 +161,13 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
     let provider =
         HaproxyProvider::new(HaproxySettings::in_dir(pool, Path::new("/var/run/ferrylb")));
     let targets = crate::spec::targets(&nodes);
-    let ours: Vec<&Service> = services
-        .iter()
-        .filter(|s| {
-            s.spec.as_ref().is_some_and(|spec| {
-                spec.type_.as_deref() == Some("LoadBalancer")
-                    && spec
-                        .load_balancer_class
-                        .as_deref()
-                        .is_none_or(|c| c == class)
-            })
-        })
-        .collect();
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# {} eligible node(s): {}",
-        targets.len(),
-        targets
-            .iter()
-            .map(|t| t.node.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let mut out = nodes_line(&targets);
     let _ = writeln!(out, "# Address assignments");
-    // Services that already carry an address keep it: plan them first.
-    let mut specs = Vec::new();
-    for svc in &ours {
-        let name = format!(
-            "{}/{}",
-            svc.metadata.namespace.as_deref().unwrap_or("default"),
-            svc.metadata.name.as_deref().unwrap_or_default()
-        );
-        let mut svc = (*svc).clone();
-        svc.metadata
-            .namespace
-            .get_or_insert_with(|| "default".into());
-        svc.metadata
-            .uid
-            .get_or_insert_with(|| format!("plan-{name}"));
-        match crate::spec::build(&svc, &targets) {
-            Ok(spec) => specs.push((name, spec)),
-            Err(e) => {
-                let _ = writeln!(out, "#   {name}: not provisioned: {e}");
-            }
-        }
+    let (mut specs, refused) = specs(&services, class, &targets);
+    for (name, e) in refused {
+        let _ = writeln!(out, "#   {name}: not provisioned: {e}");
     }
+    // Services that already carry an address keep it: plan them first.
     specs.sort_by_key(|(_, s)| s.status_ips.is_empty());
     for (name, spec) in &specs {
         match provider.plan(spec) {
@@ -169,6 +190,35 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
     }
     let _ = writeln!(out, "# HAProxy configuration");
     out.push_str(&provider.render());
+    Ok(out)
+}
+
+/// The AWS plan as text: for each Service, the NLB, security group rules,
+/// listeners, target groups with their health checks and targets, and tags
+/// FerryLB would create for cluster `cluster`, or why it would create
+/// none. Offline: subnets are described, not looked up.
+pub fn plan_aws(text: &str, class: &str, cluster: &str) -> anyhow::Result<String> {
+    let (services, nodes) = parse_manifests(text)?;
+    let targets = crate::spec::targets(&nodes);
+    let mut out = nodes_line(&targets);
+    let (specs, mut refused) = specs(&services, class, &targets);
+    if specs.iter().any(|(_, s)| s.lb.key.uid.starts_with(NO_UID)) {
+        let _ = writeln!(
+            out,
+            "# Names carry a hash of the Service's uid: those of Services not created yet differ once they are"
+        );
+    }
+    for (name, spec) in &specs {
+        match aws::describe(spec, cluster) {
+            Ok(text) => {
+                let _ = write!(out, "{name}:\n{text}");
+            }
+            Err(e) => refused.push((name.clone(), e.to_string())),
+        }
+    }
+    for (name, e) in refused {
+        let _ = writeln!(out, "{name}: not provisioned: {e}");
+    }
     Ok(out)
 }
 
@@ -244,6 +294,50 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
             "{out}"
         );
         assert!(!out.contains("10.0.0.12"), "{out}");
+    }
+
+    #[test]
+    fn plans_aws_resources_and_annotation_errors_offline() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/aws.yaml"))
+                .unwrap();
+        let out = plan_aws(&text, "ferrylb.io/aws", "prod").unwrap();
+        assert!(
+            out.contains("# 2 eligible node(s): ip-10-0-1-11, ip-10-0-2-12"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("i-0a1b2c3d4e5f60013"),
+            "the excluded node: {out}"
+        );
+        // TLS only on the port named in ssl-ports, plain TCP behind it.
+        assert!(
+            out.contains("listener 443/TLS -> target group fl-"),
+            "{out}"
+        );
+        assert!(
+            out.contains("policy ELBSecurityPolicy-TLS13-1-2-2021-06"),
+            "{out}"
+        );
+        assert!(out.contains("listener 80/TCP -> target group fl-"), "{out}");
+        assert!(
+            out.contains("allow tcp/443 from 203.0.113.0/24")
+                && out.contains("health check: TCP on traffic-port, interval 10s"),
+            "{out}"
+        );
+        // TCP and UDP on one port: one TCP_UDP listener, both rules.
+        assert!(
+            out.contains("listener 53/TCP_UDP") && out.contains("allow udp/53 from 0.0.0.0/0"),
+            "{out}"
+        );
+        assert!(out.contains(": internal, ipv4"), "{out}");
+        assert!(out.contains("kubernetes.io/cluster/prod=owned"), "{out}");
+        assert!(
+            out.contains(
+                "shop/typo: not provisioned: service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval: invalid value \"often\""
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! What the AWS provider would create for one Service, as text.
+
+use std::fmt::Write as _;
+
+use ferrylb_aws::desired::{Desired, DesiredListener, Health};
+use ferrylb_aws::options::AwsOptions;
+use ferrylb_model::{LoadBalancerSpec, ProviderError};
+
+/// `spec`'s resources, indented under its name.
+///
+/// # Errors
+/// What the provider would refuse the Service for (an invalid annotation, no
+/// port an NLB can serve), as the controller would report it.
+pub fn describe(spec: &LoadBalancerSpec, cluster: &str) -> Result<String, ProviderError> {
+    let o = AwsOptions::parse(&spec.annotations)?;
+    let d = Desired::build(spec, &o, cluster)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  network load balancer {}: {}, {}{}",
+        d.name,
+        d.scheme.as_str(),
+        d.ip_address_type.as_str(),
+        match d.cross_zone {
+            Some(true) => ", cross-zone on",
+            Some(false) => ", cross-zone off",
+            None => "",
+        }
+    );
+    let _ = match &d.subnets {
+        Some(s) => writeln!(out, "  subnets: {}", s.join(", ")),
+        None => writeln!(
+            out,
+            "  subnets: one per zone tagged {}=1 (looked up when applied)",
+            d.scheme.subnet_role_tag()
+        ),
+    };
+    let _ = writeln!(out, "  security group {}:", d.security_group_name);
+    for r in &d.ingress {
+        let _ = writeln!(out, "    allow {}/{} from {}", r.protocol, r.port, r.cidr);
+    }
+    for l in d.listeners.values() {
+        listener(&mut out, l);
+    }
+    let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(out, "  tags: {}", tags.join(", "));
+    for w in &d.warnings {
+        let _ = writeln!(out, "  warning: {}", w.message);
+    }
+    Ok(out)
+}
+
+fn listener(out: &mut String, l: &DesiredListener) {
+    let tg = &l.target_group;
+    let _ = write!(
+        out,
+        "  listener {}/{} -> target group {}",
+        l.port,
+        l.protocol.as_str(),
+        tg.name
+    );
+    let _ = match &l.tls {
+        Some((cert, policy)) => writeln!(out, " (certificate {cert}, policy {policy})"),
+        None => writeln!(out),
+    };
+    let _ = writeln!(
+        out,
+        "    target group {}: {} to nodePort {}, {} targets{}",
+        tg.name,
+        tg.protocol.as_str(),
+        tg.node_port,
+        tg.target_type.as_str(),
+        if tg.proxy_protocol {
+            ", proxy protocol v2"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "    health check: {}", health(&tg.health));
+    let targets: Vec<String> = tg
+        .targets
+        .iter()
+        .map(|(id, port)| format!("{id}:{port}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "    targets: {}",
+        if targets.is_empty() {
+            "none".to_owned()
+        } else {
+            targets.join(", ")
+        }
+    );
+}
+
+fn health(h: &Health) -> String {
+    let mut s = format!("{} on {}", h.protocol_str(), h.port_string());
+    if let Some(p) = &h.path {
+        let _ = write!(s, " path {p}");
+    }
+    let settings = [
+        ("interval", h.interval, "s"),
+        ("timeout", h.timeout, "s"),
+        ("healthy after", h.healthy_threshold, ""),
+        ("unhealthy after", h.unhealthy_threshold, ""),
+    ];
+    for (what, v, unit) in settings {
+        if let Some(v) = v {
+            let _ = write!(s, ", {what} {v}{unit}");
+        }
+    }
+    s
+}
