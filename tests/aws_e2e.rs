@@ -142,6 +142,15 @@ async fn two_ports_on_three_nodes_become_one_nlb_whose_name_is_in_the_status() {
     })
     .await;
     assert!(!events.is_empty());
+    // The condition says it too: ready, with the warning.
+    let svc = h
+        .wait_service("the warning in the condition", "web", |s| {
+            condition(s).is_some_and(|(_, _, m)| m.contains(&bare))
+        })
+        .await;
+    let (ready, _, message) = condition(&svc).unwrap();
+    assert_eq!(ready, "True", "{message}");
+    assert!(message.contains("NodesNotRegistered"), "{message}");
 
     // Deleting the Service leaves nothing tagged for the cluster.
     h.services()

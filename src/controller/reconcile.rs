@@ -26,7 +26,7 @@ use std::future::Future;
 use ferrylb_model::reason;
 use ferrylb_model::{
     ErrorKind, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus,
-    ProviderError, ServiceKey,
+    ProviderError, ServiceKey, Warning,
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::api::ListParams;
@@ -110,7 +110,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             &ctx.client,
             svc,
             Some(status::to_ingress(&l.status)),
-            Some(ensured(provider.name(), &l.spec)),
+            Some(ensured(provider.name(), &l.spec, &l.status.warnings)),
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -200,7 +200,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         &ctx.client,
         svc,
         Some(status::to_ingress(&lb_status)),
-        Some(ensured(provider.name(), &spec)),
+        Some(ensured(provider.name(), &spec, &lb_status.warnings)),
     )
     .await?;
     if spec.targets.is_empty() && !unchanged {
@@ -326,7 +326,9 @@ async fn report_failure(svc: &Service, err: &Error, ctx: &Context) {
 
 /// The condition for a load balancer the provider ensured for `spec`: ready,
 /// unless it has no node to send traffic to.
-fn ensured(provider: &str, spec: &LoadBalancerSpec) -> Readiness {
+/// The provider's warnings (a node it cannot register, a port it cannot
+/// serve) are in the message, so the condition says what the Events said.
+fn ensured(provider: &str, spec: &LoadBalancerSpec, warnings: &[Warning]) -> Readiness {
     if spec.targets.is_empty() {
         return Readiness {
             ready: false,
@@ -337,7 +339,14 @@ fn ensured(provider: &str, spec: &LoadBalancerSpec) -> Readiness {
     Readiness {
         ready: true,
         reason: reason::READY.into(),
-        message: format!("load balancer ensured by provider {provider}"),
+        message: std::iter::once(format!("load balancer ensured by provider {provider}"))
+            .chain(
+                warnings
+                    .iter()
+                    .map(|w| format!("{}: {}", w.reason, w.message)),
+            )
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
