@@ -563,3 +563,99 @@ async fn restarting_the_controller_keeps_every_vip() {
     fresh.shutdown().await;
     h.cleanup_nodes().await;
 }
+
+/// `show servers state` on the provider's admin socket: (backend, server,
+/// address, operational state) for every server.
+async fn servers_state(p: &HaproxyProvider) -> Vec<(String, String, String, u8)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(&p.settings().admin_socket)
+        .await
+        .unwrap();
+    s.write_all(b"show servers state\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.get(1)?.to_string(),
+                f.get(3)?.to_string(),
+                f.get(4)?.to_string(),
+                f.get(5)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_added_under_shared_node_checks_reaches_every_backend_without_a_reload() {
+    const CHECK_PORT: u16 = 10257;
+    let mut h = Harness::new("hx-addnode", |_| {
+        let mut p = provider("127.0.2.40-127.0.2.49");
+        let mut settings = p.settings().clone();
+        settings.node_check_port = Some(CHECK_PORT);
+        p = HaproxyProvider::new(settings);
+        p
+    })
+    .await;
+    for (ip, n) in &NODES[..2] {
+        h.node(n, ip).await;
+    }
+    let _health: Vec<_> = futures::future::join_all(
+        NODES[..3]
+            .iter()
+            .map(|(ip, _)| traffic::health(ip, CHECK_PORT, 200)),
+    )
+    .await;
+    let _ctl = h.start(false);
+    let names = ["a", "b", "c"];
+    for n in names {
+        create(&h, k::lb_service(n, &[80])).await;
+    }
+    let mut answerers = Vec::new();
+    let mut addrs = Vec::new();
+    for n in names {
+        let (svc, ip) = wait_vip(&h, n).await;
+        answerers.extend(stand_ins(node_port(&svc, 0), &NODES[..3]).await);
+        addrs.push(SocketAddr::new(ip, 80));
+    }
+    for addr in &addrs {
+        wait_answers(*addr, &["n1", "n2"]).await;
+    }
+    let (reloads_before, _) = h.provider.reload_counters().await.unwrap();
+
+    let n3 = h.node("n3", "127.0.0.13").await;
+    let state = wait::until("n3 in every backend, tracking its check", WAIT, || async {
+        let state = servers_state(&h.provider).await;
+        let backends: Vec<_> = state
+            .iter()
+            .filter(|(b, s, _, op)| b.starts_with("be_") && *s == n3 && *op == 2)
+            .collect();
+        (backends.len() == names.len()).then_some(state)
+    })
+    .await;
+    // n3 is checked once, by a spare check server now pointing at it.
+    assert!(
+        state.iter().any(|(b, s, a, op)| b == "ferrylb_node_checks"
+            && s.starts_with("ferrylb_spare_")
+            && a == "127.0.0.13"
+            && *op == 2),
+        "n3's shared check: {state:?}"
+    );
+    for addr in &addrs {
+        wait_answers(*addr, &["n1", "n2", "n3"]).await;
+    }
+    let (reloads, failed) = h.provider.reload_counters().await.unwrap();
+    assert_eq!(reloads, reloads_before, "a node added costs no reload");
+    assert_eq!(failed, 0);
+    // The file caught up: a reload now would serve the same.
+    wait::until("the file to name n3", WAIT, || async {
+        std::fs::read_to_string(&h.provider.settings().process.config_path)
+            .ok()
+            .filter(|c| c.contains(&format!("track ferrylb_node_checks/{n3}")))
+    })
+    .await;
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}

@@ -142,6 +142,8 @@ impl HaproxyProvider {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             loaded.served_sha = Some(sha);
             loaded.file_stale = false;
+            loaded.node_checks =
+                crate::runtime::CheckSlots::loaded(&desired.values().collect::<Vec<_>>());
         }
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
         loaded.entries = Some(desired);

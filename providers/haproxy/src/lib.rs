@@ -113,6 +113,9 @@ struct Loaded {
     /// The SHA-256 of the configuration HAProxy serves; `None` while
     /// runtime API changes are not in a file yet (or the state is unknown).
     served_sha: Option<String>,
+    /// The shared node checks HAProxy has (see [`render::NODE_CHECKS`]):
+    /// those loaded, and spares taken since through the runtime API.
+    node_checks: runtime::CheckSlots,
 }
 
 /// Writes what HAProxy runs to the file once a burst of runtime API changes
@@ -164,6 +167,11 @@ impl HaproxyProvider {
             requested: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::Mutex::default(),
         }
+    }
+
+    /// The settings the provider runs with.
+    pub fn settings(&self) -> &HaproxySettings {
+        &self.settings
     }
 
     /// The configuration for the current state, as it would be written.
@@ -596,9 +604,15 @@ impl LoadBalancerProvider for HaproxyProvider {
         if old == entry {
             return Ok(Vec::new());
         }
-        let Some(plan) = runtime::commands(&old, &entry, self.settings.node_check_port.is_some())
-        else {
-            // A node added while servers track shared node checks: a reload,
+        let checks = self
+            .settings
+            .node_check_port
+            .map(|port| runtime::NodeChecks {
+                port,
+                slots: &loaded.node_checks,
+            });
+        let Some(plan) = runtime::commands(&old, &entry, checks) else {
+            // No spare node check left: a reload (rendering fresh spares),
             // loaded together with every other Service's.
             drop(loaded);
             return self
@@ -606,8 +620,8 @@ impl LoadBalancerProvider for HaproxyProvider {
                 .await
                 .map(|()| Vec::new());
         };
-        for batch in plan.batches {
-            if let Err(e) = runtime::run(&self.settings.admin_socket, &batch).await {
+        for batch in plan.checks.iter().chain(&plan.batches) {
+            if let Err(e) = runtime::run(&self.settings.admin_socket, batch).await {
                 tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
                 // HAProxy's state is now unknown: the reload makes it certain.
                 loaded.entries = None;
@@ -623,6 +637,9 @@ impl LoadBalancerProvider for HaproxyProvider {
             if let Err(e) = runtime::run(&self.settings.admin_socket, &del).await {
                 tracing::debug!(error = %e, "server kept in maintenance until the next reload");
             }
+        }
+        if let Some(slots) = plan.slots {
+            loaded.node_checks = slots;
         }
         if let Some(running) = loaded.entries.as_mut() {
             running.insert(spec.lb.clone(), entry);

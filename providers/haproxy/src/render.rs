@@ -1,6 +1,7 @@
 //! Renders the whole HAProxy configuration from the Services' specs:
 //! deterministic (sorted), typed values only.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -27,9 +28,40 @@ pub struct GlobalSettings {
     pub node_check_port: Option<u16>,
 }
 
-/// The backend holding the shared health check of one node.
-pub fn node_check_backend(server: &str) -> String {
-    format!("ferrylb_node_{server}")
+/// The backend holding every node's shared health check, one server per
+/// node (named as the node's servers in the Services' backends). Rendered
+/// even when empty, so a node that appears later is added through the
+/// runtime API: a backend cannot be.
+pub const NODE_CHECKS: &str = "ferrylb_node_checks";
+
+/// The interval of the shared node checks.
+pub const NODE_CHECK_INTER: &str = "2000ms";
+
+/// Spare check servers in [`NODE_CHECKS`], disabled until a node appears:
+/// HAProxy 2.6 lets a server added at runtime track only a server of the
+/// configuration, so a new node's check takes a spare (its address set
+/// through the runtime API) and its servers track that. The next reload
+/// names the check after the node and renders fresh spares.
+pub const SPARE_NODE_CHECKS: usize = 32;
+
+/// What spare check servers are called before their number; node names,
+/// being DNS names, never contain `_`.
+const SPARE_PREFIX: &str = "ferrylb_spare_";
+
+/// The name of spare check server `i` (1-based).
+pub fn spare_check(i: usize) -> String {
+    format!("{SPARE_PREFIX}{i}")
+}
+
+/// The nodes whose shared check `entries` need, by server name: the targets
+/// of Services checked on their traffic port.
+pub fn node_checks(entries: &[&Entry]) -> BTreeMap<String, IpAddr> {
+    entries
+        .iter()
+        .filter(|e| e.spec.health_check == HealthCheck::TrafficPort)
+        .flat_map(|e| e.spec.targets.iter())
+        .filter_map(|t| Some((server_name(&t.node), *t.addresses.first()?)))
+        .collect()
 }
 
 /// One Service as rendered: its spec, its VIP, its typed options.
@@ -114,21 +146,21 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out, "  timeout server 60s");
 
     if let Some(port) = global.node_check_port {
-        let mut nodes: Vec<(String, IpAddr)> = entries
-            .iter()
-            .filter(|e| e.spec.health_check == HealthCheck::TrafficPort)
-            .flat_map(|e| e.spec.targets.iter())
-            .filter_map(|t| Some((server_name(&t.node), *t.addresses.first()?)))
-            .collect();
-        nodes.sort();
-        nodes.dedup_by(|a, b| a.0 == b.0);
-        for (name, ip) in nodes {
-            let _ = writeln!(out);
-            let _ = writeln!(out, "backend {}", node_check_backend(&name));
-            let _ = writeln!(out, "  option httpchk GET /healthz");
-            let _ = writeln!(out, "  http-check expect status 200");
-            let _ = writeln!(out, "  server {name} {} check inter 2000ms", addr(ip, port));
+        let _ = writeln!(out);
+        let _ = writeln!(out, "backend {NODE_CHECKS}");
+        let _ = writeln!(out, "  option httpchk GET /healthz");
+        let _ = writeln!(out, "  http-check expect status 200");
+        for (name, ip) in node_checks(&entries.iter().collect::<Vec<_>>()) {
+            let _ = writeln!(
+                out,
+                "  server {name} {} check inter {NODE_CHECK_INTER}",
+                addr(ip, port)
+            );
         }
+        let _ = writeln!(
+            out,
+            "  server-template {SPARE_PREFIX} 1-{SPARE_NODE_CHECKS} 0.0.0.0:{port} check inter {NODE_CHECK_INTER} disabled"
+        );
     }
 
     let mut sorted: Vec<&Entry> = entries.iter().collect();
@@ -207,7 +239,7 @@ fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16, node_c
         if let Some(ip) = t.addresses.first() {
             let name = server_name(&t.node);
             let track = if tracked {
-                format!(" track {}/{name}", node_check_backend(&name))
+                format!(" track {NODE_CHECKS}/{name}")
             } else {
                 String::new()
             };

@@ -13,7 +13,9 @@ use ferrylb_model::{HealthCheck, Protocol, ProviderError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::render::{Entry, backend_name, server_name};
+use crate::render::{
+    self, Entry, NODE_CHECKS, SPARE_NODE_CHECKS, addr, backend_name, server_name, spare_check,
+};
 
 /// Words in an answer that mean a command failed.
 const FAILURE_MARKERS: &[&str] = &[
@@ -27,19 +29,87 @@ const FAILURE_MARKERS: &[&str] = &[
     "nknown",
 ];
 
+/// The shared node checks HAProxy runs (see [`NODE_CHECKS`]): which check
+/// server each node's servers track, and the spares still free.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckSlots {
+    /// By node server name: the check server and the address it checks.
+    pub by_node: BTreeMap<String, (String, IpAddr)>,
+    /// Spare check servers not taken yet, the next one last.
+    pub free: Vec<String>,
+}
+
+impl CheckSlots {
+    /// The slots of a configuration just loaded for `entries`: each node's
+    /// own check server, and every spare free.
+    pub fn loaded(entries: &[&Entry]) -> Self {
+        CheckSlots {
+            by_node: render::node_checks(entries)
+                .into_iter()
+                .map(|(name, ip)| (name.clone(), (name, ip)))
+                .collect(),
+            free: (1..=SPARE_NODE_CHECKS).rev().map(spare_check).collect(),
+        }
+    }
+}
+
+/// The shared node checks, when servers track them.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeChecks<'a> {
+    /// The port each node is checked on.
+    pub port: u16,
+    pub slots: &'a CheckSlots,
+}
+
 /// The runtime commands that turn `old`'s servers into `new`'s, one batch
-/// (`;`-separated) per backend. `old` and `new` differ in targets only.
+/// (`;`-separated) per backend, after the shared node checks they need
+/// (`checks`). `old` and `new` differ in targets only.
 ///
-/// Removed servers are put in maintenance (no new connections) in the
-/// batch; deleting them is best effort (`deletions`), since HAProxy refuses
-/// while a connection is still open and cutting it would fail a client. A
-/// server left in maintenance disappears at the next reload.
+/// A node new to HAProxy takes a spare check server (its address set, out
+/// of maintenance), and each backend gets a server tracking it: no reload,
+/// shared checks or not. Removed servers are put in maintenance (no new
+/// connections) in the batch; deleting them is best effort (`deletions`),
+/// since HAProxy refuses while a connection is still open and cutting it
+/// would fail a client. A server left in maintenance, or a check no
+/// Service tracks any more, disappears at the next reload.
 ///
-/// `None` when the change needs a reload: a new server that would track a
-/// shared node check (its check backend may not exist yet).
-pub fn commands(old: &Entry, new: &Entry, node_checks: bool) -> Option<RuntimePlan> {
-    let tracked = node_checks && new.spec.health_check == HealthCheck::TrafficPort;
+/// `None` when the change needs a reload: no spare check is left.
+pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Option<RuntimePlan> {
+    let tracked = checks.filter(|_| new.spec.health_check == HealthCheck::TrafficPort);
+    let servers = |e: &Entry| -> BTreeMap<String, IpAddr> {
+        e.spec
+            .targets
+            .iter()
+            .filter_map(|t| Some((server_name(&t.node), *t.addresses.first()?)))
+            .collect()
+    };
+    let (before, after) = (servers(old), servers(new));
     let mut plan = RuntimePlan::default();
+    let mut slots = tracked.map(|c| c.slots.clone()).unwrap_or_default();
+    if let Some(c) = tracked {
+        for (name, ip) in &after {
+            match slots.by_node.get(name) {
+                Some((_, running)) if running == ip => continue,
+                Some((check, _)) => {
+                    let target = format!("{NODE_CHECKS}/{check}");
+                    plan.checks
+                        .push(format!("set server {target} addr {ip} port {}", c.port));
+                    let check = check.clone();
+                    slots.by_node.insert(name.clone(), (check, *ip));
+                }
+                None => {
+                    let check = slots.free.pop()?;
+                    let target = format!("{NODE_CHECKS}/{check}");
+                    plan.checks
+                        .push(format!("set server {target} addr {ip} port {}", c.port));
+                    plan.checks.push(format!("set server {target} state ready"));
+                    plan.checks.push(format!("enable health {target}"));
+                    slots.by_node.insert(name.clone(), (check, *ip));
+                }
+            }
+        }
+        plan.slots = Some(slots.clone());
+    }
     for l in new
         .spec
         .listeners
@@ -47,14 +117,6 @@ pub fn commands(old: &Entry, new: &Entry, node_checks: bool) -> Option<RuntimePl
         .filter(|l| l.protocol == Protocol::Tcp)
     {
         let backend = backend_name(new, l.port);
-        let servers = |e: &Entry| -> BTreeMap<String, IpAddr> {
-            e.spec
-                .targets
-                .iter()
-                .filter_map(|t| Some((server_name(&t.node), *t.addresses.first()?)))
-                .collect()
-        };
-        let (before, after) = (servers(old), servers(new));
         let mut cmds = Vec::new();
         for (name, ip) in &after {
             let target = format!("{backend}/{name}");
@@ -64,7 +126,15 @@ pub fn commands(old: &Entry, new: &Entry, node_checks: bool) -> Option<RuntimePl
                     "set server {target} addr {ip} port {}",
                     l.node_port
                 )),
-                None if tracked => return None,
+                None if tracked.is_some() => {
+                    let (check, _) = &slots.by_node[name];
+                    cmds.push(format!(
+                        "add server {target} {} track {NODE_CHECKS}/{check}{}",
+                        addr(*ip, l.node_port),
+                        proxy_option(new)
+                    ));
+                    cmds.push(format!("enable server {target}"));
+                }
                 None => {
                     cmds.push(format!(
                         "add server {target} {} {}",
@@ -91,10 +161,23 @@ pub fn commands(old: &Entry, new: &Entry, node_checks: bool) -> Option<RuntimePl
 /// Runtime API commands for one change.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RuntimePlan {
+    /// Shared node checks to add or readdress, one command each, before
+    /// the batches (whose servers track them).
+    pub checks: Vec<String>,
     /// Must all succeed, one batch per backend.
     pub batches: Vec<String>,
     /// May be refused while connections drain.
     pub deletions: Vec<String>,
+    /// The shared node checks once `checks` ran (with them on).
+    pub slots: Option<CheckSlots>,
+}
+
+fn proxy_option(e: &Entry) -> &'static str {
+    if e.options.proxy_protocol_v2 {
+        " send-proxy-v2"
+    } else {
+        ""
+    }
 }
 
 /// Dynamic servers do not inherit `default-server`: the same options, spelt out.
@@ -103,17 +186,8 @@ fn server_options(e: &Entry) -> String {
     if let HealthCheck::Http { port, .. } = &e.spec.health_check {
         o.push_str(&format!(" port {port}"));
     }
-    if e.options.proxy_protocol_v2 {
-        o.push_str(" send-proxy-v2");
-    }
+    o.push_str(proxy_option(e));
     o
-}
-
-fn addr(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(v) => format!("{v}:{port}"),
-        IpAddr::V6(v) => format!("[{v}]:{port}"),
-    }
 }
 
 /// Runs one batch on the admin socket.
@@ -173,7 +247,7 @@ mod tests {
         let new = entry(&[("n2", "10.0.0.22"), ("n3", "10.0.0.3")]);
         let be = backend_name(&new, 80);
         assert_eq!(
-            commands(&old, &new, false).unwrap(),
+            commands(&old, &new, None).unwrap(),
             RuntimePlan {
                 batches: vec![format!(
                     "set server {be}/n2 addr 10.0.0.22 port 30080; \
@@ -181,19 +255,60 @@ mod tests {
                      set server {be}/n1 state maint"
                 )],
                 deletions: vec![format!("del server {be}/n1")],
+                ..RuntimePlan::default()
             }
         );
-        assert_eq!(commands(&new, &new, false).unwrap(), RuntimePlan::default());
+        assert_eq!(commands(&new, &new, None).unwrap(), RuntimePlan::default());
+    }
+
+    #[test]
+    fn a_new_node_takes_a_spare_check_and_its_servers_track_it() {
+        let old = entry(&[("n1", "10.0.0.1"), ("n2", "10.0.0.2")]);
+        let new = entry(&[("n1", "10.0.0.1"), ("n2", "10.0.0.22"), ("n3", "10.0.0.3")]);
+        let be = backend_name(&new, 80);
+        let loaded = CheckSlots::loaded(&[&old]);
+        assert_eq!(loaded.free.len(), SPARE_NODE_CHECKS);
+        let checks = |slots| Some(NodeChecks { port: 10256, slots });
+        let plan = commands(&old, &new, checks(&loaded)).unwrap();
         assert_eq!(
-            commands(&old, &new, true),
-            None,
-            "a tracked server cannot be added at runtime"
+            plan.checks,
+            [
+                "set server ferrylb_node_checks/n2 addr 10.0.0.22 port 10256",
+                "set server ferrylb_node_checks/ferrylb_spare_1 addr 10.0.0.3 port 10256",
+                "set server ferrylb_node_checks/ferrylb_spare_1 state ready",
+                "enable health ferrylb_node_checks/ferrylb_spare_1",
+            ]
         );
-        let fewer = entry(&[("n1", "10.0.0.1")]);
         assert_eq!(
-            commands(&old, &fewer, true).unwrap().batches.len(),
-            1,
-            "removals still can"
+            plan.batches,
+            [format!(
+                "set server {be}/n2 addr 10.0.0.22 port 30080; \
+                 add server {be}/n3 10.0.0.3:30080 track ferrylb_node_checks/ferrylb_spare_1; enable server {be}/n3"
+            )]
+        );
+        // The next Service finds the check in place, and tracks the same.
+        let slots = plan.slots.unwrap();
+        assert_eq!(slots.free.len(), SPARE_NODE_CHECKS - 1);
+        let next = commands(&old, &new, checks(&slots)).unwrap();
+        assert!(next.checks.is_empty());
+        assert!(next.batches[0].contains("track ferrylb_node_checks/ferrylb_spare_1"));
+        // No spare left: a reload.
+        let none_left = CheckSlots {
+            free: vec![],
+            ..loaded.clone()
+        };
+        assert_eq!(commands(&old, &new, checks(&none_left)), None);
+        // A Service with its own check (eTP Local) tracks nothing.
+        let mut local = new.clone();
+        local.spec.health_check = HealthCheck::Http {
+            port: 32000,
+            path: "/healthz".into(),
+        };
+        let plan = commands(&old, &local, checks(&loaded)).unwrap();
+        assert!(plan.checks.is_empty());
+        assert!(
+            plan.batches[0].contains("check inter 2000ms port 32000"),
+            "{plan:?}"
         );
     }
 }

@@ -206,15 +206,15 @@ fn shared_node_checks_are_tracked_by_every_service() {
     };
     let cfg = render(&g, &[a.clone(), local]);
     assert_eq!(
-        cfg.matches("backend ferrylb_node_").count(),
-        2,
-        "one check backend per node: {cfg}"
+        cfg.matches("backend ferrylb_node_checks").count(),
+        1,
+        "one check backend for every node: {cfg}"
     );
-    assert!(cfg.contains("backend ferrylb_node_n1\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 2000ms\n"), "{cfg}");
+    assert!(cfg.contains("backend ferrylb_node_checks\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 2000ms\n  server n2 "), "{cfg}");
     let be = format!("backend be_{}_80", a.spec.lb.name);
     let a_part = &cfg[cfg.find(&be).unwrap()..];
     assert!(
-        a_part.contains("  server n1 127.0.0.11:30080 track ferrylb_node_n1/n1\n"),
+        a_part.contains("  server n1 127.0.0.11:30080 track ferrylb_node_checks/n1\n"),
         "{cfg}"
     );
     // eTP Local keeps its own per-Service check.
