@@ -509,6 +509,50 @@ async fn a_target_group_deleted_behind_its_back_is_rebuilt_on_the_next_node_chan
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
 
+/// A drift check describes what the last converge made, without the tag
+/// lookup; an NLB and a security group deleted by hand are rebuilt by that
+/// same drift check, without an error.
+#[tokio::test]
+async fn a_drift_check_needs_no_tag_lookup_and_rebuilds_what_was_deleted_by_hand() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = aws::provider(&conf, &seed);
+    let spec = two_port_spec(&seed, "gone", 2);
+    p.ensure(&spec).await.unwrap();
+    p.calls().reset();
+    p.ensure(&spec).await.expect("drift check");
+    let check = p.calls().snapshot();
+    assert_eq!(check.count("GetResources"), 0, "{check:?}");
+    assert_eq!(check.describes(), check.total(), "{check:?}");
+
+    // Someone deletes the NLB, then its security group, by hand.
+    let inv = aws::inventory(&conf, &seed).await;
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    elb.delete_load_balancer()
+        .load_balancer_arn(inv.load_balancers[0].load_balancer_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    ec2.delete_security_group()
+        .group_id(inv.security_groups[0].group_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = p.ensure(&spec).await.expect("the drift check rebuilds");
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(inv.security_groups.len(), 1);
+    assert_eq!(inv.listeners.len(), 2);
+    assert_eq!(inv.targets.len(), 4, "{:?}", inv.targets);
+    assert_eq!(
+        status.ingress[0].address,
+        ferrylb_model::Address::Hostname(inv.load_balancers[0].dns_name().unwrap().to_owned())
+    );
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
 /// Readiness comes from the calls the provider makes anyway: the first
 /// check with no call behind it asks AWS once; after that, checks cost
 /// nothing while calls are answered, and an unreachable endpoint fails them

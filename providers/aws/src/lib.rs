@@ -82,6 +82,9 @@ struct Known {
     spec: LoadBalancerSpec,
     /// The NLB's name.
     name: String,
+    /// What the converge left: the NLB, its target groups and security
+    /// group, so a drift check needs no tag lookup.
+    owned: converge::Owned,
     /// Target groups by name: ARN and the targets registered.
     target_groups: BTreeMap<String, (String, std::collections::BTreeSet<TargetKey>)>,
     /// An NLB of an earlier shape (scheme or address type changed) still

@@ -143,14 +143,22 @@ impl AwsProvider {
         let uid = &spec.lb.key.uid;
         // Nothing changed since the last converge: this is a drift check,
         // paced by the resync share of the describe budget.
-        let resync = self
+        let known = self
             .known
             .lock()
             .expect("known lock")
             .get(uid)
-            .is_some_and(|k| k.spec.same_desired_state(spec));
+            .filter(|k| k.spec.same_desired_state(spec))
+            .map(|k| k.owned.clone());
+        let resync = known.is_some();
 
-        let owned = self.owned_shared(uid).await?;
+        // A drift check starts from what the last converge made: the ARNs
+        // are described directly, and one gone is rebuilt as on a create.
+        // A Service that changed looks its resources up by their tags.
+        let owned = match known {
+            Some(owned) => owned,
+            None => self.owned_shared(uid).await?,
+        };
         let lbs = self
             .load_balancers_shared(&owned.load_balancers, resync)
             .await?;
@@ -205,11 +213,18 @@ impl AwsProvider {
         if !stale.is_empty() {
             warnings.push(replacing(&d, &stale));
         }
+        let owned = Owned {
+            load_balancers: vec![lb_arn.to_owned()],
+            target_groups: target_groups.values().map(|(arn, _)| arn.clone()).collect(),
+            security_groups: vec![sg],
+            ..owned
+        };
         self.known.lock().expect("known lock").insert(
             uid.clone(),
             Known {
                 spec: spec.clone(),
                 name: d.name.clone(),
+                owned,
                 target_groups,
                 stale: !stale.is_empty(),
             },

@@ -101,15 +101,23 @@ impl AwsProvider {
         vpc: &str,
         resync: bool,
     ) -> Result<String, ProviderError> {
-        let (id, have) = match owned.first() {
-            Some(id) => (id.clone(), self.ingress_rules(id, resync).await?),
+        let existing = match owned.first() {
+            Some(id) => self
+                .ingress_rules(id, resync)
+                .await?
+                .map(|rules| (id.clone(), rules)),
+            None => None,
+        };
+        let (id, have) = match existing {
+            Some(found) => found,
+            // None, or deleted behind FerryLB's back since it was found.
             None => match self.create_security_group(d, vpc).await? {
                 Some(id) => (id, BTreeSet::new()),
                 // A retry whose first attempt got through: adopt the group
                 // if it carries this Service's tags.
                 None => {
                     let id = self.find_security_group(d, vpc).await?;
-                    let have = self.ingress_rules(&id, resync).await?;
+                    let have = self.ingress_rules(&id, resync).await?.unwrap_or_default();
                     (id, have)
                 }
             },
@@ -147,11 +155,12 @@ impl AwsProvider {
         Ok(id)
     }
 
+    /// The rules of group `id`; `None` when it does not exist.
     async fn ingress_rules(
         &self,
         id: &str,
         resync: bool,
-    ) -> Result<BTreeSet<IngressRule>, ProviderError> {
+    ) -> Result<Option<BTreeSet<IngressRule>>, ProviderError> {
         let r = self
             .clients
             .call_paced(
@@ -164,12 +173,19 @@ impl AwsProvider {
                     .group_ids(id)
                     .send(),
             )
-            .await?;
-        Ok(r.security_groups()
-            .iter()
-            .flat_map(|g| g.ip_permissions())
-            .flat_map(rules_of)
-            .collect())
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) if e.is("InvalidGroup.NotFound") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(
+            r.security_groups()
+                .iter()
+                .flat_map(|g| g.ip_permissions())
+                .flat_map(rules_of)
+                .collect(),
+        ))
     }
 
     /// Creates the group with its tags; `None` when one of that name exists.
