@@ -27,9 +27,26 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 pub(crate) const POLL: Duration = Duration::from_millis(250);
 
 impl HaproxyProvider {
-    /// Notes that the desired state changed (a new burst member).
-    pub(crate) fn changed(&self) {
-        self.requested.fetch_add(1, Ordering::SeqCst);
+    /// Notes that `lb`'s entry changed (a new burst member).
+    pub(crate) fn changed(&self, lb: &LoadBalancerRef) {
+        let at = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed_at
+            .lock()
+            .expect("changed_at lock")
+            .insert(lb.clone(), at);
+    }
+
+    /// The desired state, and the change count it carries at least.
+    pub(crate) fn desired(&self) -> (BTreeMap<LoadBalancerRef, Entry>, u64) {
+        // Read before the copy: a change counted later may be in the copy
+        // too, never the other way round.
+        let through = self.requested.load(Ordering::SeqCst);
+        (self.entries.lock().expect("entries lock").clone(), through)
+    }
+
+    /// Records that every change counted up to `through` is settled.
+    pub(crate) fn mark_loaded(&self, through: u64) {
+        self.loaded_through.fetch_max(through, Ordering::SeqCst);
     }
 
     /// For `entry` just planned over `previous`: `true` when HAProxy runs it
@@ -43,16 +60,29 @@ impl HaproxyProvider {
         previous: Option<&Entry>,
     ) -> Result<bool, ProviderError> {
         if previous != Some(entry) {
-            self.changed();
+            self.changed(lb);
             return Ok(false);
         }
         self.is_loaded(lb, entry).ok_or_else(crate::pending)
     }
 
-    /// Whether HAProxy runs `entry` for `lb`: `None` when an applier holds
-    /// the state (ask again later).
+    /// Whether HAProxy runs `entry` (unchanged since it was planned) for
+    /// `lb`: `None` when an applier holds the state and the last burst
+    /// did not carry it (ask again later).
     pub(crate) fn is_loaded(&self, lb: &LoadBalancerRef, entry: &Entry) -> Option<bool> {
-        let loaded = self.loaded.try_lock().ok()?;
+        let Ok(loaded) = self.loaded.try_lock() else {
+            // The next burst is being applied: the last one may have
+            // carried this change already.
+            let at = self
+                .changed_at
+                .lock()
+                .expect("changed_at lock")
+                .get(lb)
+                .copied();
+            return at
+                .filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
+                .map(|_| true);
+        };
         Some(
             loaded
                 .entries
@@ -79,11 +109,13 @@ impl HaproxyProvider {
                 break;
             }
         }
-        let desired = self.entries.lock().expect("entries lock").clone();
+        let (desired, through) = self.desired();
         if loaded.entries.as_ref() == Some(&desired) {
+            self.mark_loaded(through);
             return Ok(true);
         }
         let Err(burst_error) = self.load(&mut loaded, desired.clone()).await else {
+            self.mark_loaded(through);
             return Ok(true);
         };
         // Something in the burst is refused: put every change back to what
@@ -119,6 +151,7 @@ impl HaproxyProvider {
                 }
             }
         }
+        self.mark_loaded(through);
         mine_result
     }
 
@@ -147,6 +180,7 @@ impl HaproxyProvider {
         }
         let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
         loaded.entries = Some(desired);
+        loaded.version += 1;
         // HAProxy listens on every VIP now: only now may this host answer
         // for them. A failure here is retried by the Service's reconcile.
         if let Some(k) = &self.keepalived {

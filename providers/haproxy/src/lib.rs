@@ -93,6 +93,12 @@ pub struct HaproxyProvider {
     /// Counts changes to the desired state: a burst is applied once it
     /// stops moving (see `apply`).
     requested: std::sync::atomic::AtomicU64,
+    /// The value of `requested` when each Service's entry last changed.
+    changed_at: std::sync::Mutex<std::collections::HashMap<LoadBalancerRef, u64>>,
+    /// Every change counted up to this value is loaded (or refused and
+    /// recorded in `failed`): what a reconcile asking again is told while
+    /// the next burst is being applied.
+    loaded_through: std::sync::atomic::AtomicU64,
     /// Why a pending change was refused when its burst was applied, for the
     /// reconcile that asks again.
     failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
@@ -116,10 +122,21 @@ struct Loaded {
     /// The shared node checks HAProxy has (see [`render::NODE_CHECKS`]):
     /// those loaded, and spares taken since through the runtime API.
     node_checks: runtime::CheckSlots,
+    /// Counts changes to what HAProxy runs (loads and runtime API changes),
+    /// so the file is only written for the state it was rendered from.
+    version: u64,
 }
 
+/// How long runtime API changes must pause before the file is written.
+const FLUSH_QUIET: Duration = Duration::from_millis(200);
+/// The longest the file lags behind a steady stream of runtime changes.
+const FLUSH_MAX_WAIT: Duration = Duration::from_secs(2);
+
 /// Writes what HAProxy runs to the file once a burst of runtime API changes
-/// settles: one write per burst instead of one per Service.
+/// settles: one write per burst instead of one per Service. The rendering
+/// happens outside the lock, so runtime updates are not held up by it; the
+/// file is written only if nothing changed meanwhile (else the next round
+/// writes it).
 async fn flush_loop(
     loaded: Arc<tokio::sync::Mutex<Loaded>>,
     notify: Arc<tokio::sync::Notify>,
@@ -128,13 +145,30 @@ async fn flush_loop(
 ) {
     loop {
         notify.notified().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = tokio::time::Instant::now();
+        loop {
+            let seen = loaded.lock().await.version;
+            tokio::time::sleep(FLUSH_QUIET).await;
+            if loaded.lock().await.version == seen || started.elapsed() >= FLUSH_MAX_WAIT {
+                break;
+            }
+        }
+        let (entries, version) = {
+            let l = loaded.lock().await;
+            if !l.file_stale {
+                continue;
+            }
+            let entries: Vec<Entry> = l.entries.iter().flat_map(|e| e.values().cloned()).collect();
+            (entries, l.version)
+        };
+        let text = render::render(&global, &entries);
+        drop(entries);
         let mut l = loaded.lock().await;
-        if !l.file_stale {
+        if l.version != version {
+            // Changed while rendering: written on the next round.
+            notify.notify_one();
             continue;
         }
-        let entries: Vec<Entry> = l.entries.iter().flat_map(|e| e.values().cloned()).collect();
-        let text = render::render(&global, &entries);
         match process::write_atomically(&config_path, &text).await {
             Ok(()) => {
                 l.file_stale = false;
@@ -165,6 +199,8 @@ impl HaproxyProvider {
             flush: Arc::default(),
             flusher: std::sync::OnceLock::new(),
             requested: std::sync::atomic::AtomicU64::new(0),
+            changed_at: std::sync::Mutex::default(),
+            loaded_through: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::Mutex::default(),
         }
     }
@@ -301,12 +337,28 @@ impl HaproxyProvider {
     pub fn plan(&self, spec: &LoadBalancerSpec) -> Result<(Entry, Option<Entry>), ProviderError> {
         let options = Options::parse(&spec.annotations)?;
         let mut entries = self.entries.lock().expect("entries lock");
-        let holders: BTreeMap<LoadBalancerRef, Holder> = entries
-            .iter()
-            .map(|(r, e)| (r.clone(), Holder::of(&e.spec, e.vip)))
-            .collect();
-        let current = entries.get(&spec.lb).map(|e| e.vip);
-        let vip = alloc::allocate(&self.settings.pool, spec, current, &holders)?;
+        let current = entries.get(&spec.lb);
+        // Nothing the address depends on changed (a node came or went): it
+        // stays, without looking at every other Service's.
+        let kept = current
+            .filter(|e| {
+                e.spec.listeners == spec.listeners
+                    && e.spec.requested_ips == spec.requested_ips
+                    && e.spec.shared_ip_key == spec.shared_ip_key
+                    && self.settings.pool.contains(e.vip)
+            })
+            .map(|e| e.vip);
+        let vip = match kept {
+            Some(vip) => vip,
+            None => {
+                let holders: BTreeMap<LoadBalancerRef, Holder> = entries
+                    .iter()
+                    .map(|(r, e)| (r.clone(), Holder::of(&e.spec, e.vip)))
+                    .collect();
+                let current = current.map(|e| e.vip);
+                alloc::allocate(&self.settings.pool, spec, current, &holders)?
+            }
+        };
         let entry = Entry {
             spec: spec.clone(),
             vip,
@@ -321,11 +373,12 @@ impl HaproxyProvider {
     /// find their change already applied by it (coalescing).
     async fn sync(&self) -> Result<(), ProviderError> {
         let mut loaded = self.loaded.lock().await;
-        let desired = self.entries.lock().expect("entries lock").clone();
-        if loaded.entries.as_ref() == Some(&desired) {
-            return Ok(());
+        let (desired, through) = self.desired();
+        if loaded.entries.as_ref() != Some(&desired) {
+            self.load(&mut loaded, desired).await?;
         }
-        self.load(&mut loaded, desired).await
+        self.mark_loaded(through);
+        Ok(())
     }
 
     /// [`Self::sync`], rolling `lb` back to `previous` when it fails.
@@ -626,6 +679,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 // HAProxy's state is now unknown: the reload makes it certain.
                 loaded.entries = None;
                 loaded.served_sha = None;
+                loaded.version += 1;
                 drop(loaded);
                 return self
                     .sync_or_roll_back(&spec.lb, previous)
@@ -645,6 +699,7 @@ impl LoadBalancerProvider for HaproxyProvider {
             running.insert(spec.lb.clone(), entry);
         }
         loaded.file_stale = true;
+        loaded.version += 1;
         // HAProxy runs what no file says yet; the flush names it again.
         loaded.served_sha = None;
         drop(loaded);
@@ -661,6 +716,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
+        self.changed_at.lock().expect("changed_at lock").remove(lb);
         let removed = self.entries.lock().expect("entries lock").remove(lb);
         let Some(removed) = removed else {
             return Ok(());
