@@ -234,6 +234,29 @@ async fn main() {
         vm_hwm_kib("self") / 1024,
         haproxy_kib / 1024
     );
+    // The test API server has no namespace controller: the Services go one
+    // by one, so that their nodePorts are free for the next run.
+    drop(_ctl);
+    let all = services.list(&ListParams::default()).await.unwrap();
+    for chunk in all.items.chunks(50) {
+        futures::future::join_all(chunk.iter().map(|s| {
+            let services = services.clone();
+            let name = s.metadata.name.clone().unwrap_or_default();
+            async move {
+                let _ = services
+                    .patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(
+                            serde_json::json!({"metadata": {"finalizers": null}}),
+                        ),
+                    )
+                    .await;
+                let _ = services.delete(&name, &Default::default()).await;
+            }
+        }))
+        .await;
+    }
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }

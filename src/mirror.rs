@@ -60,6 +60,7 @@ pub async fn run(m: Mirror) {
     }
     let svc_events = watcher(svc_api, watcher::Config::default())
         .default_backoff()
+        .modify(crate::controller::slim::service)
         .reflect(svc_writer)
         .map(|e| {
             (
@@ -69,6 +70,7 @@ pub async fn run(m: Mirror) {
         });
     let node_events = watcher(Api::<Node>::all(m.client.clone()), node_watch)
         .default_backoff()
+        .modify(crate::controller::slim::node)
         .reflect(node_writer)
         .map(|e| {
             (
@@ -110,8 +112,8 @@ pub async fn run(m: Mirror) {
         if !ready {
             continue;
         }
-        let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let targets = crate::spec::targets(&all);
+        let state = nodes.state();
+        let targets = crate::spec::targets(state.iter().map(AsRef::as_ref));
         let specs: Vec<_> = services
             .state()
             .iter()

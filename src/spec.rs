@@ -88,9 +88,9 @@ fn reads_as_false(v: &str) -> bool {
 /// The targets for the eligible nodes among `nodes`, sorted by node name.
 /// Nodes that report no parseable `InternalIP` cannot be targeted and are
 /// left out.
-pub fn targets(nodes: &[Node]) -> Vec<Target> {
+pub fn targets<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Target> {
     let mut targets: Vec<Target> = nodes
-        .iter()
+        .into_iter()
         .filter(|n| is_eligible(n))
         .filter_map(|n| {
             let addresses: Vec<IpAddr> = n

@@ -9,6 +9,7 @@
 mod error;
 pub mod events;
 mod reconcile;
+pub mod slim;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -141,6 +142,7 @@ pub async fn run(
     }
     let node_events = watcher(Api::<Node>::all(client.clone()), node_watch)
         .default_backoff()
+        .modify(slim::node)
         .reflect(node_writer);
     // Publish the targets and signal each time the set of eligible targets
     // changes (after any event, the initial listing's end included).
@@ -162,8 +164,8 @@ pub async fn run(
             if !listed {
                 continue;
             }
-            let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-            let now = crate::spec::targets(&all);
+            let state = nodes.state();
+            let now = crate::spec::targets(state.iter().map(AsRef::as_ref));
             if targets_tx.borrow().as_deref() != Some(&now) {
                 tracing::info!(targets = now.len(), "eligible nodes changed");
                 targets_tx.send_replace(Some(Arc::new(now)));
@@ -191,7 +193,14 @@ pub async fn run(
     // Shutdown is honoured in every state, the wait for the first Node
     // listing included (an unreachable API server never ends it).
     let shutdown = futures::FutureExt::shared(shutdown);
-    let controller = Controller::new(ctx.services_api(), watcher::Config::default())
+    // The Service cache keeps only what reconciles read (see `slim`).
+    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let svc_events = watcher(ctx.services_api(), watcher::Config::default())
+        .default_backoff()
+        .modify(slim::service)
+        .reflect(svc_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(svc_events, svc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .reconcile_all_on(target_changes)
         .graceful_shutdown_on(shutdown.clone());
