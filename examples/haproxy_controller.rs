@@ -1,9 +1,13 @@
 //! Benchmark: the HAProxy mode through the controller, at scale.
 //!
-//!   cargo run --release --example haproxy_controller -- [SERVICES] [NODES] [CONCURRENCY]
+//!   cargo run --release --example haproxy_controller -- [SERVICES] [NODES] [CONCURRENCY] [CLUSTER_IP] [EXCLUDED_NODES]
 //!
 //! Defaults: 1,000 LoadBalancer Services, 50 Nodes, concurrency 8 (the
-//! controller's default). The real API server (started, or the one
+//! controller's default), no other Services or Nodes. CLUSTER_IP ClusterIP
+//! Services (in the same namespace, so the controller caches them) and
+//! EXCLUDED_NODES Nodes of a real node's size (labels, annotations, 50
+//! images, conditions; labelled `exclude-from-external-load-balancers`, so
+//! watched but never targets) make the cluster around it realistic. The real API server (started, or the one
 //! `FERRYLB_ENV_DIR` names), the controller in this process with the HAProxy
 //! provider and a real haproxy, Nodes on 127.0.3.x with shared node checks
 //! (`--haproxy-node-check-port`). Reports, each with the reloads it took
@@ -64,9 +68,85 @@ async fn backends_with(socket: &std::path::Path, server: &str) -> usize {
         .count()
 }
 
+/// Only the benchmark's load balancers: the client's own lists stay small
+/// whatever else the namespace holds.
+fn lbs() -> ListParams {
+    ListParams::default().labels("bench=lb")
+}
+
+/// A Node as big as a real one: what a kubelet reports, minus nothing.
+fn realistic_node(name: &str, ip: &str, label: &str) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition};
+    let mut n = k::node(name, ip);
+    n.metadata.labels = Some(
+        [
+            (label.to_owned(), "true".to_owned()),
+            (
+                "node.kubernetes.io/exclude-from-external-load-balancers".to_owned(),
+                "true".to_owned(),
+            ),
+            ("kubernetes.io/hostname".to_owned(), name.to_owned()),
+            ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+            ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
+            (
+                "node.kubernetes.io/instance-type".to_owned(),
+                "m5.xlarge".to_owned(),
+            ),
+            (
+                "topology.kubernetes.io/zone".to_owned(),
+                "zone-a".to_owned(),
+            ),
+            (
+                "topology.kubernetes.io/region".to_owned(),
+                "region-1".to_owned(),
+            ),
+        ]
+        .into(),
+    );
+    n.metadata.annotations = Some(
+        [
+            ("node.alpha.kubernetes.io/ttl".to_owned(), "0".to_owned()),
+            (
+                "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
+                "true".to_owned(),
+            ),
+            (
+                "csi.volume.kubernetes.io/nodeid".to_owned(),
+                format!("{{\"ebs.csi.aws.com\":\"{name}\"}}"),
+            ),
+        ]
+        .into(),
+    );
+    let status = n.status.get_or_insert_default();
+    status.images = Some(
+        (0..50)
+            .map(|i| ContainerImage {
+                names: Some(vec![
+                    format!("registry.example.com/team/service-{i}@sha256:{:064x}", i),
+                    format!("registry.example.com/team/service-{i}:v1.{i}.0"),
+                ]),
+                size_bytes: Some(50_000_000 + i),
+            })
+            .collect(),
+    );
+    status.conditions = Some(
+        ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
+            .iter()
+            .map(|t| NodeCondition {
+                type_: (*t).to_owned(),
+                status: if *t == "Ready" { "True" } else { "False" }.to_owned(),
+                reason: Some(format!("Kubelet{t}")),
+                message: Some(format!("kubelet reports {t} as expected")),
+                ..Default::default()
+            })
+            .collect(),
+    );
+    n
+}
+
 async fn addressed(services: &Api<Service>) -> usize {
     services
-        .list(&ListParams::default())
+        .list(&lbs())
         .await
         .map(|l| {
             l.items
@@ -80,6 +160,7 @@ async fn addressed(services: &Api<Service>) -> usize {
 #[tokio::main]
 async fn main() {
     let (n_services, n_nodes, concurrency) = (arg(1, 1000), arg(2, 50), arg(3, 8) as u16);
+    let (n_cluster_ip, n_excluded) = (arg(4, 0), arg(5, 0));
     let dir = support::env::tempdir("haproxy-controller");
     let mut h = Harness::new("bench-hc", |_| {
         HaproxyProvider::new(HaproxySettings {
@@ -93,13 +174,34 @@ async fn main() {
         h.node(&format!("n{i}"), &format!("127.0.3.{}", i + 1))
             .await;
     }
+    let nodes_api = Api::<k8s_openapi::api::core::v1::Node>::all(h.client.clone());
+    for chunk in (0..n_excluded).collect::<Vec<_>>().chunks(50) {
+        futures::future::join_all(chunk.iter().map(|i| {
+            let name = format!("{}-x{i}", h.ns);
+            h.nodes.push(name.clone());
+            let node = realistic_node(&name, &format!("127.0.4.{}", i % 250 + 1), &h.label);
+            let api = nodes_api.clone();
+            async move { api.create(&PostParams::default(), &node).await.unwrap() }
+        }))
+        .await;
+    }
     let services = h.services();
+    for chunk in (0..n_cluster_ip).collect::<Vec<_>>().chunks(50) {
+        futures::future::join_all(chunk.iter().map(|i| {
+            let mut svc = k::lb_service(&format!("c{i}"), &[80, 443]);
+            svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+            let services = services.clone();
+            async move { services.create(&PostParams::default(), &svc).await.unwrap() }
+        }))
+        .await;
+    }
     let class = h.class.clone();
     let create = |name: String| {
         let services = services.clone();
         let class = class.clone();
         async move {
             let mut svc = k::lb_service(&name, &[80]);
+            svc.metadata.labels = Some([("bench".to_owned(), "lb".to_owned())].into());
             svc.spec.as_mut().unwrap().load_balancer_class = Some(class);
             services.create(&PostParams::default(), &svc).await.unwrap();
         }
@@ -133,7 +235,7 @@ async fn main() {
     )
     .await;
     println!(
-        "cold start, {n_services} Services x {n_nodes} nodes, concurrency {concurrency}: all addressed in {:.1} s, {} reloads after the first start",
+        "cold start, {n_services} Services x {n_nodes} nodes ({n_cluster_ip} ClusterIP Services and {n_excluded} excluded Nodes besides), concurrency {concurrency}: all addressed in {:.1} s, {} reloads after the first start",
         started.elapsed().as_secs_f64(),
         reloads().await
     );
@@ -150,7 +252,7 @@ async fn main() {
     }
     let mut pending: Vec<(String, Duration)> = created_at;
     while !pending.is_empty() {
-        let list = services.list(&ListParams::default()).await.unwrap();
+        let list = services.list(&lbs()).await.unwrap();
         let now = t0.elapsed();
         pending.retain(|(name, at)| {
             let done = list.items.iter().any(|s| {

@@ -119,7 +119,7 @@ const NO_UID: &str = "plan-";
 fn specs(
     services: &[Service],
     class: &str,
-    targets: &[ferrylb_model::Target],
+    targets: &std::sync::Arc<[ferrylb_model::Target]>,
 ) -> (Named<LoadBalancerSpec>, Named<String>) {
     let ours = services.iter().filter(|s| {
         s.spec.as_ref().is_some_and(|spec| {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ferrylb_model::{
     HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
@@ -88,7 +89,7 @@ fn reads_as_false(v: &str) -> bool {
 /// The targets for the eligible nodes among `nodes`, sorted by node name.
 /// Nodes that report no parseable `InternalIP` cannot be targeted and are
 /// left out.
-pub fn targets<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Target> {
+pub fn targets<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Arc<[Target]> {
     let mut targets: Vec<Target> = nodes
         .into_iter()
         .filter(|n| is_eligible(n))
@@ -110,7 +111,7 @@ pub fn targets<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Target> {
         })
         .collect();
     targets.sort();
-    targets
+    targets.into()
 }
 
 /// Builds the spec for a `type: LoadBalancer` Service.
@@ -119,7 +120,7 @@ pub fn targets<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Target> {
 ///
 /// # Errors
 /// A [`SpecError`] naming the first invalid field or annotation.
-pub fn build(svc: &Service, targets: &[Target]) -> Result<LoadBalancerSpec, SpecError> {
+pub fn build(svc: &Service, targets: &Arc<[Target]>) -> Result<LoadBalancerSpec, SpecError> {
     let meta = &svc.metadata;
     let key = ServiceKey {
         namespace: meta.namespace.clone().unwrap_or_default(),
@@ -250,7 +251,7 @@ pub fn build(svc: &Service, targets: &[Target]) -> Result<LoadBalancerSpec, Spec
     Ok(LoadBalancerSpec {
         lb: LoadBalancerRef::for_service(key),
         listeners,
-        targets: targets.to_vec(),
+        targets: targets.clone(),
         health_check,
         source_ranges,
         requested_ips,

@@ -28,7 +28,7 @@ pub fn sample_spec(
             node_port,
             name: "http".into(),
         }],
-        targets,
+        targets: targets.into(),
         health_check: HealthCheck::TrafficPort,
         source_ranges: vec![],
         requested_ips: vec![],
@@ -98,7 +98,7 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
 
     // Target-only changes converge through update_targets, and the address stays.
     let mut fewer = a.clone();
-    fewer.targets.pop();
+    fewer.targets = fewer.targets[..fewer.targets.len().saturating_sub(1)].into();
     provider
         .update_targets(&fewer)
         .await

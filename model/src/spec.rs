@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -152,8 +153,9 @@ pub struct LoadBalancerSpec {
     pub lb: LoadBalancerRef,
     /// Sorted by (protocol, port).
     pub listeners: Vec<Listener>,
-    /// Sorted by node name.
-    pub targets: Vec<Target>,
+    /// Sorted by node name. Every Service has the same eligible nodes, so
+    /// one list is shared by all their specs.
+    pub targets: Arc<[Target]>,
     pub health_check: HealthCheck,
     /// Client addresses allowed; empty means everyone.
     pub source_ranges: Vec<IpNet>,

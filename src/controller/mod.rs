@@ -78,7 +78,7 @@ pub struct Context {
     config: ControllerConfig,
     /// The eligible targets, computed once per Node change by the node task;
     /// `None` until the initial Node listing is complete.
-    targets: tokio::sync::watch::Receiver<Option<Arc<Vec<Target>>>>,
+    targets: tokio::sync::watch::Receiver<Option<Arc<[Target]>>>,
     services: Mutex<HashMap<ObjectRef<Service>, ServiceState>>,
     /// Asks for every Service to be reconciled again: after a load balancer
     /// is deleted, Services waiting for an address or port may get one.
@@ -100,7 +100,7 @@ struct ServiceState {
 impl Context {
     /// The eligible targets (empty only before the Node listing completed,
     /// which `run` waits for).
-    fn targets(&self) -> Arc<Vec<Target>> {
+    fn targets(&self) -> Arc<[Target]> {
         self.targets.borrow().clone().unwrap_or_default()
     }
 
@@ -148,7 +148,7 @@ pub async fn run(
     // changes (after any event, the initial listing's end included).
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let node_changed_tx = changed_tx.clone();
-    let (targets_tx, mut targets_rx) = tokio::sync::watch::channel(None::<Arc<Vec<Target>>>);
+    let (targets_tx, mut targets_rx) = tokio::sync::watch::channel(None::<Arc<[Target]>>);
     let node_task = tokio::spawn(async move {
         let mut listed = false;
         futures::pin_mut!(node_events);
@@ -168,7 +168,7 @@ pub async fn run(
             let now = crate::spec::targets(state.iter().map(AsRef::as_ref));
             if targets_tx.borrow().as_deref() != Some(&now) {
                 tracing::info!(targets = now.len(), "eligible nodes changed");
-                targets_tx.send_replace(Some(Arc::new(now)));
+                targets_tx.send_replace(Some(now));
                 // A full channel already holds a pending signal: enough.
                 let _ = node_changed_tx.try_send(());
             }

@@ -1,6 +1,10 @@
 use super::*;
 use serde_json::json;
 
+fn no_targets() -> std::sync::Arc<[ferrylb_model::Target]> {
+    std::sync::Arc::from([])
+}
+
 fn svc(spec: serde_json::Value, annotations: serde_json::Value) -> Service {
     serde_json::from_value(json!({
         "metadata": {"namespace": "shop", "name": "web", "uid": "u-1", "annotations": annotations},
@@ -49,12 +53,12 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
 }
 
 fn err(spec: serde_json::Value, annotations: serde_json::Value) -> SpecError {
-    build(&svc(spec, annotations), &[]).unwrap_err()
+    build(&svc(spec, annotations), &no_targets()).unwrap_err()
 }
 
 #[test]
 fn listeners_are_sorted_and_carry_node_ports() {
-    let s = build(&svc(lb(json!({})), json!({})), &[]).unwrap();
+    let s = build(&svc(lb(json!({})), json!({})), &no_targets()).unwrap();
     let got: Vec<_> = s
         .listeners
         .iter()
@@ -79,7 +83,7 @@ fn protocol_defaults_to_tcp_and_accepts_udp_and_sctp() {
             ]}),
             json!({}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     let protos: Vec<_> = s.listeners.iter().map(|l| l.protocol).collect();
@@ -126,7 +130,7 @@ fn rejects_a_service_without_ports_or_uid() {
     );
     let mut s = svc(lb(json!({})), json!({}));
     s.metadata.uid = None;
-    assert_eq!(build(&s, &[]).unwrap_err().field, "metadata.uid");
+    assert_eq!(build(&s, &no_targets()).unwrap_err().field, "metadata.uid");
 }
 
 #[test]
@@ -143,7 +147,7 @@ fn rejects_disabled_node_port_allocation_with_advice() {
                 lb(json!({"allocateLoadBalancerNodePorts": true})),
                 json!({})
             ),
-            &[]
+            &no_targets()
         )
         .is_ok()
     );
@@ -156,7 +160,7 @@ fn local_traffic_policy_checks_health_check_node_port() {
             lb(json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32000})),
             json!({}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     assert_eq!(
@@ -170,7 +174,7 @@ fn local_traffic_policy_checks_health_check_node_port() {
     assert_eq!(e.field, "spec.healthCheckNodePort");
     let s = build(
         &svc(lb(json!({"externalTrafficPolicy": "Cluster"})), json!({})),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     assert_eq!(s.health_check, HealthCheck::TrafficPort);
@@ -183,7 +187,7 @@ fn source_ranges_from_field_win_over_annotation_and_are_normalised() {
             lb(json!({"loadBalancerSourceRanges": ["10.1.2.3/8", "2001:db8::/32", "10.0.0.0/8"]})),
             json!({ANNOTATION_SOURCE_RANGES: "192.168.0.0/16"}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     let got: Vec<String> = s.source_ranges.iter().map(|n| n.to_string()).collect();
@@ -194,7 +198,7 @@ fn source_ranges_from_field_win_over_annotation_and_are_normalised() {
             lb(json!({})),
             json!({ANNOTATION_SOURCE_RANGES: " 192.168.0.0/16 , 127.0.0.5/32"}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     let got: Vec<String> = s.source_ranges.iter().map(|n| n.to_string()).collect();
@@ -226,7 +230,7 @@ fn rejects_bad_source_ranges_naming_where_they_came_from() {
 fn requested_ips_from_annotation_or_load_balancer_ip() {
     let s = build(
         &svc(lb(json!({"loadBalancerIP": "127.0.0.150"})), json!({})),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     assert_eq!(
@@ -238,7 +242,7 @@ fn requested_ips_from_annotation_or_load_balancer_ip() {
             lb(json!({"loadBalancerIP": "127.0.0.150"})),
             json!({ANNOTATION_LOAD_BALANCER_IPS: "127.0.0.151, fd00::1"}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     assert_eq!(
@@ -276,7 +280,7 @@ fn sharing_key_is_validated() {
             lb(json!({})),
             json!({ANNOTATION_ALLOW_SHARED_IP: "team-a.dns"}),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     assert_eq!(s.shared_ip_key.as_deref(), Some("team-a.dns"));
@@ -298,7 +302,7 @@ fn provider_annotations_pass_through_and_others_do_not() {
                 "example.com/other": "x",
             }),
         ),
-        &[],
+        &no_targets(),
     )
     .unwrap();
     let keys: Vec<&str> = s.annotations.keys().map(String::as_str).collect();
@@ -318,7 +322,7 @@ fn status_ips_come_from_the_services_status() {
         json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.120"}, {"hostname": "x.example"}]}}),
     )
     .unwrap();
-    let spec = build(&s, &[]).unwrap();
+    let spec = build(&s, &no_targets()).unwrap();
     assert_eq!(
         spec.status_ips,
         vec!["127.0.0.120".parse::<IpAddr>().unwrap()]

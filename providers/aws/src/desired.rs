@@ -167,7 +167,7 @@ fn target_ids(
 ) -> (BTreeSet<String>, Option<Warning>) {
     let mut ids = BTreeSet::new();
     let mut skipped = Vec::new();
-    for t in &spec.targets {
+    for t in spec.targets.iter() {
         let id = match target_type {
             TargetType::Instance => t
                 .provider_id

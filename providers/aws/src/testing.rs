@@ -16,7 +16,7 @@ pub fn spec(listeners: Vec<Listener>, targets: Vec<Target>) -> LoadBalancerSpec 
             uid: "u1".into(),
         }),
         listeners,
-        targets,
+        targets: targets.into(),
         health_check: HealthCheck::TrafficPort,
         source_ranges: vec![],
         requested_ips: vec![],

@@ -235,7 +235,7 @@ fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16, node_c
     if !server_opts.is_empty() {
         let _ = writeln!(out, "  default-server {server_opts}");
     }
-    for t in &e.spec.targets {
+    for t in e.spec.targets.iter() {
         if let Some(ip) = t.addresses.first() {
             let name = server_name(&t.node);
             let track = if tracked {

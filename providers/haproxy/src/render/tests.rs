@@ -29,7 +29,9 @@ fn entry(name: &str, vip: &str, annotations: BTreeMap<String, String>) -> Entry 
         30080,
         vec![target("n2", "127.0.0.12"), target("n1", "127.0.0.11")],
     );
-    spec.targets.sort();
+    let mut targets = spec.targets.to_vec();
+    targets.sort();
+    spec.targets = targets.into();
     spec.annotations = annotations;
     let options = Options::parse(&spec.annotations).unwrap();
     Entry {
@@ -119,7 +121,7 @@ fn long_node_names_sharing_a_prefix_get_distinct_server_names() {
 fn haproxy_accepts_a_configuration_with_long_twin_node_names() {
     let [a, b] = long_twins();
     let mut e = entry("web", "127.0.0.100", BTreeMap::new());
-    e.spec.targets = vec![target(&a, "127.0.0.11"), target(&b, "127.0.0.12")];
+    e.spec.targets = vec![target(&a, "127.0.0.11"), target(&b, "127.0.0.12")].into();
     let dir = std::env::temp_dir().join(format!("ferrylb-render-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("haproxy.cfg");
