@@ -33,6 +33,46 @@ async fn publish(recorder: &Recorder, svc: &Service, warning: bool, reason: &str
     }
 }
 
+/// Publishes Normal Events off the reconcile's path, in order, a few at a
+/// time: a node change reconciles every Service, and each one waiting for
+/// its `UpdatedLoadBalancer` Event to be written would hold back the
+/// targets of the Services behind it. When the queue is full the Event is
+/// dropped (and logged): Events are a courtesy, never worth blocking for.
+#[derive(Clone)]
+pub struct Background {
+    tx: tokio::sync::mpsc::Sender<(Service, &'static str, String)>,
+}
+
+/// Events waiting to be published.
+const BACKGROUND_QUEUE: usize = 4096;
+/// Events published at the same time.
+const BACKGROUND_CONCURRENCY: usize = 4;
+
+impl Background {
+    /// Starts the publisher; it ends once every sender is dropped and the
+    /// queue is drained.
+    pub fn start(recorder: Recorder) -> Self {
+        use futures::StreamExt as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKGROUND_QUEUE);
+        tokio::spawn(async move {
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .for_each_concurrent(BACKGROUND_CONCURRENCY, |(svc, reason, note)| {
+                    let recorder = recorder.clone();
+                    async move { publish(&recorder, &svc, false, reason, note).await }
+                })
+                .await;
+        });
+        Background { tx }
+    }
+
+    /// Queues a Normal Event on `svc`.
+    pub fn normal(&self, svc: &Service, reason: &'static str, note: String) {
+        if self.tx.try_send((svc.clone(), reason, note)).is_err() {
+            tracing::debug!(service = %svc_name(svc), reason, "Event queue full; Event dropped");
+        }
+    }
+}
+
 /// Publishes a Normal Event.
 pub async fn normal(recorder: &Recorder, svc: &Service, reason: &str, note: impl Into<String>) {
     publish(recorder, svc, false, reason, note.into()).await;

@@ -75,6 +75,8 @@ pub struct ControllerConfig {
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    /// Normal Events nobody waits for (see [`events::Background`]).
+    background_events: events::Background,
     config: ControllerConfig,
     /// The eligible targets, computed once per Node change by the node task;
     /// `None` until the initial Node listing is complete.
@@ -181,8 +183,10 @@ pub async fn run(
         controller: "ferrylb".into(),
         instance: config.instance.clone(),
     };
+    let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        background_events: events::Background::start(recorder.clone()),
+        recorder,
         client: client.clone(),
         config: config.clone(),
         targets: targets_rx.clone(),

@@ -218,7 +218,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             "Updated load balancer with new hosts ({} targets)",
             spec.targets.len()
         );
-        events::normal(&ctx.recorder, svc, events::UPDATED, note).await;
+        ctx.background_events.normal(svc, events::UPDATED, note);
         // A node change can bring news (a node that cannot be a target):
         // said once, when it is new.
         let before = last.as_ref().map(|(l, _)| &l.status.warnings);

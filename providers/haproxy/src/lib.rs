@@ -687,10 +687,13 @@ impl LoadBalancerProvider for HaproxyProvider {
                     .map(|()| Vec::new());
             }
         }
-        for del in plan.deletions {
-            if let Err(e) = runtime::run(&self.settings.admin_socket, &del).await {
-                tracing::debug!(error = %e, "server kept in maintenance until the next reload");
-            }
+        // One round trip for all of them; each is tried whatever the
+        // others answer.
+        if !plan.deletions.is_empty()
+            && let Err(e) =
+                runtime::run(&self.settings.admin_socket, &plan.deletions.join("; ")).await
+        {
+            tracing::debug!(error = %e, "servers kept in maintenance until the next reload");
         }
         if let Some(slots) = plan.slots {
             loaded.node_checks = slots;
