@@ -23,10 +23,22 @@ use crate::{HaproxyProvider, Loaded};
 const QUIET: Duration = Duration::from_millis(30);
 /// The longest a burst waits for the desired state to settle.
 const MAX_WAIT: Duration = Duration::from_secs(1);
-/// When a reconcile whose change is pending asks again.
+/// The soonest a reconcile whose change is pending asks again.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
+/// The latest: a reconcile never waits longer than this to ask again.
+const POLL_MAX: Duration = Duration::from_secs(2);
 
 impl HaproxyProvider {
+    /// When a reconcile whose change is pending should ask again: about
+    /// when the burst being applied will be loaded (a reload takes as long
+    /// as the last one did). Asking every [`POLL`] instead, a thousand
+    /// pending Services would take the reconcile slots from the changes
+    /// still to be planned.
+    pub(crate) fn poll_after(&self) -> Duration {
+        let last = *self.last_load.lock().expect("last_load lock");
+        last.clamp(POLL, POLL_MAX)
+    }
+
     /// Notes that `lb`'s entry changed (a new burst member).
     pub(crate) fn changed(&self, lb: &LoadBalancerRef) {
         let at = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
@@ -63,7 +75,8 @@ impl HaproxyProvider {
             self.changed(lb);
             return Ok(false);
         }
-        self.is_loaded(lb, entry).ok_or_else(crate::pending)
+        self.is_loaded(lb, entry)
+            .ok_or_else(|| crate::pending(self.poll_after()))
     }
 
     /// Whether HAProxy runs `entry` (unchanged since it was planned) for
@@ -169,8 +182,10 @@ impl HaproxyProvider {
         // takes over from the other): the same text is no reload.
         let sha = sha256_hex(&text);
         if loaded.served_sha.as_deref() != Some(sha.as_str()) {
+            let started = std::time::Instant::now();
             self.process.install(&text).await?;
             self.process.reload().await?;
+            *self.last_load.lock().expect("last_load lock") = started.elapsed();
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             loaded.served_sha = Some(sha);

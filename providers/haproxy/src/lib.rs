@@ -109,6 +109,8 @@ pub struct HaproxyProvider {
     holding: std::sync::atomic::AtomicBool,
     /// Configurations loaded.
     generation: std::sync::atomic::AtomicU64,
+    /// How long the last reload took (render, validate, install, reload).
+    last_load: std::sync::Mutex<Duration>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -193,6 +195,7 @@ impl HaproxyProvider {
             keepalived: settings.vrrp.clone().map(vrrp::Keepalived::new),
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
+            last_load: std::sync::Mutex::new(Duration::ZERO),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -407,7 +410,7 @@ impl HaproxyProvider {
         }
         match self.apply_or_join(lb).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(pending()),
+            Ok(false) => Err(pending(self.poll_after())),
             Err(e) => {
                 self.roll_back(lb, previous);
                 Err(e)
@@ -481,10 +484,11 @@ impl HaproxyProvider {
     }
 }
 
-/// The answer for a change that an applier will load with others.
-fn pending() -> ProviderError {
+/// The answer for a change that an applier will load with others: ask
+/// again after `after`.
+fn pending(after: Duration) -> ProviderError {
     ProviderError::pending(
-        apply::POLL,
+        after,
         "the change is loaded with others in HAProxy's next reload",
     )
 }
@@ -612,7 +616,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 self.roll_back(&spec.lb, previous);
                 return Err(e);
             }
-            Ok(false) => return Err(pending()),
+            Ok(false) => return Err(pending(self.poll_after())),
             Ok(true) => {}
         }
         // The load put the VIP on the interface; this only retries when
