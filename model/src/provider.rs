@@ -72,6 +72,15 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Changes each time changes this provider answered
+    /// [`ErrorKind::Pending`] for have been applied, so that the controller
+    /// asks again for those Services at once rather than after the delay
+    /// the Pending named. `None` (the default) for providers that never
+    /// answer Pending.
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Called once at start-up with the specs of every Service this provider
     /// serves, before any [`ensure`](Self::ensure), so a provider that
     /// assigns addresses can reserve those the Services already carry before

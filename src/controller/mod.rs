@@ -207,6 +207,7 @@ pub async fn run(
     let controller = Controller::for_stream(svc_events, svc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .reconcile_all_on(target_changes)
+        .reconcile_on(applied_changes(&ctx))
         .graceful_shutdown_on(shutdown.clone());
 
     // Reconciling before the Node cache is filled would strip every load
@@ -240,6 +241,37 @@ pub async fn run(
     config.telemetry.set_caches_synced(false);
     node_task.abort();
     Ok(())
+}
+
+/// The Services whose change a provider answered Pending for, each time
+/// that provider says it applied its pending changes: asked again at once.
+fn applied_changes(
+    ctx: &Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<Service>> + Send + 'static {
+    let ticks = ctx
+        .config
+        .classes
+        .values()
+        .filter_map(|p| p.applied())
+        .map(|rx| {
+            futures::stream::unfold(rx, |mut rx| async move {
+                rx.changed().await.ok()?;
+                Some(((), rx))
+            })
+            .boxed()
+        });
+    let ctx = ctx.clone();
+    futures::stream::select_all(ticks).flat_map(move |()| {
+        let pending: Vec<ObjectRef<Service>> = ctx
+            .services
+            .lock()
+            .expect("service state lock")
+            .iter()
+            .filter(|(_, s)| s.pending.is_some())
+            .map(|(r, _)| r.clone())
+            .collect();
+        futures::stream::iter(pending)
+    })
 }
 
 /// [`reconcile::reconcile`], timed and counted by result.

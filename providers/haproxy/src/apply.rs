@@ -58,7 +58,10 @@ impl HaproxyProvider {
 
     /// Records that every change counted up to `through` is settled.
     pub(crate) fn mark_loaded(&self, through: u64) {
-        self.loaded_through.fetch_max(through, Ordering::SeqCst);
+        let before = self.loaded_through.fetch_max(through, Ordering::SeqCst);
+        if through > before {
+            self.applied.send_replace(through);
+        }
     }
 
     /// For `entry` just planned over `previous`: `true` when HAProxy runs it

@@ -111,6 +111,9 @@ pub struct HaproxyProvider {
     generation: std::sync::atomic::AtomicU64,
     /// How long the last reload took (render, validate, install, reload).
     last_load: std::sync::Mutex<Duration>,
+    /// Carries `loaded_through` to the controller (see
+    /// [`LoadBalancerProvider::applied`]).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -196,6 +199,7 @@ impl HaproxyProvider {
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
             last_load: std::sync::Mutex::new(Duration::ZERO),
+            applied: tokio::sync::watch::Sender::new(0),
             settings,
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
@@ -562,6 +566,10 @@ impl LoadBalancerProvider for HaproxyProvider {
                 format!("{} -v did not answer within 5s", binary.display()),
             )),
         }
+    }
+
+    fn applied(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.applied.subscribe())
     }
 
     /// The `ferrylb.io/haproxy-*` annotations. A Service without a TCP
