@@ -659,3 +659,65 @@ async fn a_node_added_under_shared_node_checks_reaches_every_backend_without_a_r
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }
+
+/// A follower (serving the leader's Services read-only) takes a node
+/// change through the runtime API too: no reload, shared checks or not.
+#[tokio::test]
+async fn a_follower_serves_a_node_change_without_a_reload() {
+    let p = {
+        let mut settings = provider("127.0.2.60-127.0.2.69").settings().clone();
+        settings.node_check_port = Some(10258);
+        HaproxyProvider::new(settings)
+    };
+    let target = |node: &str, ip: &str| ferrylb_model::Target {
+        node: node.into(),
+        addresses: vec![ip.parse().unwrap()],
+        provider_id: None,
+    };
+    let specs = |nodes: &[(&str, &str)]| -> Vec<ferrylb_model::LoadBalancerSpec> {
+        ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut s = conformance::sample_spec(
+                    "follower",
+                    name,
+                    31000 + i as u16,
+                    nodes.iter().map(|(n, ip)| target(n, ip)).collect(),
+                );
+                s.status_ips = vec![format!("127.0.2.{}", 60 + i).parse().unwrap()];
+                s
+            })
+            .collect()
+    };
+    p.mirror(&specs(&[("n1", "127.0.0.11"), ("n2", "127.0.0.12")]))
+        .await
+        .unwrap();
+    let (reloads, _) = p.reload_counters().await.unwrap();
+    p.mirror(&specs(&[
+        ("n1", "127.0.0.11"),
+        ("n2", "127.0.0.12"),
+        ("n3", "127.0.0.13"),
+    ]))
+    .await
+    .unwrap();
+    let state = servers_state(&p).await;
+    let with_n3 = state
+        .iter()
+        .filter(|(b, s, _, _)| b.starts_with("be_") && s == "n3")
+        .count();
+    assert_eq!(with_n3, 2, "{state:?}");
+    // A node gone: out of both, still no reload.
+    p.mirror(&specs(&[("n1", "127.0.0.11"), ("n3", "127.0.0.13")]))
+        .await
+        .unwrap();
+    let state = servers_state(&p).await;
+    assert!(
+        !state
+            .iter()
+            .any(|(b, s, _, _)| b.starts_with("be_") && s == "n2"),
+        "{state:?}"
+    );
+    assert_eq!(p.reload_counters().await.unwrap().0, reloads);
+    p.shutdown().await;
+}

@@ -292,7 +292,37 @@ impl HaproxyProvider {
                 ))
             })
             .collect();
-        *self.entries.lock().expect("entries lock") = next;
+        *self.entries.lock().expect("entries lock") = next.clone();
+        // Only targets changed (a node came or went): the runtime API, as on
+        // the leader, and no reload.
+        let mut loaded = self.loaded.lock().await;
+        if let Some(running) = loaded.entries.clone()
+            && running.keys().eq(next.keys())
+        {
+            let changed: Vec<(&Entry, &Entry)> = next
+                .iter()
+                .filter_map(|(k, new)| Some((running.get(k)?, new)))
+                .filter(|(old, new)| old != new)
+                .collect();
+            if !changed.is_empty() && changed.iter().all(|(old, new)| runtime_only(old, new)) {
+                for (old, new) in changed {
+                    match self.apply_runtime(&mut loaded, old, new).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "runtime API update failed; reloading instead");
+                            break;
+                        }
+                    }
+                }
+                if loaded.entries.as_ref() == Some(&next) {
+                    drop(loaded);
+                    self.flush_soon();
+                    return Ok(());
+                }
+            }
+        }
+        drop(loaded);
         self.sync().await
     }
 
@@ -479,6 +509,69 @@ impl HaproxyProvider {
         }
     }
 
+    /// Turns `old` (what HAProxy runs) into `new`, which differs in its
+    /// targets alone, through the runtime API, and records it as running.
+    /// `Ok(false)`: it needs a reload (no spare node check left). On an
+    /// error HAProxy's state is unknown: it is marked so, and the next load
+    /// makes it certain.
+    async fn apply_runtime(
+        &self,
+        loaded: &mut Loaded,
+        old: &Entry,
+        new: &Entry,
+    ) -> Result<bool, ProviderError> {
+        let checks = self
+            .settings
+            .node_check_port
+            .map(|port| runtime::NodeChecks {
+                port,
+                slots: &loaded.node_checks,
+            });
+        let Some(plan) = runtime::commands(old, new, checks) else {
+            return Ok(false);
+        };
+        for batch in plan.checks.iter().chain(&plan.batches) {
+            if let Err(e) = runtime::run(&self.settings.admin_socket, batch).await {
+                loaded.entries = None;
+                loaded.served_sha = None;
+                loaded.version += 1;
+                return Err(e);
+            }
+        }
+        // One round trip for all of them; each is tried whatever the
+        // others answer.
+        if !plan.deletions.is_empty()
+            && let Err(e) =
+                runtime::run(&self.settings.admin_socket, &plan.deletions.join("; ")).await
+        {
+            tracing::debug!(error = %e, "servers kept in maintenance until the next reload");
+        }
+        if let Some(slots) = plan.slots {
+            loaded.node_checks = slots;
+        }
+        if let Some(running) = loaded.entries.as_mut() {
+            running.insert(new.spec.lb.clone(), new.clone());
+        }
+        loaded.file_stale = true;
+        loaded.version += 1;
+        // HAProxy runs what no file says yet; the flush names it again.
+        loaded.served_sha = None;
+        Ok(true)
+    }
+
+    /// Has the file written once runtime API changes pause.
+    fn flush_soon(&self) {
+        self.flusher.get_or_init(|| {
+            tokio::spawn(flush_loop(
+                self.loaded.clone(),
+                self.flush.clone(),
+                self.global(),
+                self.settings.process.config_path.clone(),
+            ))
+        });
+        self.flush.notify_one();
+    }
+
     fn vip_still_used(&self, ip: IpAddr) -> bool {
         self.entries
             .lock()
@@ -486,6 +579,12 @@ impl HaproxyProvider {
             .values()
             .any(|e| e.vip == ip)
     }
+}
+
+/// Whether `new` differs from `old` in what the runtime API can change
+/// alone: the targets.
+fn runtime_only(old: &Entry, new: &Entry) -> bool {
+    old.vip == new.vip && old.options == new.options && old.spec.differs_only_in_targets(&new.spec)
 }
 
 /// The answer for a change that an applier will load with others: ask
@@ -652,12 +751,7 @@ impl LoadBalancerProvider for HaproxyProvider {
             .entries
             .as_ref()
             .and_then(|r| r.get(&spec.lb))
-            .filter(|old| {
-                old.vip == entry.vip
-                    && old.options == entry.options
-                    && (old.spec.same_desired_state(&entry.spec)
-                        || old.spec.differs_only_in_targets(&entry.spec))
-            })
+            .filter(|old| **old == entry || runtime_only(old, &entry))
             .cloned();
         let Some(old) = running_old else {
             drop(loaded);
@@ -669,65 +763,28 @@ impl LoadBalancerProvider for HaproxyProvider {
         if old == entry {
             return Ok(Vec::new());
         }
-        let checks = self
-            .settings
-            .node_check_port
-            .map(|port| runtime::NodeChecks {
-                port,
-                slots: &loaded.node_checks,
-            });
-        let Some(plan) = runtime::commands(&old, &entry, checks) else {
+        match self.apply_runtime(&mut loaded, &old, &entry).await {
+            Ok(true) => {
+                drop(loaded);
+                self.flush_soon();
+                Ok(Vec::new())
+            }
             // No spare node check left: a reload (rendering fresh spares),
             // loaded together with every other Service's.
-            drop(loaded);
-            return self
-                .load_with_others(&spec.lb, &entry, previous)
-                .await
-                .map(|()| Vec::new());
-        };
-        for batch in plan.checks.iter().chain(&plan.batches) {
-            if let Err(e) = runtime::run(&self.settings.admin_socket, batch).await {
-                tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
-                // HAProxy's state is now unknown: the reload makes it certain.
-                loaded.entries = None;
-                loaded.served_sha = None;
-                loaded.version += 1;
+            Ok(false) => {
                 drop(loaded);
-                return self
-                    .sync_or_roll_back(&spec.lb, previous)
+                self.load_with_others(&spec.lb, &entry, previous)
                     .await
-                    .map(|()| Vec::new());
+                    .map(|()| Vec::new())
+            }
+            Err(e) => {
+                tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
+                drop(loaded);
+                self.sync_or_roll_back(&spec.lb, previous)
+                    .await
+                    .map(|()| Vec::new())
             }
         }
-        // One round trip for all of them; each is tried whatever the
-        // others answer.
-        if !plan.deletions.is_empty()
-            && let Err(e) =
-                runtime::run(&self.settings.admin_socket, &plan.deletions.join("; ")).await
-        {
-            tracing::debug!(error = %e, "servers kept in maintenance until the next reload");
-        }
-        if let Some(slots) = plan.slots {
-            loaded.node_checks = slots;
-        }
-        if let Some(running) = loaded.entries.as_mut() {
-            running.insert(spec.lb.clone(), entry);
-        }
-        loaded.file_stale = true;
-        loaded.version += 1;
-        // HAProxy runs what no file says yet; the flush names it again.
-        loaded.served_sha = None;
-        drop(loaded);
-        self.flusher.get_or_init(|| {
-            tokio::spawn(flush_loop(
-                self.loaded.clone(),
-                self.flush.clone(),
-                self.global(),
-                self.settings.process.config_path.clone(),
-            ))
-        });
-        self.flush.notify_one();
-        Ok(Vec::new())
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
