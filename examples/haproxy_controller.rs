@@ -68,10 +68,11 @@ async fn backends_with(socket: &std::path::Path, server: &str) -> usize {
         .count()
 }
 
-/// Only the benchmark's load balancers: the client's own lists stay small
-/// whatever else the namespace holds.
-fn lbs() -> ListParams {
-    ListParams::default().labels("bench=lb")
+/// The benchmark's load balancers (`bench=lb`) or its burst (`bench=burst`):
+/// the client's own lists stay small whatever else the namespace holds, so
+/// the process's peak memory is the controller's.
+fn labelled(value: &str) -> ListParams {
+    ListParams::default().labels(&format!("bench={value}"))
 }
 
 /// A Node as big as a real one: what a kubelet reports, minus nothing.
@@ -144,17 +145,24 @@ fn realistic_node(name: &str, ip: &str, label: &str) -> k8s_openapi::api::core::
     n
 }
 
+/// How many of the load balancers have an address, read 200 at a time.
 async fn addressed(services: &Api<Service>) -> usize {
-    services
-        .list(&lbs())
-        .await
-        .map(|l| {
-            l.items
-                .iter()
-                .filter(|s| first_ingress(s).and_then(|i| i.ip).is_some())
-                .count()
-        })
-        .unwrap_or(0)
+    let mut count = 0;
+    let mut params = labelled("lb").limit(200);
+    loop {
+        let Ok(page) = services.list(&params).await else {
+            return 0;
+        };
+        count += page
+            .items
+            .iter()
+            .filter(|s| first_ingress(s).and_then(|i| i.ip).is_some())
+            .count();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return count,
+        }
+    }
 }
 
 #[tokio::main]
@@ -196,18 +204,18 @@ async fn main() {
         .await;
     }
     let class = h.class.clone();
-    let create = |name: String| {
+    let create = |name: String, group: &'static str| {
         let services = services.clone();
         let class = class.clone();
         async move {
             let mut svc = k::lb_service(&name, &[80]);
-            svc.metadata.labels = Some([("bench".to_owned(), "lb".to_owned())].into());
+            svc.metadata.labels = Some([("bench".to_owned(), group.to_owned())].into());
             svc.spec.as_mut().unwrap().load_balancer_class = Some(class);
             services.create(&PostParams::default(), &svc).await.unwrap();
         }
     };
     for chunk in (0..n_services).collect::<Vec<_>>().chunks(50) {
-        futures::future::join_all(chunk.iter().map(|i| create(format!("s{i}")))).await;
+        futures::future::join_all(chunk.iter().map(|i| create(format!("s{i}"), "lb"))).await;
     }
     let provider = h.provider.clone();
     let reloads = || {
@@ -248,11 +256,11 @@ async fn main() {
     for i in 0..100 {
         let name = format!("b{i}");
         created_at.push((name.clone(), t0.elapsed()));
-        create(name).await;
+        create(name, "burst").await;
     }
     let mut pending: Vec<(String, Duration)> = created_at;
     while !pending.is_empty() {
-        let list = services.list(&lbs()).await.unwrap();
+        let list = services.list(&labelled("burst")).await.unwrap();
         let now = t0.elapsed();
         pending.retain(|(name, at)| {
             let done = list.items.iter().any(|s| {
