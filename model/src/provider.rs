@@ -23,15 +23,14 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Checks what can be checked without any I/O (the Service's
-    /// annotations, ports the provider cannot serve) and returns the
-    /// warnings to publish. The controller runs it before it announces or
+    /// annotations, ports the provider cannot serve). The controller runs it before it announces or
     /// asks for anything, so an invalid Service costs no backend call and
     /// leaves whatever is built for it as it is. The default accepts all.
     ///
     /// # Errors
     /// A permanent error naming the field, the value and what is allowed.
-    fn validate(&self, _spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
-        Ok(vec![])
+    fn validate(&self, _spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        Ok(())
     }
 
     /// The load balancer's current status, or `None` when it does not exist.

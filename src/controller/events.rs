@@ -1,7 +1,7 @@
 //! Events on the Service, with the reasons users know from Kubernetes' own
 //! service controller (`kubectl describe service`).
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 
@@ -12,6 +12,17 @@ pub use ferrylb_model::reason::{
 /// Publishes an Event on `svc`. Failing to publish is logged, never fatal:
 /// an Event is a courtesy, the reconcile's outcome is what matters.
 async fn publish(recorder: &Recorder, svc: &Service, warning: bool, reason: &str, note: String) {
+    publish_on(recorder, &svc.object_ref(&()), warning, reason, note).await;
+}
+
+/// Publishes an Event on the object `regarding` names.
+async fn publish_on(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_: if warning {
             EventType::Warning
@@ -23,9 +34,13 @@ async fn publish(recorder: &Recorder, svc: &Service, warning: bool, reason: &str
         action: action_for(reason).to_owned(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, &svc.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&ev, regarding).await {
         tracing::warn!(
-            service = %svc_name(svc),
+            service = %format!(
+                "{}/{}",
+                regarding.namespace.as_deref().unwrap_or_default(),
+                regarding.name.as_deref().unwrap_or_default()
+            ),
             reason,
             error = %e,
             "publishing an Event failed"
@@ -40,7 +55,7 @@ async fn publish(recorder: &Recorder, svc: &Service, warning: bool, reason: &str
 /// dropped (and logged): Events are a courtesy, never worth blocking for.
 #[derive(Clone)]
 pub struct Background {
-    tx: tokio::sync::mpsc::Sender<(Service, &'static str, String)>,
+    tx: tokio::sync::mpsc::Sender<(ObjectReference, &'static str, String)>,
 }
 
 /// Events waiting to be published.
@@ -56,9 +71,9 @@ impl Background {
         let (tx, rx) = tokio::sync::mpsc::channel(BACKGROUND_QUEUE);
         tokio::spawn(async move {
             tokio_stream::wrappers::ReceiverStream::new(rx)
-                .for_each_concurrent(BACKGROUND_CONCURRENCY, |(svc, reason, note)| {
+                .for_each_concurrent(BACKGROUND_CONCURRENCY, |(regarding, reason, note)| {
                     let recorder = recorder.clone();
-                    async move { publish(&recorder, &svc, false, reason, note).await }
+                    async move { publish_on(&recorder, &regarding, false, reason, note).await }
                 })
                 .await;
         });
@@ -67,7 +82,11 @@ impl Background {
 
     /// Queues a Normal Event on `svc`.
     pub fn normal(&self, svc: &Service, reason: &'static str, note: String) {
-        if self.tx.try_send((svc.clone(), reason, note)).is_err() {
+        if self
+            .tx
+            .try_send((svc.object_ref(&()), reason, note))
+            .is_err()
+        {
             tracing::debug!(service = %svc_name(svc), reason, "Event queue full; Event dropped");
         }
     }

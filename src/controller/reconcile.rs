@@ -121,13 +121,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
     // invalid Service costs no backend call, and what was built for it
     // before stays as it is.
     if let Err(source) = provider.validate(&spec) {
-        let err = Error::Ensure {
-            svc: name,
-            provider: provider.name().to_owned(),
-            source,
-        };
-        report_failure(svc, &err, ctx).await;
-        return Err(err);
+        return Err(ensure_failed(svc, &*provider, source, ctx).await);
     }
     let target_only = last
         .as_ref()
@@ -185,15 +179,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
                 .pending = Some(spec);
             return Ok(Action::requeue(after));
         }
-        Err(source) => {
-            let err = Error::Ensure {
-                svc: name,
-                provider: provider.name().to_owned(),
-                source,
-            };
-            report_failure(svc, &err, ctx).await;
-            return Err(err);
-        }
+        Err(source) => return Err(ensure_failed(svc, &*provider, source, ctx).await),
     };
 
     status::write_status(
@@ -240,13 +226,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
     // Only now that the Service names the new load balancer may the
     // provider let go of one it replaced.
     if let Err(source) = observed(ctx, &*provider, "published", provider.published(&spec)).await {
-        let err = Error::Ensure {
-            svc: svc_name(svc),
-            provider: provider.name().to_owned(),
-            source,
-        };
-        report_failure(svc, &err, ctx).await;
-        return Err(err);
+        return Err(ensure_failed(svc, &*provider, source, ctx).await);
     }
     if remember(ctx, key, spec, lb_status) {
         ctx.config
@@ -302,6 +282,23 @@ async fn cleanup(
     }
     let _ = ctx.retry_all.try_send(());
     Ok(())
+}
+
+/// A provider's refusal or failure for `svc`, reported (see
+/// [`report_failure`]) and returned for the error policy.
+async fn ensure_failed(
+    svc: &Service,
+    provider: &dyn LoadBalancerProvider,
+    source: ProviderError,
+    ctx: &Context,
+) -> Error {
+    let err = Error::Ensure {
+        svc: svc_name(svc),
+        provider: provider.name().to_owned(),
+        source,
+    };
+    report_failure(svc, &err, ctx).await;
+    err
 }
 
 /// Logs the failure, publishes a Warning Event and sets the condition to

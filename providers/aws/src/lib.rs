@@ -154,8 +154,8 @@ impl LoadBalancerProvider for AwsProvider {
 
     /// The annotations parsed and the resources computed, as every call
     /// does first.
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
-        converge::desired(spec, &self.settings.cluster).map(|d| d.warnings)
+    fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        converge::desired(spec, &self.settings.cluster).map(drop)
     }
 
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {

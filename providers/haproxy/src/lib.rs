@@ -673,8 +673,8 @@ impl LoadBalancerProvider for HaproxyProvider {
 
     /// The `ferrylb.io/haproxy-*` annotations. A Service without a TCP
     /// port is left to [`ensure`](Self::ensure), which gives its VIP back.
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
-        Options::parse(&spec.annotations).map(|_| vec![])
+    fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        Options::parse(&spec.annotations).map(drop)
     }
 
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
