@@ -9,7 +9,8 @@
 # installed; HAProxy itself runs in its own container, the chart's sidecar),
 # `ip` and `arping` (--haproxy-vip-interface adds VIPs to an interface
 # and announces them), and `keepalived` (--haproxy-vrrp runs it to move the
-# VIPs between replicas). The lab builds the same layout without a registry
+# VIPs between replicas) with `nft` (nftables: a replica handing its VIPs
+# over pauses new handshakes to them first). The lab builds the same layout without a registry
 # from this machine's Debian files: tests/lab/images/build.
 
 FROM rust:1.88-bookworm AS build
@@ -20,7 +21,7 @@ RUN cargo build --release --locked --bin ferrylb \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping keepalived \
+ && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping keepalived nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrylb /usr/local/bin/ferrylb
 RUN printf 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >>/etc/passwd \

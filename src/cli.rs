@@ -340,6 +340,29 @@ pub struct VrrpArgs {
     /// peers.
     #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PEER_SELECTOR")]
     pub haproxy_vrrp_peer_selector: Option<String>,
+
+    /// On a planned stop, the replica holding the VIPs drops new TCP
+    /// handshakes to them for this long before handing them over, so that
+    /// the connections it accepted finish first; clients send their SYN
+    /// again a second later and reach the new holder. Keep it well under
+    /// one second (the first SYN retransmission) minus the takeover time;
+    /// 0s hands over at once. Needs `nft` (nftables) and NET_ADMIN.
+    #[arg(long, env = "FERRYLB_HAPROXY_VRRP_HANDOVER_PAUSE", default_value = "300ms", value_parser = handover_pause)]
+    pub haproxy_vrrp_handover_pause: Duration,
+
+    /// The nft binary for --haproxy-vrrp-handover-pause.
+    #[arg(long, env = "FERRYLB_NFT_BINARY", default_value = "nft")]
+    pub nft_binary: PathBuf,
+}
+
+fn handover_pause(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(5) {
+        return Err(format!(
+            "{s} is longer than 5s: clients whose SYN was dropped retry after 1s, then 3s, 7s"
+        ));
+    }
+    Ok(d)
 }
 
 fn advert_interval(s: &str) -> Result<Duration, String> {
@@ -419,6 +442,8 @@ impl HaproxyArgs {
             master_socket,
             name,
             await_peers: v.haproxy_vrrp_peer_selector.is_some(),
+            handover_pause: v.haproxy_vrrp_handover_pause,
+            nft_binary: v.nft_binary.clone(),
         }))
     }
 }

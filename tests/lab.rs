@@ -226,8 +226,8 @@ fn assert_takeover_bounded(s: &Summary) {
 
 fn report(what: &str, s: &Summary) {
     eprintln!(
-        "lab: {what}: sent {}, ok {}, failed {} {:?}, longest gap {:.2}s, nodes {:?}",
-        s.sent, s.ok, s.failed, s.errors, s.longest_gap_s, s.nodes
+        "lab: {what}: sent {}, ok {}, failed {} {:?}, longest gap {:.2}s, slow {} (slowest {:.2}s), nodes {:?}",
+        s.sent, s.ok, s.failed, s.errors, s.longest_gap_s, s.slow, s.slowest_s, s.nodes
     );
 }
 
@@ -607,16 +607,16 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
 /// three missed).
 const VRRP_FAILOVER_GAP_S: f64 = 1.0;
 
-/// A planned move with VRRP, at 100 new connections a second: no gap, and
-/// at most the connections opened in the instant the VIPs move (measured:
-/// 0 in most runs; 1-15, all opened within 0.15 s of the handover, in some).
+/// A planned move with VRRP, at 100 new connections a second: nothing
+/// lost. The holder pauses new handshakes for `haproxy.vrrp.handoverPause`
+/// (300 ms) before the VIPs move; the connections started meanwhile are
+/// answered on their SYN's retry a second later, by the new holder (the
+/// probe counts them as slow), so every start is answered and the gap
+/// between answered starts stays that of the rate.
 fn assert_planned_move(s: &Summary) {
     assert!(s.sent >= 2_000, "{s:?}");
     assert!(s.longest_gap_s < 0.5, "{s:?}");
-    assert!(
-        s.failed <= 20,
-        "at most the connections in flight at the handover: {s:?}"
-    );
+    assert_eq!(s.failed, 0, "no connection lost in a planned move: {s:?}");
 }
 
 /// Installs (or upgrades to) FerryLB with VRRP: keepalived on every replica.

@@ -224,6 +224,12 @@ pub struct Summary {
     pub pods: std::collections::BTreeMap<String, u64>,
     pub longest_gap_s: f64,
     pub duration_s: f64,
+    /// Answered connections that took over 0.5 s (a SYN sent again).
+    #[serde(default)]
+    pub slow: u64,
+    /// The longest an answered connection took.
+    #[serde(default)]
+    pub slowest_s: f64,
     /// The first failed attempts: seconds after `started_at`, and the error.
     #[serde(default)]
     pub failures: Vec<(f64, String)>,

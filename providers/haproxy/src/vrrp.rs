@@ -15,7 +15,9 @@
 //!
 //! A planned stop (`stop`) ends keepalived first: it sends a priority-0
 //! advert and the peer takes the VIPs over at once, while this host's
-//! HAProxy still serves what it holds.
+//! HAProxy still serves what it holds. A master pauses new handshakes to
+//! its VIPs for a moment before that ([`handover`]), so that what it
+//! accepted finishes before the VIPs move.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -30,6 +32,8 @@ use std::time::Duration;
 use ferrylb_model::ProviderError;
 use ferrylb_model::reason;
 use tokio::process::{Child, Command};
+
+pub mod handover;
 
 /// VIPs carried in each VRRP advert; keepalived allows 20, and the rest go
 /// into `virtual_ipaddress_excluded`, which moves with the instance too.
@@ -62,6 +66,13 @@ pub struct VrrpSettings {
     /// waits for them, since started without them it would hear no advert,
     /// declare itself master beside the real one, and pull clients to it.
     pub await_peers: bool,
+    /// Before a planned stop, a master drops new TCP handshakes to its VIPs
+    /// for this long, so that the connections it accepted finish before the
+    /// VIPs move (the clients' SYNs come again a second later, to the new
+    /// holder); zero hands over at once.
+    pub handover_pause: Duration,
+    /// The `nft` binary that pauses the handshakes.
+    pub nft_binary: PathBuf,
 }
 
 /// keepalived's configuration for `vips` and `peers`; `None` when there is no
@@ -186,6 +197,8 @@ struct Inner {
     vips: BTreeSet<IpAddr>,
     peers: BTreeSet<IpAddr>,
     peers_known: bool,
+    /// A pause left by an earlier process has been cleared.
+    pause_cleared: bool,
     /// Stopped for good: this replica is going away.
     stopped: bool,
     /// The configuration keepalived runs, `None` when it does not run.
@@ -306,6 +319,10 @@ impl Keepalived {
         match inner.child.as_ref().and_then(Child::id) {
             Some(pid) if running => signal("HUP", pid).await?,
             _ => {
+                if !inner.pause_cleared {
+                    self.clear_pause().await;
+                    inner.pause_cleared = true;
+                }
                 inner.child = Some(self.spawn().await?);
                 self.supervisor.get_or_init(|| {
                     let weak = Arc::downgrade(self);
@@ -387,17 +404,60 @@ impl Keepalived {
     }
 
     /// Stops keepalived for good: its VRRP child sends a priority-0 advert,
-    /// and a peer takes the VIPs over at once. Later changes do not start it
-    /// again.
+    /// and a peer takes the VIPs over at once. A master pauses new
+    /// handshakes to its VIPs first, for `handover_pause`. Later changes do
+    /// not start keepalived again.
     pub async fn stop(&self) {
         if let Some(s) = self.supervisor.get() {
             s.abort();
         }
         let mut inner = self.inner.lock().await;
         inner.stopped = true;
+        let paused = self.pause_before_handover(&mut inner).await;
         stop_child(&mut inner).await;
+        if paused {
+            self.clear_pause().await;
+        }
         inner.applied = None;
         self.set_state("STOPPED");
+    }
+
+    /// Drops new handshakes to the VIPs this master holds and waits
+    /// `handover_pause` for the accepted connections to finish; `true` when
+    /// the pause is in place (and must be cleared).
+    async fn pause_before_handover(&self, inner: &mut Inner) -> bool {
+        let pause = self.settings.handover_pause;
+        if pause.is_zero()
+            || inner.vips.is_empty()
+            || !inner.running()
+            || self.status().state != "MASTER"
+        {
+            return false;
+        }
+        let nft = handover::Nft::new(self.settings.nft_binary.clone());
+        if let Err(e) = nft.pause(&inner.vips).await {
+            tracing::warn!(error = %e, "pausing new connections before the handover failed; handing the VIPs over at once");
+            return false;
+        }
+        tracing::info!(
+            pause = ?pause,
+            vips = inner.vips.len(),
+            "new connections to the VIPs paused; handing them over once the accepted ones finish"
+        );
+        tokio::time::sleep(pause).await;
+        true
+    }
+
+    /// Removes a handover pause (this process's, or one a replica killed
+    /// during its handover left behind).
+    async fn clear_pause(&self) {
+        if self.settings.handover_pause.is_zero() {
+            return;
+        }
+        let nft = handover::Nft::new(self.settings.nft_binary.clone());
+        if let Err(e) = nft.resume().await {
+            tracing::warn!(error = %e, "clearing the handover pause failed; planned handovers may drop connections");
+        }
     }
 }
 

@@ -13,6 +13,8 @@ fn settings() -> VrrpSettings {
         master_socket: "/run/ferrylb/master.sock".into(),
         name: "node1".into(),
         await_peers: false,
+        handover_pause: Duration::ZERO,
+        nft_binary: "nft".into(),
     }
 }
 
@@ -172,6 +174,23 @@ fn binary() -> &'static str {
     }
 }
 
+/// A wrapper script in `dir` that runs `program` inside `ns`.
+fn inside(ns: &Netns, dir: &Path, program: &str) -> PathBuf {
+    let name = Path::new(program).file_name().unwrap();
+    let wrapper = dir.join(name);
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n", ns.0),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    wrapper
+}
+
 /// The addresses on `eth0` in `ns`.
 fn addresses(ns: &Netns) -> String {
     String::from_utf8_lossy(&ns.ip(&["-o", "addr", "show", "dev", "eth0"]).stdout).into_owned()
@@ -199,24 +218,8 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
     ns.ip_ok(&["link", "set", "eth1", "up"]);
     let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // keepalived runs inside the namespace: a wrapper that enters it.
-    let wrapper = dir.join("keepalived");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
-            ns.0,
-            binary()
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .unwrap();
     let mut s = settings();
-    s.binary = wrapper;
+    s.binary = inside(&ns, &dir, binary());
     s.config_path = dir.join("keepalived.conf");
     s.master_socket = dir.join("master.sock");
     let k = Keepalived::new(s);
@@ -244,5 +247,130 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
     })
     .await;
     assert_eq!(k.status().state, "STOPPED");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_handover_pause_drops_only_new_handshakes_to_the_vips() {
+    let script = handover::pause_script(&ips(&["10.0.0.200", "10.0.0.201", "fd00::200"])).unwrap();
+    assert!(script.starts_with(&handover::clear_script()), "{script}");
+    assert!(
+        script.contains("ip daddr { 10.0.0.200, 10.0.0.201 } tcp flags & (syn | ack) == syn drop"),
+        "{script}"
+    );
+    assert!(
+        script.contains("ip6 daddr { fd00::200 } tcp flags & (syn | ack) == syn drop"),
+        "{script}"
+    );
+    assert_eq!(handover::pause_script(&BTreeSet::new()), None);
+}
+
+fn nft_binary() -> &'static str {
+    if Path::new("/usr/sbin/nft").exists() {
+        "/usr/sbin/nft"
+    } else {
+        "nft"
+    }
+}
+
+/// A client in the namespace: connects to VIP:8080 (served by a listener in
+/// the same process), says `ready`, and after a line on stdin tries a new
+/// connection (0.5 s) and a round trip on the first; prints both outcomes.
+const CLIENT: &str = r#"
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("10.0.0.200", 8080)); srv.listen(16)
+def serve():
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=lambda c=c: [c.sendall(d) for d in iter(lambda: c.recv(64), b"")], daemon=True).start()
+threading.Thread(target=serve, daemon=True).start()
+old = socket.create_connection(("10.0.0.200", 8080), timeout=2)
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    socket.create_connection(("10.0.0.200", 8080), timeout=0.5).close(); new = "connected"
+except OSError as e:
+    new = type(e).__name__
+old.sendall(b"ping")
+print(new, old.recv(64).decode(), flush=True)
+"#;
+
+/// A master being stopped first drops new handshakes to its VIPs (a real
+/// nftables rule in its namespace) while the connections it accepted keep
+/// working, then hands over, and leaves no rule behind.
+#[tokio::test]
+async fn a_stopping_master_pauses_new_handshakes_then_hands_over_and_clears_the_pause() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let ns = Netns::new("ferrylb-vrrp-pause");
+    ns.with_eth0();
+    ns.ip_ok(&["addr", "add", "10.0.0.11/24", "dev", "eth0"]);
+    ns.ip_ok(&["link", "set", "eth1", "up"]);
+    ns.ip_ok(&["link", "set", "lo", "up"]);
+    let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-pause-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = settings();
+    s.binary = inside(&ns, &dir, binary());
+    s.nft_binary = inside(&ns, &dir, nft_binary());
+    s.config_path = dir.join("keepalived.conf");
+    s.master_socket = dir.join("master.sock");
+    s.handover_pause = Duration::from_secs(2);
+    let tables = |ns: &Netns| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, nft_binary(), "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A pause a killed replica left behind is cleared when keepalived starts.
+    handover::Nft::new(s.nft_binary.clone())
+        .pause(&ips(&["10.0.0.200"]))
+        .await
+        .unwrap();
+    assert!(tables(&ns).contains(handover::TABLE));
+    let k = Keepalived::new(s);
+    k.set_vips(ips(&["10.0.0.200"])).await.unwrap();
+    until("MASTER with the VIP", || {
+        k.status().state == "MASTER" && addresses(&ns).contains("10.0.0.200/32")
+    })
+    .await;
+    assert!(!tables(&ns).contains(handover::TABLE), "{}", tables(&ns));
+
+    let mut client = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3", "-c", CLIENT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+
+    let stopping = tokio::spawn({
+        let k = k.clone();
+        async move { k.stop().await }
+    });
+    until("the pause in place", || {
+        tables(&ns).contains(handover::TABLE)
+    })
+    .await;
+    assert!(
+        addresses(&ns).contains("10.0.0.200/32"),
+        "the VIP is still held during the pause"
+    );
+    stdin.write_all(b"go\n").await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.as_deref(),
+        Some("TimeoutError ping"),
+        "during the pause a new connection gets no answer and the accepted one works"
+    );
+    stopping.await.unwrap();
+    assert!(!addresses(&ns).contains("10.0.0.200/"), "handed over");
+    assert!(!tables(&ns).contains(handover::TABLE), "{}", tables(&ns));
     let _ = std::fs::remove_dir_all(&dir);
 }
