@@ -367,6 +367,58 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
     h.cleanup_nodes().await;
 }
 
+/// A cold start: Services that exist unprovisioned when the controller
+/// starts are loaded by one reload (counted from the master socket), at
+/// concurrency 2, although planning 300 takes longer than a burst waits;
+/// and one Service refused before `ensure` (an invalid annotation) does not
+/// hold the others back.
+#[tokio::test]
+async fn services_waiting_at_start_up_are_loaded_by_one_reload() {
+    let mut h = harness("hx-cold", "127.5.0.0/23").await;
+    h.node("n1", "127.0.0.11").await;
+    let names: Vec<String> = (1..=300).map(|i| format!("s{i}")).collect();
+    for chunk in names.chunks(50) {
+        futures::future::join_all(chunk.iter().map(|n| create(&h, k::lb_service(n, &[80])))).await;
+    }
+    let mut bad = k::lb_service("bad", &[80]);
+    bad.metadata.annotations = Some(
+        [(
+            ferrylb_haproxy::options::TIMEOUT_CONNECT.to_owned(),
+            "soon".to_owned(),
+        )]
+        .into(),
+    );
+    create(&h, bad).await;
+
+    let mut cfg = config(
+        vec![(
+            h.class.clone(),
+            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
+        )],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.concurrency = 2;
+    let _ctl = RunningController::start(h.client.clone(), cfg);
+    for n in &names {
+        wait_vip(&h, n).await;
+    }
+    let (reloads, failed) = h.provider.reload_counters().await.unwrap();
+    assert_eq!(
+        (reloads, failed),
+        (1, 0),
+        "300 Services waiting at start-up: one reload after HAProxy started"
+    );
+    let bad: Service = h.services().get("bad").await.unwrap();
+    assert!(first_ingress(&bad).is_none());
+    let svc = h.services().get("s300").await.unwrap();
+    let _l = traffic::answer("127.0.0.11", node_port(&svc, 0), "s300").await;
+    wait_answers(SocketAddr::new(vip(&svc).unwrap(), 80), &["s300"]).await;
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
 #[tokio::test]
 async fn no_connection_fails_across_ten_runtime_updates_and_ten_reloads() {
     let mut h = harness("hx-reload", "127.0.0.120-127.0.0.129").await;

@@ -87,6 +87,13 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     async fn restore(&self, _specs: &[LoadBalancerSpec]) -> Result<(), ProviderError> {
         Ok(())
     }
+
+    /// Called once at start-up, before [`restore`](Self::restore), with the
+    /// load balancers of Services this provider serves that are not
+    /// provisioned yet: each will come to [`ensure`](Self::ensure) shortly,
+    /// so a provider that batches changes may wait for them. The default
+    /// does nothing.
+    fn starting(&self, _unprovisioned: &[LoadBalancerRef]) {}
 }
 
 /// Whether an error is worth retrying, and when.

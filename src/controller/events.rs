@@ -48,45 +48,53 @@ async fn publish_on(
     }
 }
 
-/// Publishes Normal Events off the reconcile's path, in order, a few at a
-/// time: a node change reconciles every Service, and each one waiting for
-/// its `UpdatedLoadBalancer` Event to be written would hold back the
-/// targets of the Services behind it. When the queue is full the Event is
-/// dropped (and logged): Events are a courtesy, never worth blocking for.
+/// Publishes Normal Events off the reconcile's path, a few at a time, each
+/// Service's in the order they were queued (a Service always publishes on
+/// the same lane). A reconcile waiting for its Events would hold back the
+/// Services behind it: after a node change every Service takes new targets,
+/// and after a burst is loaded every Service in it publishes its status.
+/// When a lane is full the Event is dropped (and logged): Events are a
+/// courtesy, never worth blocking for.
 #[derive(Clone)]
 pub struct Background {
-    tx: tokio::sync::mpsc::Sender<(ObjectReference, &'static str, String)>,
+    lanes: Vec<tokio::sync::mpsc::Sender<(ObjectReference, &'static str, String)>>,
 }
 
-/// Events waiting to be published.
-const BACKGROUND_QUEUE: usize = 4096;
-/// Events published at the same time.
-const BACKGROUND_CONCURRENCY: usize = 4;
+/// Events waiting to be published, per lane.
+const BACKGROUND_QUEUE: usize = 2048;
+/// Lanes: Events published at the same time.
+const BACKGROUND_LANES: usize = 4;
 
 impl Background {
-    /// Starts the publisher; it ends once every sender is dropped and the
+    /// Starts the publishers; each ends once every sender is dropped and its
     /// queue is drained.
     pub fn start(recorder: Recorder) -> Self {
-        use futures::StreamExt as _;
-        let (tx, rx) = tokio::sync::mpsc::channel(BACKGROUND_QUEUE);
-        tokio::spawn(async move {
-            tokio_stream::wrappers::ReceiverStream::new(rx)
-                .for_each_concurrent(BACKGROUND_CONCURRENCY, |(regarding, reason, note)| {
-                    let recorder = recorder.clone();
-                    async move { publish_on(&recorder, &regarding, false, reason, note).await }
-                })
-                .await;
-        });
-        Background { tx }
+        let lanes = (0..BACKGROUND_LANES)
+            .map(|_| {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::channel::<(ObjectReference, &'static str, String)>(
+                        BACKGROUND_QUEUE,
+                    );
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    while let Some((regarding, reason, note)) = rx.recv().await {
+                        publish_on(&recorder, &regarding, false, reason, note).await;
+                    }
+                });
+                tx
+            })
+            .collect();
+        Background { lanes }
     }
 
     /// Queues a Normal Event on `svc`.
-    pub fn normal(&self, svc: &Service, reason: &'static str, note: String) {
-        if self
-            .tx
-            .try_send((svc.object_ref(&()), reason, note))
-            .is_err()
-        {
+    pub fn normal(&self, svc: &Service, reason: &'static str, note: impl Into<String>) {
+        use std::hash::{Hash as _, Hasher as _};
+        let regarding = svc.object_ref(&());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&regarding.namespace, &regarding.name).hash(&mut h);
+        let lane = &self.lanes[(h.finish() % self.lanes.len() as u64) as usize];
+        if lane.try_send((regarding, reason, note.into())).is_err() {
             tracing::debug!(service = %svc_name(svc), reason, "Event queue full; Event dropped");
         }
     }

@@ -153,13 +153,8 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             .is_some_and(|p| p.same_desired_state(&spec));
         if !unchanged && !announced {
             tracing::info!(service = %name, provider = provider.name(), "ensuring load balancer");
-            events::normal(
-                &ctx.recorder,
-                svc,
-                events::ENSURING,
-                "Ensuring load balancer",
-            )
-            .await;
+            ctx.background_events
+                .normal(svc, events::ENSURING, "Ensuring load balancer");
         }
         observed(ctx, &*provider, "ensure", provider.ensure(&spec)).await
     };
@@ -217,7 +212,8 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             events::warning(&ctx.recorder, svc, &w.reason, w.message.clone()).await;
         }
     } else if !unchanged {
-        events::normal(&ctx.recorder, svc, events::ENSURED, "Ensured load balancer").await;
+        ctx.background_events
+            .normal(svc, events::ENSURED, "Ensured load balancer");
         for w in &lb_status.warnings {
             tracing::warn!(service = %svc_name(svc), reason = %w.reason, "{}", w.message);
             events::warning(&ctx.recorder, svc, &w.reason, w.message.clone()).await;
@@ -425,17 +421,22 @@ pub(super) async fn restore(ctx: &Context) {
     };
     let targets = ctx.targets();
     let mut by_class: BTreeMap<String, Vec<LoadBalancerSpec>> = BTreeMap::new();
+    let mut unprovisioned: BTreeMap<String, Vec<LoadBalancerRef>> = BTreeMap::new();
     for svc in &services {
-        let (Some(class), Some(recorded)) = (ctx.class_of(svc), status::recorded_class(svc)) else {
+        let Some(class) = ctx.class_of(svc) else {
             continue;
         };
-        if class == recorded
-            && let Ok(spec) = crate::spec::build(svc, &targets)
-        {
+        let Ok(spec) = crate::spec::build(svc, &targets) else {
+            continue;
+        };
+        if status::recorded_class(svc) == Some(class.as_str()) {
             by_class.entry(class).or_default().push(spec);
+        } else if svc.metadata.deletion_timestamp.is_none() {
+            unprovisioned.entry(class).or_default().push(spec.lb);
         }
     }
     for (class, provider) in &ctx.config.classes {
+        provider.starting(&unprovisioned.remove(class).unwrap_or_default());
         let specs = by_class.remove(class).unwrap_or_default();
         if let Err(e) = provider.restore(&specs).await {
             tracing::warn!(class, provider = provider.name(), error = %e, "restoring provider state failed");

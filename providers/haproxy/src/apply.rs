@@ -23,6 +23,14 @@ use crate::{HaproxyProvider, Loaded};
 const QUIET: Duration = Duration::from_millis(30);
 /// The longest a burst waits for the desired state to settle.
 const MAX_WAIT: Duration = Duration::from_secs(1);
+/// At start-up, the first burst waits for every Service that existed
+/// unprovisioned (see [`HaproxyProvider::awaiting`]) to be planned, so that
+/// a cold start is one reload rather than one a second, each taking CPU
+/// from the planning; but no longer than this in all,
+const START_MAX_WAIT: Duration = Duration::from_secs(30);
+/// nor once no change has come for this long (a Service that never reaches
+/// `ensure`, e.g. one whose finalizer cannot be written).
+const START_QUIET: Duration = Duration::from_secs(1);
 /// The soonest a reconcile whose change is pending asks again.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// The latest: a reconcile never waits longer than this to ask again.
@@ -118,10 +126,26 @@ impl HaproxyProvider {
             return Ok(false);
         };
         let started = tokio::time::Instant::now();
+        let mut last_change = started;
         loop {
             let seen = self.requested.load(Ordering::SeqCst);
             tokio::time::sleep(QUIET).await;
-            if self.requested.load(Ordering::SeqCst) == seen || started.elapsed() >= MAX_WAIT {
+            let now = self.requested.load(Ordering::SeqCst);
+            if now != seen {
+                last_change = tokio::time::Instant::now();
+            }
+            let awaiting = self.awaiting.lock().expect("awaiting lock").len();
+            if awaiting > 0 {
+                if started.elapsed() < START_MAX_WAIT && last_change.elapsed() < START_QUIET {
+                    continue;
+                }
+                tracing::info!(
+                    unplanned = awaiting,
+                    "loading without the Services not planned yet since start-up"
+                );
+                self.awaiting.lock().expect("awaiting lock").clear();
+            }
+            if now == seen || started.elapsed() >= MAX_WAIT {
                 break;
             }
         }
@@ -178,17 +202,29 @@ impl HaproxyProvider {
         loaded: &mut Loaded,
         desired: BTreeMap<LoadBalancerRef, Entry>,
     ) -> Result<(), ProviderError> {
+        let started = std::time::Instant::now();
         let entries: Vec<Entry> = desired.values().cloned().collect();
         let text = render::render(&self.global(), &entries);
+        let rendered = started.elapsed();
         // Entries can differ in what the configuration does not show (a
         // follower's entry and the leader's for the same Service, when one
         // takes over from the other): the same text is no reload.
         let sha = sha256_hex(&text);
         if loaded.served_sha.as_deref() != Some(sha.as_str()) {
-            let started = std::time::Instant::now();
+            let checking = std::time::Instant::now();
             self.process.install(&text).await?;
+            let checked = checking.elapsed();
             self.process.reload().await?;
-            *self.last_load.lock().expect("last_load lock") = started.elapsed();
+            let took = checking.elapsed();
+            *self.last_load.lock().expect("last_load lock") = took;
+            tracing::debug!(
+                services = desired.len(),
+                bytes = text.len(),
+                render_ms = rendered.as_millis(),
+                check_ms = checked.as_millis(),
+                reload_ms = (took - checked).as_millis(),
+                "haproxy reloaded"
+            );
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             loaded.served_sha = Some(sha);

@@ -114,6 +114,10 @@ pub struct HaproxyProvider {
     /// Carries `loaded_through` to the controller (see
     /// [`LoadBalancerProvider::applied`]).
     applied: tokio::sync::watch::Sender<u64>,
+    /// Services that existed unprovisioned at start-up and have not come to
+    /// `ensure` yet: the first burst waits for them (see
+    /// [`LoadBalancerProvider::starting`]).
+    awaiting: std::sync::Mutex<std::collections::HashSet<LoadBalancerRef>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -199,6 +203,7 @@ impl HaproxyProvider {
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
             last_load: std::sync::Mutex::new(Duration::ZERO),
+            awaiting: std::sync::Mutex::default(),
             applied: tokio::sync::watch::Sender::new(0),
             settings,
             entries: std::sync::Mutex::default(),
@@ -344,6 +349,14 @@ impl HaproxyProvider {
             }
         }
         self.process.stop().await;
+    }
+
+    /// `lb` came to the provider: the first burst need not wait for it.
+    fn planned(&self, lb: &LoadBalancerRef) {
+        let mut awaiting = self.awaiting.lock().expect("awaiting lock");
+        if !awaiting.is_empty() {
+            awaiting.remove(lb);
+        }
     }
 
     /// Writes an empty configuration when there is none yet, so that an
@@ -674,7 +687,25 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// The `ferrylb.io/haproxy-*` annotations. A Service without a TCP
     /// port is left to [`ensure`](Self::ensure), which gives its VIP back.
     fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        Options::parse(&spec.annotations).map(drop)
+        Options::parse(&spec.annotations)
+            .map(drop)
+            .inspect_err(|_| {
+                // Refused before `ensure`: not worth waiting for.
+                self.planned(&spec.lb);
+            })
+    }
+
+    fn starting(&self, unprovisioned: &[LoadBalancerRef]) {
+        if !unprovisioned.is_empty() {
+            tracing::info!(
+                services = unprovisioned.len(),
+                "the first load waits until every Service not yet provisioned is planned"
+            );
+        }
+        self.awaiting
+            .lock()
+            .expect("awaiting lock")
+            .extend(unprovisioned.iter().cloned());
     }
 
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
@@ -701,7 +732,9 @@ impl LoadBalancerProvider for HaproxyProvider {
             // Refused when its burst was applied (and rolled back then).
             return Err(e);
         }
-        let (entry, previous) = self.plan(spec)?;
+        let planned = self.plan(spec);
+        self.planned(&spec.lb);
+        let (entry, previous) = planned?;
         if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
             self.hold_vip(entry.vip).await?;
             return Ok(status_of(&entry));
@@ -788,6 +821,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     }
 
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
+        self.planned(lb);
         self.changed_at.lock().expect("changed_at lock").remove(lb);
         let removed = self.entries.lock().expect("entries lock").remove(lb);
         let Some(removed) = removed else {
