@@ -367,6 +367,47 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
     h.cleanup_nodes().await;
 }
 
+/// A node that stops answering (here: refuses; a dead host's connections
+/// time out after `timeout connect`, 1 s by default) costs no client
+/// connection while its health check still says it is up: HAProxy retries
+/// the connection on another node (`option redispatch`).
+#[tokio::test]
+async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notices() {
+    let mut h = harness("hx-redispatch", "127.0.2.30-127.0.2.39").await;
+    for (ip, n) in &NODES[..2] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    create(&h, k::lb_service("web", &[80])).await;
+    let (svc, ip) = wait_vip(&h, "web").await;
+    let np = node_port(&svc, 0);
+    let mut answering = stand_ins(np, &NODES[..2]).await;
+    let addr = SocketAddr::new(ip, 80);
+    wait_answers(addr, &["n1", "n2"]).await;
+
+    // Checked every 2 s and taken out after three failures: n2 stays up in
+    // HAProxy's eyes for at least 4 s, far longer than the 20 connections.
+    drop(answering.pop());
+    let n2: SocketAddr = format!("127.0.0.12:{np}").parse().unwrap();
+    wait::until("n2 to refuse connections", WAIT, || async {
+        tokio::net::TcpStream::connect(n2)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(traffic::reply_from(addr, None).await);
+    }
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Some("n1")),
+        "every connection answered by the node that still answers: {answers:?}"
+    );
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
+
 /// A cold start: Services that exist unprovisioned when the controller
 /// starts are loaded by one reload (counted from the master socket), at
 /// concurrency 2, although planning 300 takes longer than a burst waits;

@@ -61,7 +61,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             balance: Balance::RoundRobin,
-            timeout_connect: Duration::from_secs(5),
+            // Nodes are on the cluster's network: a node that has not
+            // answered within a second is retried on another one.
+            timeout_connect: Duration::from_secs(1),
             timeout_client: Duration::from_secs(60),
             timeout_server: Duration::from_secs(60),
             check_interval: Duration::from_secs(2),

@@ -141,7 +141,12 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out);
     let _ = writeln!(out, "defaults");
     let _ = writeln!(out, "  mode tcp");
-    let _ = writeln!(out, "  timeout connect 5s");
+    // A node that refuses or does not answer (a dead host: `timeout
+    // connect`) before its check marks it down costs the client a retry on
+    // another node, not its connection.
+    let _ = writeln!(out, "  retries 2");
+    let _ = writeln!(out, "  option redispatch 1");
+    let _ = writeln!(out, "  timeout connect 1s");
     let _ = writeln!(out, "  timeout client 60s");
     let _ = writeln!(out, "  timeout server 60s");
 
