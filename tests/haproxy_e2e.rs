@@ -368,7 +368,7 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
 }
 
 /// A node that stops answering (here: refuses; a dead host's connections
-/// time out after `timeout connect`, 1 s by default) costs no client
+/// time out after `timeout connect`, 500 ms by default) costs no client
 /// connection while its health check still says it is up: HAProxy retries
 /// the connection on another node (`option redispatch`).
 #[tokio::test]

@@ -61,9 +61,10 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             balance: Balance::RoundRobin,
-            // Nodes are on the cluster's network: a node that has not
-            // answered within a second is retried on another one.
-            timeout_connect: Duration::from_secs(1),
+            // Nodes are on the cluster's network: a connection a node (or
+            // the pod kube-proxy sent it to) has not taken within half a
+            // second is retried on another node.
+            timeout_connect: Duration::from_millis(500),
             timeout_client: Duration::from_secs(60),
             timeout_server: Duration::from_secs(60),
             check_interval: Duration::from_secs(2),

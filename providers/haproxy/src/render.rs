@@ -144,9 +144,9 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     // A node that refuses or does not answer (a dead host: `timeout
     // connect`) before its check marks it down costs the client a retry on
     // another node, not its connection.
-    let _ = writeln!(out, "  retries 2");
+    let _ = writeln!(out, "  retries 3");
     let _ = writeln!(out, "  option redispatch 1");
-    let _ = writeln!(out, "  timeout connect 1s");
+    let _ = writeln!(out, "  timeout connect 500ms");
     let _ = writeln!(out, "  timeout client 60s");
     let _ = writeln!(out, "  timeout server 60s");
 

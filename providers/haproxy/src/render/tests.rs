@@ -59,14 +59,14 @@ fn renders_frontend_and_backend_per_tcp_port() {
     let expected_tail = format!(
         "frontend fe_{lb}_80\n  bind 127.0.0.100:80 transparent\n  timeout client 60000ms\n  \
          tcp-request connection reject if !{{ src 10.0.0.0/8 127.0.0.5/32 }}\n  default_backend be_{lb}_80\n\n\
-         backend be_{lb}_80\n  balance roundrobin\n  timeout connect 1000ms\n  timeout server 60000ms\n  \
+         backend be_{lb}_80\n  balance roundrobin\n  timeout connect 500ms\n  timeout server 60000ms\n  \
          default-server check inter 2000ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
     );
     assert!(cfg.ends_with(&expected_tail), "{cfg}");
     assert!(!cfg.contains("53"), "UDP ports are not rendered: {cfg}");
     assert!(cfg.contains("stats socket /run/ferrylb/admin.sock mode 660 level admin"));
     assert!(
-        cfg.contains("defaults\n  mode tcp\n  retries 2\n  option redispatch 1\n"),
+        cfg.contains("defaults\n  mode tcp\n  retries 3\n  option redispatch 1\n"),
         "{cfg}"
     );
 }
