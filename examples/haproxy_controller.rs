@@ -19,6 +19,9 @@
 //! - a Node added, and one removed: until every backend in HAProxy (admin
 //!   socket, `show servers state`) has it, or no longer has it;
 //! - this process's and haproxy's peak memory (VmHWM).
+//!
+//! It runs itself with `MALLOC_MMAP_THRESHOLD_=131072`, as FerryLB's image
+//! and chart do.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -31,6 +34,9 @@ use kube::api::{Api, ListParams, PostParams};
 use support::harness::{Harness, first_ingress};
 use support::{kube as k, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// glibc's fixed mmap threshold, which the Dockerfile and the chart set.
+const MMAP_THRESHOLD: &str = "MALLOC_MMAP_THRESHOLD_";
 
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
@@ -167,6 +173,15 @@ async fn addressed(services: &Api<Service>) -> usize {
 
 #[tokio::main]
 async fn main() {
+    // Measure the allocator as FerryLB's image and chart run it.
+    if std::env::var_os(MMAP_THRESHOLD).is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env(MMAP_THRESHOLD, "131072")
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let (n_services, n_nodes, concurrency) = (arg(1, 1000), arg(2, 50), arg(3, 8) as u16);
     let (n_cluster_ip, n_excluded) = (arg(4, 0), arg(5, 0));
     let dir = support::env::tempdir("haproxy-controller");

@@ -408,31 +408,44 @@ async fn observed<T>(
     result
 }
 
+/// Services listed per request at start-up.
+const RESTORE_PAGE: u32 = 500;
+
 /// Tells each provider which of its load balancers exist, from the Services
 /// already provisioned (those carrying the finalizer and their class).
 /// Failures are logged: a provider then simply starts from nothing.
 pub(super) async fn restore(ctx: &Context) {
-    let services = match ctx.services_api().list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing Services to restore provider state failed");
-            return;
-        }
-    };
     let targets = ctx.targets();
     let mut by_class: BTreeMap<String, Vec<LoadBalancerSpec>> = BTreeMap::new();
     let mut unprovisioned: BTreeMap<String, Vec<LoadBalancerRef>> = BTreeMap::new();
-    for svc in &services {
-        let Some(class) = ctx.class_of(svc) else {
-            continue;
+    // A page at a time: of thousands of Services, most are not load
+    // balancers, and the whole list at once would be this process's peak.
+    let api = ctx.services_api();
+    let mut params = ListParams::default().limit(RESTORE_PAGE);
+    loop {
+        let page = match api.list(&params).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing Services to restore provider state failed");
+                return;
+            }
         };
-        let Ok(spec) = crate::spec::build(svc, &targets) else {
-            continue;
-        };
-        if status::recorded_class(svc) == Some(class.as_str()) {
-            by_class.entry(class).or_default().push(spec);
-        } else if svc.metadata.deletion_timestamp.is_none() {
-            unprovisioned.entry(class).or_default().push(spec.lb);
+        for svc in &page.items {
+            let Some(class) = ctx.class_of(svc) else {
+                continue;
+            };
+            let Ok(spec) = crate::spec::build(svc, &targets) else {
+                continue;
+            };
+            if status::recorded_class(svc) == Some(class.as_str()) {
+                by_class.entry(class).or_default().push(spec);
+            } else if svc.metadata.deletion_timestamp.is_none() {
+                unprovisioned.entry(class).or_default().push(spec.lb);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
         }
     }
     for (class, provider) in &ctx.config.classes {
