@@ -18,7 +18,10 @@
 //!   created back to back: create → address, p50 and p99;
 //! - a Node added, and one removed: until every backend in HAProxy (admin
 //!   socket, `show servers state`) has it, or no longer has it;
-//! - this process's and haproxy's peak memory (VmHWM).
+//! - this process's and haproxy's peak memory (VmHWM);
+//! - a restart: a new controller and provider (adopting the running
+//!   haproxy) until every Service was reconciled and found its load
+//!   balancer, with the reloads it took.
 //!
 //! It runs itself with `MALLOC_MMAP_THRESHOLD_=131072`, as FerryLB's image
 //! and chart do.
@@ -185,14 +188,12 @@ async fn main() {
     let (n_services, n_nodes, concurrency) = (arg(1, 1000), arg(2, 50), arg(3, 8) as u16);
     let (n_cluster_ip, n_excluded) = (arg(4, 0), arg(5, 0));
     let dir = support::env::tempdir("haproxy-controller");
-    let mut h = Harness::new("bench-hc", |_| {
-        HaproxyProvider::new(HaproxySettings {
-            hard_stop_after: Duration::from_secs(5),
-            node_check_port: Some(10256),
-            ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
-        })
-    })
-    .await;
+    let settings = || HaproxySettings {
+        hard_stop_after: Duration::from_secs(5),
+        node_check_port: Some(10256),
+        ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
+    };
+    let mut h = Harness::new("bench-hc", |_| HaproxyProvider::new(settings())).await;
     for i in 0..n_nodes {
         h.node(&format!("n{i}"), &format!("127.0.3.{}", i + 1))
             .await;
@@ -249,8 +250,18 @@ async fn main() {
         &h.label,
     );
     cfg.concurrency = concurrency;
+    let config_for = |provider: std::sync::Arc<HaproxyProvider>| {
+        let mut cfg = cfg.clone();
+        cfg.classes = [(
+            class.clone(),
+            provider as std::sync::Arc<dyn ferrylb_model::LoadBalancerProvider>,
+        )]
+        .into();
+        cfg.telemetry = std::sync::Arc::default();
+        cfg
+    };
     let started = Instant::now();
-    let _ctl = support::controller::RunningController::start(h.client.clone(), cfg);
+    let _ctl = support::controller::RunningController::start(h.client.clone(), cfg.clone());
     wait::until(
         "every Service addressed",
         Duration::from_secs(1800),
@@ -385,6 +396,41 @@ async fn main() {
         vm_hwm_kib("self") / 1024,
         haproxy_kib / 1024
     );
+    // A restart: the controller stops, a new one starts with a new provider
+    // (no memory) on the same directory, which adopts the running haproxy;
+    // steady once every Service was reconciled and found its load balancer
+    // (the new process counts it then).
+    _ctl.stop().await;
+    let before = reloads().await;
+    let t = Instant::now();
+    let fresh = std::sync::Arc::new(HaproxyProvider::new(settings()));
+    let cfg = config_for(fresh.clone());
+    let telemetry = cfg.telemetry.clone();
+    let _ctl = support::controller::RunningController::start(h.client.clone(), cfg);
+    let total = n_services + 100;
+    wait::until(
+        "every Service reconciled after the restart",
+        Duration::from_secs(600),
+        || {
+            let telemetry = telemetry.clone();
+            async move {
+                let known: usize = telemetry
+                    .encode()
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && l.contains("load_balancers{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as usize;
+                (known >= total).then_some(())
+            }
+        },
+    )
+    .await;
+    println!(
+        "restart: every Service reconciled and its load balancer found after {:.2} s, {} reloads",
+        t.elapsed().as_secs_f64(),
+        reloads().await - before
+    );
+
     // The test API server has no namespace controller: the Services go one
     // by one, so that their nodePorts are free for the next run.
     drop(_ctl);

@@ -21,8 +21,10 @@ use crate::{HaproxyProvider, Loaded};
 
 /// How long the desired state must stay unchanged before a burst is applied.
 const QUIET: Duration = Duration::from_millis(30);
-/// The longest a burst waits for the desired state to settle.
-const MAX_WAIT: Duration = Duration::from_secs(1);
+/// The longest a burst waits for the desired state to settle: a client
+/// creating 100 Services one after another takes about a second, and two
+/// reloads for them instead of one cost the last ones a second more.
+const MAX_WAIT: Duration = Duration::from_millis(1500);
 /// At start-up, the first burst waits for every Service that existed
 /// unprovisioned (see [`HaproxyProvider::awaiting`]) to be planned, so that
 /// a cold start is one reload rather than one a second, each taking CPU
