@@ -57,6 +57,28 @@ fn vm_hwm_kib(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The pids of the haproxy processes (master and workers) running `config`.
+fn haproxy_processes(config: &std::path::Path) -> Vec<String> {
+    let config = config.as_os_str().as_encoded_bytes();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.to_owned();
+            pid.bytes().all(|b| b.is_ascii_digit()).then_some(pid)
+        })
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"haproxy"))
+                && args.windows(2).any(|w| w[0] == b"-f" && w[1] == config)
+        })
+        .collect()
+}
+
 /// `show servers state` on the admin socket.
 async fn servers_state(socket: &std::path::Path) -> String {
     let Ok(mut s) = tokio::net::UnixStream::connect(socket).await else {
@@ -378,22 +400,12 @@ async fn main() {
         reloads().await - before
     );
 
-    let haproxy_kib: u64 = std::process::Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("haproxy -W .* -f {}", dir.join("haproxy.cfg").display()),
-        ])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(vm_hwm_kib)
-                .sum()
-        })
-        .unwrap_or(0);
+    let haproxy = haproxy_processes(&dir.join("haproxy.cfg"));
+    let haproxy_kib: u64 = haproxy.iter().map(|pid| vm_hwm_kib(pid)).sum();
     println!(
-        "peak memory: this process (controller, provider, test client) {} MiB; haproxy (master + workers) {} MiB",
+        "peak memory: this process (controller, provider, test client) {} MiB; haproxy ({} processes: master and workers) {} MiB",
         vm_hwm_kib("self") / 1024,
+        haproxy.len(),
         haproxy_kib / 1024
     );
     // A restart: the controller stops, a new one starts with a new provider

@@ -45,6 +45,11 @@ impl HaproxyProvider {
     /// pending Services would take the reconcile slots from the changes
     /// still to be planned.
     pub(crate) fn poll_after(&self) -> Duration {
+        if !self.awaiting.lock().expect("awaiting lock").is_empty() {
+            // The start-up burst is still gathering: it says when it is
+            // loaded, and asking sooner only takes slots from the planning.
+            return POLL_MAX;
+        }
         let last = *self.last_load.lock().expect("last_load lock");
         last.clamp(POLL, POLL_MAX)
     }
