@@ -434,8 +434,7 @@ impl Keepalived {
         {
             return false;
         }
-        let nft = handover::Nft::new(self.settings.nft_binary.clone());
-        if let Err(e) = nft.pause(&inner.vips).await {
+        if let Err(e) = self.nft().pause(&inner.vips).await {
             tracing::warn!(error = %e, "pausing new connections before the handover failed; handing the VIPs over at once");
             return false;
         }
@@ -448,14 +447,17 @@ impl Keepalived {
         true
     }
 
+    fn nft(&self) -> handover::Nft {
+        handover::Nft::new(self.settings.nft_binary.clone())
+    }
+
     /// Removes a handover pause (this process's, or one a replica killed
     /// during its handover left behind).
     async fn clear_pause(&self) {
         if self.settings.handover_pause.is_zero() {
             return;
         }
-        let nft = handover::Nft::new(self.settings.nft_binary.clone());
-        if let Err(e) = nft.resume().await {
+        if let Err(e) = self.nft().resume().await {
             tracing::warn!(error = %e, "clearing the handover pause failed; planned handovers may drop connections");
         }
     }

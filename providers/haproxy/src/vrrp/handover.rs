@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt as _;
@@ -69,11 +69,6 @@ impl Nft {
     #[must_use]
     pub fn new(binary: PathBuf) -> Self {
         Self { binary }
-    }
-
-    #[must_use]
-    pub fn binary(&self) -> &Path {
-        &self.binary
     }
 
     /// Drops new TCP handshakes to `vips` until [`Self::resume`].
