@@ -58,6 +58,21 @@ async fn stand_ins(node_port: u16, nodes: &[(&str, &str)]) -> Vec<traffic::Answe
     .await
 }
 
+/// The controller for `h`'s class, running `concurrency` reconciles at once.
+fn start_at_concurrency(h: &Harness<HaproxyProvider>, concurrency: u16) -> RunningController {
+    let mut cfg = config(
+        vec![(
+            h.class.clone(),
+            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
+        )],
+        None,
+        &h.ns,
+        &h.label,
+    );
+    cfg.concurrency = concurrency;
+    RunningController::start(h.client.clone(), cfg)
+}
+
 async fn harness(prefix: &str, pool: &'static str) -> Harness<HaproxyProvider> {
     Harness::new(prefix, |_| provider(pool)).await
 }
@@ -333,17 +348,7 @@ async fn a_service_with_only_udp_ports_holds_no_address_and_is_not_ready() {
 async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads() {
     let mut h = harness("hx-burst", "127.0.2.0-127.0.2.29").await;
     h.node("n1", "127.0.0.11").await;
-    let mut cfg = config(
-        vec![(
-            h.class.clone(),
-            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
-        )],
-        None,
-        &h.ns,
-        &h.label,
-    );
-    cfg.concurrency = 2;
-    let _ctl = RunningController::start(h.client.clone(), cfg);
+    let _ctl = start_at_concurrency(&h, 2);
     // One Service first, so that HAProxy runs before the burst.
     create(&h, k::lb_service("s0", &[80])).await;
     wait_vip(&h, "s0").await;
@@ -431,17 +436,7 @@ async fn services_waiting_at_start_up_are_loaded_by_one_reload() {
     );
     create(&h, bad).await;
 
-    let mut cfg = config(
-        vec![(
-            h.class.clone(),
-            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
-        )],
-        None,
-        &h.ns,
-        &h.label,
-    );
-    cfg.concurrency = 2;
-    let _ctl = RunningController::start(h.client.clone(), cfg);
+    let _ctl = start_at_concurrency(&h, 2);
     for n in &names {
         wait_vip(&h, n).await;
     }
