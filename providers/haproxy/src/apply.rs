@@ -219,7 +219,13 @@ impl HaproxyProvider {
         let sha = sha256_hex(&text);
         if loaded.served_sha.as_deref() != Some(sha.as_str()) {
             let checking = std::time::Instant::now();
-            self.process.install(&text).await?;
+            match changed_since_checked(loaded, &desired) {
+                Some(changed) => {
+                    let part = render::render(&self.global(), &changed);
+                    self.process.install_changed(&text, &part).await?;
+                }
+                None => self.process.install(&text).await?,
+            }
             let checked = checking.elapsed();
             self.process.reload().await?;
             let took = checking.elapsed();
@@ -235,6 +241,7 @@ impl HaproxyProvider {
             self.generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             loaded.served_sha = Some(sha);
+            loaded.unchecked.clear();
             loaded.file_stale = false;
             loaded.node_checks =
                 crate::runtime::CheckSlots::loaded(&desired.values().collect::<Vec<_>>());
@@ -275,10 +282,75 @@ impl HaproxyProvider {
     }
 }
 
+/// The entries of `desired` that no configuration HAProxy was given held
+/// as they are (new, changed, or changed through the runtime API since);
+/// `None` when what HAProxy runs is not known, and everything is checked.
+fn changed_since_checked(
+    loaded: &Loaded,
+    desired: &BTreeMap<LoadBalancerRef, Entry>,
+) -> Option<Vec<Entry>> {
+    let running = loaded.entries.as_ref()?;
+    Some(
+        desired
+            .iter()
+            .filter(|(k, e)| running.get(*k) != Some(*e) || loaded.unchecked.contains(*k))
+            .map(|(_, e)| e.clone())
+            .collect(),
+    )
+}
+
 pub(crate) fn sha256_hex(text: &str) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrylb_model::conformance::sample_spec;
+
+    use super::*;
+    use crate::options::Options;
+
+    fn entry(name: &str, node_port: u16) -> (LoadBalancerRef, Entry) {
+        let spec = sample_spec("shop", name, node_port, Vec::new());
+        let options = Options::parse(&spec.annotations).unwrap();
+        let lb = spec.lb.clone();
+        let vip = "127.0.0.100".parse().unwrap();
+        (lb, Entry { spec, vip, options })
+    }
+
+    fn names(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.spec.lb.name.as_str()).collect()
+    }
+
+    #[test]
+    fn only_what_no_loaded_configuration_held_is_checked_again() {
+        let (a, a_entry) = entry("a", 30001);
+        let (b, b_entry) = entry("b", 30002);
+        let (c, c_entry) = entry("c", 30003);
+        let mut loaded = Loaded::default();
+        let desired: BTreeMap<_, _> = [(a.clone(), a_entry.clone()), (b.clone(), b_entry)].into();
+        assert!(
+            changed_since_checked(&loaded, &desired).is_none(),
+            "what HAProxy runs is unknown: check everything"
+        );
+
+        loaded.entries = Some(desired.clone());
+        let mut next = desired.clone();
+        next.insert(b.clone(), entry("b", 30012).1);
+        next.insert(c.clone(), c_entry);
+        next.remove(&a);
+        let changed = changed_since_checked(&loaded, &next).unwrap();
+        assert_eq!(names(&changed), [&b.name, &c.name]);
+
+        // A change made through the runtime API was never checked.
+        next.insert(a.clone(), a_entry);
+        loaded.unchecked.insert(a.clone());
+        let changed = changed_since_checked(&loaded, &next).unwrap();
+        assert_eq!(changed.len(), 3);
+        assert!(names(&changed).contains(&a.name.as_str()));
+    }
 }

@@ -124,6 +124,9 @@ pub struct HaproxyProvider {
 #[derive(Default)]
 struct Loaded {
     entries: Option<BTreeMap<LoadBalancerRef, Entry>>,
+    /// Services whose entries in `entries` changed through the runtime API
+    /// since a configuration was checked: checked with the next burst.
+    unchecked: std::collections::BTreeSet<LoadBalancerRef>,
     file_stale: bool,
     /// The SHA-256 of the configuration HAProxy serves; `None` while
     /// runtime API changes are not in a file yet (or the state is unknown).
@@ -565,6 +568,7 @@ impl HaproxyProvider {
         if let Some(running) = loaded.entries.as_mut() {
             running.insert(new.spec.lb.clone(), new.clone());
         }
+        loaded.unchecked.insert(new.spec.lb.clone());
         loaded.file_stale = true;
         loaded.version += 1;
         // HAProxy runs what no file says yet; the flush names it again.

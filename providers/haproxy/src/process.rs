@@ -62,7 +62,31 @@ impl Process {
     /// atomically. An invalid configuration is kept beside the live one as
     /// `<config>.rejected` for inspection; the live one stays untouched.
     pub async fn install(&self, text: &str) -> Result<(), ProviderError> {
-        let checker = Checker {
+        let path = &self.settings.config_path;
+        let checked = check(&self.checker(), path, text).await?;
+        self.keep_last_good().await;
+        tokio::fs::rename(&checked, path)
+            .await
+            .map_err(|e| unavailable(format!("installing {}: {e}", path.display())))
+    }
+
+    /// Installs `text`, the whole configuration, having checked only
+    /// `changed` with `haproxy -c`: the global sections and the Services
+    /// that changed since HAProxy last loaded a configuration. The others
+    /// were checked then, and the master parses the whole file again when
+    /// it reloads, keeping the previous configuration serving if that
+    /// fails (the file is then put back, see [`Self::reload`]). At 1,000
+    /// Services, a burst of 100 is checked in a tenth of the time.
+    pub async fn install_changed(&self, text: &str, changed: &str) -> Result<(), ProviderError> {
+        let path = &self.settings.config_path;
+        let checked = check(&self.checker(), path, changed).await?;
+        let _ = tokio::fs::remove_file(&checked).await;
+        self.keep_last_good().await;
+        write_atomically(path, text).await
+    }
+
+    fn checker(&self) -> Checker<'_> {
+        Checker {
             program: &self.settings.binary,
             // Not `-q`: it silences the alerts a user needs to see.
             flag: "-c",
@@ -70,8 +94,32 @@ impl Process {
             rejected_reason: reason::INVALID_HAPROXY_CONFIGURATION,
             io_error: unavailable,
             said: alerts,
-        };
-        install_checked(&checker, &self.settings.config_path, text).await
+        }
+    }
+
+    /// Keeps the installed configuration as `<config>.good` (a hard link)
+    /// until the one replacing it is loaded.
+    async fn keep_last_good(&self) {
+        let path = &self.settings.config_path;
+        let good = sibling(path, "good");
+        let _ = tokio::fs::remove_file(&good).await;
+        // Absent before the first configuration.
+        let _ = tokio::fs::hard_link(path, &good).await;
+    }
+
+    /// After a reload HAProxy refused: the file goes back to what it
+    /// serves, so that a restart of HAProxy serves it too; the refused one
+    /// is kept as `<config>.rejected`.
+    async fn restore_last_good(&self) {
+        let path = &self.settings.config_path;
+        let good = sibling(path, "good");
+        if !tokio::fs::try_exists(&good).await.unwrap_or(false) {
+            return;
+        }
+        let _ = tokio::fs::rename(path, sibling(path, "rejected")).await;
+        if let Err(e) = tokio::fs::rename(&good, path).await {
+            tracing::warn!(path = %path.display(), error = %e, "putting back the configuration haproxy serves failed");
+        }
     }
 
     /// Writes `text` into place atomically without validating it: for state
@@ -118,11 +166,13 @@ impl Process {
                 && now.0 > before.0
             {
                 if now.1 > before.1 {
+                    self.restore_last_good().await;
                     return Err(ProviderError::transient(
                         "HAProxyReloadFailed",
                         "haproxy failed to load the new configuration; the previous one keeps serving (see haproxy's log)",
                     ));
                 }
+                let _ = tokio::fs::remove_file(sibling(&self.settings.config_path, "good")).await;
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -347,6 +397,16 @@ pub(crate) async fn install_checked(
     path: &Path,
     text: &str,
 ) -> Result<(), ProviderError> {
+    let checked = check(c, path, text).await?;
+    tokio::fs::rename(&checked, path)
+        .await
+        .map_err(|e| (c.io_error)(format!("installing {}: {e}", path.display())))
+}
+
+/// Writes `text` beside `path` and has the checker judge it (exit code 0
+/// is clean): the checked file's path, or an error saying what the checker
+/// said, the file kept as `<path>.rejected` for inspection.
+async fn check(c: &Checker<'_>, path: &Path, text: &str) -> Result<PathBuf, ProviderError> {
     let tmp = sibling(path, "new");
     tokio::fs::write(&tmp, text)
         .await
@@ -371,9 +431,7 @@ pub(crate) async fn install_checked(
             ),
         ));
     }
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(|e| (c.io_error)(format!("installing {}: {e}", path.display())))
+    Ok(tmp)
 }
 
 pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -566,6 +624,53 @@ mod tests {
             !dir.join("haproxy.cfg").exists(),
             "a rejected file was installed"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_configuration_haproxy_refuses_to_reload_is_put_back_while_the_old_one_serves() {
+        let dir = std::env::temp_dir().join(format!("ferrylb-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("haproxy.cfg");
+        let p = Process::new(ProcessSettings {
+            binary: "haproxy".into(),
+            config_path: config.clone(),
+            master_socket: dir.join("master.sock"),
+            mode: RunMode::Managed,
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let good = format!(
+            "global\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n\
+             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:9\n"
+        );
+        p.install(&good).await.unwrap();
+        p.reload().await.unwrap();
+        let serving = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        assert!(serving());
+
+        // The part checked is fine; the whole is not (what a section the
+        // check did not see could do).
+        let bad = format!("{good}frontend g\n  bind 127.0.0.1:{port}\n  bogus-keyword on\n");
+        p.install_changed(&bad, &good).await.unwrap();
+        let err = p.reload().await.expect_err("haproxy must refuse the whole");
+        assert_eq!(err.reason, "HAProxyReloadFailed");
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), good);
+        assert_eq!(
+            std::fs::read_to_string(sibling(&config, "rejected")).unwrap(),
+            bad
+        );
+        assert!(serving(), "the previous configuration stopped serving");
+
+        // And the next good one loads.
+        let next = good.replace("127.0.0.1:9", "127.0.0.1:10");
+        p.install_changed(&next, &next).await.unwrap();
+        p.reload().await.unwrap();
+        assert!(!sibling(&config, "good").exists());
+        p.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 
