@@ -484,3 +484,44 @@ pub struct PlanArgs {
     )]
     pub haproxy_pool: AddressPool,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn controller(args: &[&str]) -> Result<Box<ControllerArgs>, String> {
+        let argv = ["ferrylb", "controller", "--providers", "haproxy"];
+        let cli = Cli::try_parse_from(argv.iter().chain(args)).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Controller(c) => Ok(c),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_handover_pause_clients_would_not_wait_out_is_refused_by_name() {
+        let c = controller(&["--haproxy-vrrp-handover-pause", "5s"]).unwrap();
+        assert_eq!(
+            c.haproxy.vrrp.haproxy_vrrp_handover_pause,
+            Duration::from_secs(5)
+        );
+        let err = controller(&["--haproxy-vrrp-handover-pause", "6s"]).unwrap_err();
+        assert!(
+            err.contains("--haproxy-vrrp-handover-pause") && err.contains("6s is longer than 5s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_advert_interval_vrrp_cannot_send_is_refused_by_name() {
+        for bad in ["5ms", "41s"] {
+            let err = controller(&["--haproxy-vrrp-advert-interval", bad]).unwrap_err();
+            assert!(
+                err.contains("--haproxy-vrrp-advert-interval") && err.contains("10ms to 40s"),
+                "{err}"
+            );
+        }
+    }
+}
