@@ -1,13 +1,15 @@
 //! Benchmark: the HAProxy mode through the controller, at scale.
 //!
-//!   cargo run --release --example haproxy_controller -- [SERVICES] [NODES] [CONCURRENCY] [CLUSTER_IP] [EXCLUDED_NODES]
+//!   cargo run --release --example haproxy_controller -- [SERVICES] [NODES] [CONCURRENCY] [CLUSTER_IP] [EXCLUDED_NODES] [THREADS]
 //!
 //! Defaults: 1,000 LoadBalancer Services, 50 Nodes, concurrency 8 (the
 //! controller's default), no other Services or Nodes. CLUSTER_IP ClusterIP
 //! Services (in the same namespace, so the controller caches them) and
 //! EXCLUDED_NODES Nodes of a real node's size (labels, annotations, 50
 //! images, conditions; labelled `exclude-from-external-load-balancers`, so
-//! watched but never targets) make the cluster around it realistic. The real API server (started, or the one
+//! watched but never targets) make the cluster around it realistic. THREADS
+//! is haproxy's `nbthread` (`--haproxy-threads`; 0, the default: one per
+//! CPU). The real API server (started, or the one
 //! `FERRYLB_ENV_DIR` names), the controller in this process with the HAProxy
 //! provider and a real haproxy, Nodes on 127.0.3.x with shared node checks
 //! (`--haproxy-node-check-port`). Reports, each with the reloads it took
@@ -209,10 +211,12 @@ async fn main() {
     }
     let (n_services, n_nodes, concurrency) = (arg(1, 1000), arg(2, 50), arg(3, 8) as u16);
     let (n_cluster_ip, n_excluded) = (arg(4, 0), arg(5, 0));
+    let threads = u16::try_from(arg(6, 0)).ok().filter(|t| *t > 0);
     let dir = support::env::tempdir("haproxy-controller");
     let settings = || HaproxySettings {
         hard_stop_after: Duration::from_secs(5),
         node_check_port: Some(10256),
+        threads,
         ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
     };
     let mut h = Harness::new("bench-hc", |_| HaproxyProvider::new(settings())).await;

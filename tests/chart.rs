@@ -97,6 +97,7 @@ fn chart_lints_strictly_and_renders_for_default_aws_and_haproxy_values() {
         text.contains("hostNetwork: true")
             && text.contains("NET_ADMIN")
             && text.contains("- name: haproxy")
+            && text.contains("- --haproxy-threads=2\n")
     );
     let aws = run_helm(&[
         "template",
@@ -117,6 +118,7 @@ fn values_that_break_the_schema_are_refused() {
         ("providers={gcp}", "/providers/0"),
         ("controller.logFormat=xml", "/controller/logFormat"),
         ("haproxy.mode=inline", "/haproxy/mode"),
+        ("haproxy.threads=0", "/haproxy/threads"),
     ] {
         let out = run_helm(&["template", "ferrylb", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");

@@ -51,6 +51,8 @@ pub struct HaproxySettings {
     pub hard_stop_after: Duration,
     /// See [`GlobalSettings::node_check_port`].
     pub node_check_port: Option<u16>,
+    /// See [`GlobalSettings::threads`].
+    pub threads: Option<u16>,
     /// VIPs owned by VRRP: a keepalived FerryLB runs moves them between the
     /// replicas (then `vip_interface` is not used).
     pub vrrp: Option<vrrp::VrrpSettings>,
@@ -74,6 +76,7 @@ impl HaproxySettings {
             vip_interface: None,
             hard_stop_after: Duration::from_secs(30),
             node_check_port: None,
+            threads: None,
             vrrp: None,
         }
     }
@@ -382,6 +385,7 @@ impl HaproxyProvider {
             admin_socket: self.settings.admin_socket.clone(),
             hard_stop_after: self.settings.hard_stop_after,
             node_check_port: self.settings.node_check_port,
+            threads: self.settings.threads,
         }
     }
 

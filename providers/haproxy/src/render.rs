@@ -26,6 +26,9 @@ pub struct GlobalSettings {
     /// 1,000 Services × 50 nodes run at all: every checked server holds a
     /// file descriptor.
     pub node_check_port: Option<u16>,
+    /// `nbthread`: every thread holds a share of every server, so memory
+    /// grows with it. `None`: one per CPU (HAProxy's default).
+    pub threads: Option<u16>,
 }
 
 /// The backend holding every node's shared health check, one server per
@@ -138,6 +141,9 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out, "  hard-stop-after {}", ms(global.hard_stop_after));
     let _ = writeln!(out, "  mworker-max-reloads 50");
     let _ = writeln!(out, "  spread-checks 5");
+    if let Some(n) = global.threads {
+        let _ = writeln!(out, "  nbthread {n}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "defaults");
     let _ = writeln!(out, "  mode tcp");

@@ -19,6 +19,7 @@ fn global() -> GlobalSettings {
         admin_socket: "/run/ferrylb/admin.sock".into(),
         hard_stop_after: Duration::from_secs(30),
         node_check_port: None,
+        threads: None,
     }
 }
 
@@ -122,7 +123,7 @@ fn long_node_names_sharing_a_prefix_get_distinct_server_names() {
 }
 
 #[test]
-fn haproxy_accepts_a_configuration_with_long_twin_node_names() {
+fn haproxy_accepts_a_configuration_with_long_twin_node_names_and_its_settings() {
     let [a, b] = long_twins();
     let mut e = entry("web", "127.0.0.100", BTreeMap::new());
     e.spec.targets = vec![target(&a, "127.0.0.11"), target(&b, "127.0.0.12")].into();
@@ -131,9 +132,12 @@ fn haproxy_accepts_a_configuration_with_long_twin_node_names() {
     let cfg = dir.join("haproxy.cfg");
     let mut g = global();
     g.admin_socket = dir.join("admin.sock");
-    for node_check_port in [None, Some(10256)] {
+    for (node_check_port, threads) in [(None, None), (Some(10256), Some(2))] {
         g.node_check_port = node_check_port;
-        std::fs::write(&cfg, render(&g, &[e.clone()])).unwrap();
+        g.threads = threads;
+        let text = render(&g, &[e.clone()]);
+        assert_eq!(text.contains("\n  nbthread 2\n"), threads.is_some());
+        std::fs::write(&cfg, text).unwrap();
         let out = std::process::Command::new("haproxy")
             .args(["-c", "-f"])
             .arg(&cfg)
