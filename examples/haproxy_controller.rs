@@ -23,7 +23,9 @@
 //! - this process's and haproxy's peak memory (VmHWM);
 //! - a restart: a new controller and provider (adopting the running
 //!   haproxy) until every Service was reconciled and found its load
-//!   balancer, with the reloads it took.
+//!   balancer, with the reloads it took;
+//! - the burst's 100 Services deleted back to back: delete → gone (load
+//!   balancer removed, finalizer with it), p50 and p99.
 //!
 //! It runs itself with `MALLOC_MMAP_THRESHOLD_=131072`, as FerryLB's image
 //! and chart do.
@@ -444,6 +446,43 @@ async fn main() {
     println!(
         "restart: every Service reconciled and its load balancer found after {:.2} s, {} reloads",
         t.elapsed().as_secs_f64(),
+        reloads().await - before
+    );
+
+    // The burst deleted, back to back: until each Service is gone (its load
+    // balancer removed and the finalizer with it).
+    let before = reloads().await;
+    let t0 = Instant::now();
+    let mut deleted_at = Vec::new();
+    for i in 0..100 {
+        let name = format!("b{i}");
+        deleted_at.push((name.clone(), t0.elapsed()));
+        services.delete(&name, &Default::default()).await.unwrap();
+    }
+    let deleting = t0.elapsed();
+    let mut latencies = Vec::new();
+    let mut pending = deleted_at;
+    while !pending.is_empty() {
+        let list = services.list(&labelled("burst")).await.unwrap();
+        let now = t0.elapsed();
+        pending.retain(|(name, at)| {
+            let gone = !list
+                .items
+                .iter()
+                .any(|s| s.metadata.name.as_deref() == Some(name.as_str()));
+            if gone {
+                latencies.push(now - *at);
+            }
+            !gone
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort();
+    println!(
+        "burst of 100 deleted (in {:.2} s): delete -> gone p50 {:.2} s, p99 {:.2} s, {} reloads",
+        deleting.as_secs_f64(),
+        latencies[49].as_secs_f64(),
+        latencies[98].as_secs_f64(),
         reloads().await - before
     );
 

@@ -368,6 +368,32 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
     let svc = h.services().get("s20").await.unwrap();
     let _l = traffic::answer("127.0.0.11", node_port(&svc, 0), "s20").await;
     wait_answers(SocketAddr::new(vip(&svc).unwrap(), 80), &["s20"]).await;
+
+    // Deleted at once, they go the same way.
+    let (reloads_before, _) = h.provider.reload_counters().await.unwrap();
+    futures::future::join_all(names.iter().map(|n| async {
+        h.services()
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap()
+    }))
+    .await;
+    for n in &names {
+        wait::until(&format!("{n} to be gone"), WAIT, || async {
+            h.services()
+                .get_opt(n)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    let (reloads, failed) = h.provider.reload_counters().await.unwrap();
+    let burst = reloads - reloads_before;
+    eprintln!("20 Services deleted at concurrency 2: {burst} reloads");
+    assert!(burst <= 5, "{burst} reloads for 20 deletions");
+    assert_eq!(failed, 0);
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }

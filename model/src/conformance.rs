@@ -4,10 +4,32 @@
 
 use std::collections::BTreeMap;
 
+use std::future::Future;
+use std::time::Duration;
+
 use crate::{
-    HealthCheck, Listener, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec, Protocol,
-    ServiceKey, Target,
+    ErrorKind, HealthCheck, Listener, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec,
+    Protocol, ProviderError, ServiceKey, Target,
 };
+
+/// `call`'s answer, asking again as the controller does while the provider
+/// answers [`ErrorKind::Pending`] (the change is applied with others
+/// shortly), for 30 s at most.
+async fn settled<T, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, ProviderError>
+where
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Err(ProviderError {
+                kind: ErrorKind::Pending(after),
+                ..
+            }) if tokio::time::Instant::now() < deadline => tokio::time::sleep(after).await,
+            answer => return answer,
+        }
+    }
+}
 
 /// A spec for conformance runs: TCP port 80 → `node_port` on `targets`.
 pub fn sample_spec(
@@ -63,18 +85,21 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
         None,
         "get before ensure"
     );
-    provider
-        .ensure_deleted(&a.lb)
+    settled(|| provider.ensure_deleted(&a.lb))
         .await
         .expect("ensure_deleted of a load balancer never created must succeed");
 
     // ensure creates, returns an address, and is idempotent.
-    let first = provider.ensure(a).await.expect("ensure (create)");
+    let first = settled(|| provider.ensure(a))
+        .await
+        .expect("ensure (create)");
     assert!(
         !first.ingress.is_empty(),
         "ensure must return at least one ingress address"
     );
-    let again = provider.ensure(a).await.expect("ensure (again, unchanged)");
+    let again = settled(|| provider.ensure(a))
+        .await
+        .expect("ensure (again, unchanged)");
     assert_eq!(
         first, again,
         "ensure of an unchanged spec must return the same status"
@@ -90,8 +115,7 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
     );
 
     // A second Service is independent of the first.
-    let other = provider
-        .ensure(b)
+    let other = settled(|| provider.ensure(b))
         .await
         .expect("ensure of a second Service");
     assert!(!other.ingress.is_empty());
@@ -99,17 +123,14 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
     // Target-only changes converge through update_targets, and the address stays.
     let mut fewer = a.clone();
     fewer.targets = fewer.targets[..fewer.targets.len().saturating_sub(1)].into();
-    provider
-        .update_targets(&fewer)
+    settled(|| provider.update_targets(&fewer))
         .await
         .expect("update_targets (remove one)");
-    provider
-        .update_targets(a)
+    settled(|| provider.update_targets(a))
         .await
         .expect("update_targets (add it back)");
     assert_eq!(
-        provider
-            .ensure(a)
+        settled(|| provider.ensure(a))
             .await
             .expect("ensure after target changes"),
         first,
@@ -117,8 +138,7 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
     );
 
     // Deleting one leaves the other alone; deleting twice is fine.
-    provider
-        .ensure_deleted(&a.lb)
+    settled(|| provider.ensure_deleted(&a.lb))
         .await
         .expect("ensure_deleted");
     assert_eq!(
@@ -126,8 +146,7 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
         None,
         "get after ensure_deleted"
     );
-    provider
-        .ensure_deleted(&a.lb)
+    settled(|| provider.ensure_deleted(&a.lb))
         .await
         .expect("ensure_deleted twice must succeed");
     assert_eq!(
@@ -139,8 +158,7 @@ pub async fn run<P: LoadBalancerProvider + ?Sized>(
         Some(&other),
         "deleting one Service's load balancer must not touch another's"
     );
-    provider
-        .ensure_deleted(&b.lb)
+    settled(|| provider.ensure_deleted(&b.lb))
         .await
         .expect("ensure_deleted of the second Service");
     assert_eq!(provider.get(&b.lb).await.expect("get after delete"), None);

@@ -62,7 +62,9 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     ///
     /// # Contract
     /// Absent is success: deleting something never created, or already
-    /// deleted, returns `Ok`.
+    /// deleted, returns `Ok`. A provider that applies changes in bursts may
+    /// answer [`ErrorKind::Pending`], as for [`ensure`](Self::ensure): the
+    /// deletion is taken, and asking again returns `Ok` once it is done.
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError>;
 
     /// Whether the provider's backend answers (the cloud API, the HAProxy

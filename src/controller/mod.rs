@@ -97,6 +97,9 @@ struct ServiceState {
     /// A spec the provider is still applying (it answered Pending), so that
     /// asking again does not announce the same change again.
     pending: Option<LoadBalancerSpec>,
+    /// The provider is still applying this Service's deletion (it answered
+    /// Pending).
+    deleting: bool,
 }
 
 impl Context {
@@ -267,7 +270,7 @@ fn applied_changes(
             .lock()
             .expect("service state lock")
             .iter()
-            .filter(|(_, s)| s.pending.is_some())
+            .filter(|(_, s)| s.pending.is_some() || s.deleting)
             .map(|(r, _)| r.clone())
             .collect();
         futures::stream::iter(pending)

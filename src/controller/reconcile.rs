@@ -57,8 +57,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         // Deleted, no longer a LoadBalancer, or moved to another class:
         // delete what `old` made. If a new class wants it, removing the
         // finalizer triggers a reconcile that takes it on afresh.
-        cleanup(&svc, old, &ctx, !deleting).await?;
-        return Ok(Action::await_change());
+        return cleanup(&svc, old, &ctx, !deleting).await;
     }
     let Some(class) = wanted else {
         let _ = forget(&ctx, &svc);
@@ -233,13 +232,14 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
 }
 
 /// Deletes the load balancer `class`'s provider made for `svc`, then clears
-/// the status (unless the Service is going away) and removes the finalizer.
+/// the status (unless the Service is going away) and removes the finalizer;
+/// asks again shortly while the provider applies the deletion with others.
 async fn cleanup(
     svc: &Service,
     class: &str,
     ctx: &Context,
     clear_status: bool,
-) -> Result<(), Error> {
+) -> Result<Action, Error> {
     let name = svc_name(svc);
     // `reconcile` leaves Services of classes not served here alone.
     let provider = ctx.config.classes[class].clone();
@@ -248,25 +248,38 @@ async fn cleanup(
         name: svc.metadata.name.clone().unwrap_or_default(),
         uid: svc.metadata.uid.clone().unwrap_or_default(),
     });
-    tracing::info!(service = %name, provider = provider.name(), lb = %lb.name, "deleting load balancer");
-    events::normal(
-        &ctx.recorder,
-        svc,
-        events::DELETING,
-        "Deleting load balancer",
-    )
-    .await;
-    if let Err(source) = observed(ctx, &*provider, "delete", provider.ensure_deleted(&lb)).await {
-        let err = Error::EnsureDeleted {
-            svc: name,
-            provider: provider.name().to_owned(),
-            source,
-        };
-        tracing::warn!(error = %err, "deleting load balancer failed");
-        events::warning(&ctx.recorder, svc, events::SYNC_FAILED, err.to_string()).await;
-        return Err(err);
+    let key = ObjectRef::from_obj(svc);
+    let announced = ctx
+        .services
+        .lock()
+        .expect("service state lock")
+        .get(&key)
+        .is_some_and(|s| s.deleting);
+    if !announced {
+        tracing::info!(service = %name, provider = provider.name(), lb = %lb.name, "deleting load balancer");
+        ctx.background_events
+            .normal(svc, events::DELETING, "Deleting load balancer");
     }
-    events::normal(&ctx.recorder, svc, events::DELETED, "Deleted load balancer").await;
+    match observed(ctx, &*provider, "delete", provider.ensure_deleted(&lb)).await {
+        Err(source) if matches!(source.kind, ErrorKind::Pending(_)) => {
+            // Accepted, applied with others shortly: ask again then.
+            let ErrorKind::Pending(after) = source.kind else {
+                unreachable!()
+            };
+            tracing::debug!(service = %name, "load balancer deletion pending: {}", source.message);
+            ctx.services
+                .lock()
+                .expect("service state lock")
+                .entry(key)
+                .or_default()
+                .deleting = true;
+            return Ok(Action::requeue(after));
+        }
+        Err(source) => return Err(deletion_failed(svc, &*provider, source, ctx).await),
+        Ok(()) => {}
+    }
+    ctx.background_events
+        .normal(svc, events::DELETED, "Deleted load balancer");
     if clear_status {
         status::write_status(&ctx.client, svc, None, None).await?;
     }
@@ -277,7 +290,33 @@ async fn cleanup(
             .load_balancers_changed(provider.name(), -1);
     }
     let _ = ctx.retry_all.try_send(());
-    Ok(())
+    Ok(Action::await_change())
+}
+
+/// A provider's failure to delete `svc`'s load balancer, logged, published
+/// as a Warning Event and returned for the error policy.
+async fn deletion_failed(
+    svc: &Service,
+    provider: &dyn LoadBalancerProvider,
+    source: ProviderError,
+    ctx: &Context,
+) -> Error {
+    if let Some(state) = ctx
+        .services
+        .lock()
+        .expect("service state lock")
+        .get_mut(&ObjectRef::from_obj(svc))
+    {
+        state.deleting = false;
+    }
+    let err = Error::EnsureDeleted {
+        svc: svc_name(svc),
+        provider: provider.name().to_owned(),
+        source,
+    };
+    tracing::warn!(error = %err, "deleting load balancer failed");
+    events::warning(&ctx.recorder, svc, events::SYNC_FAILED, err.to_string()).await;
+    err
 }
 
 /// A provider's refusal or failure for `svc`, reported (see

@@ -122,6 +122,24 @@ impl HaproxyProvider {
         )
     }
 
+    /// Whether HAProxy no longer runs `lb` (taken out of the desired
+    /// state): `None` when an applier holds the state and the last burst
+    /// did not carry the removal (ask again later).
+    pub(crate) fn is_removed(&self, lb: &LoadBalancerRef) -> Option<bool> {
+        let Ok(loaded) = self.loaded.try_lock() else {
+            let at = self
+                .changed_at
+                .lock()
+                .expect("changed_at lock")
+                .get(lb)
+                .copied();
+            return at
+                .filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
+                .map(|_| true);
+        };
+        Some(loaded.entries.as_ref().is_some_and(|e| !e.contains_key(lb)))
+    }
+
     /// Becomes the applier when no one is; `Ok(false)` when another one is
     /// (the change is pending), `Ok(true)` once the burst holding `mine` is
     /// loaded.
@@ -166,17 +184,24 @@ impl HaproxyProvider {
             return Ok(true);
         };
         // Something in the burst is refused: put every change back to what
-        // HAProxy runs, then try each alone on top of it.
+        // HAProxy runs, then try each alone on top of it (a removal is
+        // `None`).
         let before = loaded.entries.clone().unwrap_or_default();
-        let changed: Vec<LoadBalancerRef> = desired
+        let changed: Vec<(LoadBalancerRef, Option<Entry>)> = desired
             .iter()
             .filter(|(k, e)| before.get(*k) != Some(*e))
-            .map(|(k, _)| k.clone())
+            .map(|(k, e)| (k.clone(), Some(e.clone())))
+            .chain(
+                before
+                    .keys()
+                    .filter(|k| !desired.contains_key(*k))
+                    .map(|k| (k.clone(), None)),
+            )
             .collect();
         tracing::warn!(error = %burst_error, changes = changed.len(), "a burst of changes was refused; applying them one at a time");
         {
             let mut entries = self.entries.lock().expect("entries lock");
-            for k in &changed {
+            for (k, _) in &changed {
                 match before.get(k) {
                     Some(e) => entries.insert(k.clone(), e.clone()),
                     None => entries.remove(k),
@@ -184,13 +209,19 @@ impl HaproxyProvider {
             }
         }
         let mut mine_result = Ok(true);
-        for k in changed {
-            let entry = desired[&k].clone();
+        for (k, next) in changed {
             let mut trial = loaded.entries.clone().unwrap_or_default();
-            trial.insert(k.clone(), entry.clone());
+            match &next {
+                Some(entry) => trial.insert(k.clone(), entry.clone()),
+                None => trial.remove(&k),
+            };
             match self.load(&mut loaded, trial).await {
                 Ok(()) => {
-                    self.entries.lock().expect("entries lock").insert(k, entry);
+                    let mut entries = self.entries.lock().expect("entries lock");
+                    match next {
+                        Some(entry) => entries.insert(k, entry),
+                        None => entries.remove(&k),
+                    };
                 }
                 Err(e) if &k == mine => mine_result = Err(e),
                 Err(e) => {

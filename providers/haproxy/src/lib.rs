@@ -105,6 +105,10 @@ pub struct HaproxyProvider {
     /// Why a pending change was refused when its burst was applied, for the
     /// reconcile that asks again.
     failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
+    /// Load balancers taken out of the desired state whose removal is not
+    /// known to be loaded yet, with the VIP each held (given back once it
+    /// is, unless another Service shares it).
+    deleting: std::sync::Mutex<BTreeMap<LoadBalancerRef, IpAddr>>,
     /// Owns the VIPs when VRRP is on.
     keepalived: Option<Arc<vrrp::Keepalived>>,
     /// Whether this replica puts VIPs on `vip_interface` (the leader does;
@@ -220,6 +224,7 @@ impl HaproxyProvider {
             changed_at: std::sync::Mutex::default(),
             loaded_through: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::Mutex::default(),
+            deleting: std::sync::Mutex::default(),
         }
     }
 
@@ -593,6 +598,24 @@ impl HaproxyProvider {
         self.flush.notify_one();
     }
 
+    /// Gives back the VIP of a removal `entry` overtook (its Service lost
+    /// its TCP ports and got them back before the removal was loaded),
+    /// unless it is in use.
+    async fn release_overtaken(&self, entry: &Entry) -> Result<(), ProviderError> {
+        let overtaken = self
+            .deleting
+            .lock()
+            .expect("deleting lock")
+            .remove(&entry.spec.lb);
+        if let Some(old) = overtaken
+            && old != entry.vip
+            && !self.vip_still_used(old)
+        {
+            self.vips.remove(old).await?;
+        }
+        Ok(())
+    }
+
     fn vip_still_used(&self, ip: IpAddr) -> bool {
         self.entries
             .lock()
@@ -745,6 +768,7 @@ impl LoadBalancerProvider for HaproxyProvider {
         let (entry, previous) = planned?;
         if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
             self.hold_vip(entry.vip).await?;
+            self.release_overtaken(&entry).await?;
             return Ok(status_of(&entry));
         }
         // A VIP that moves is applied at once, so that the old one can be
@@ -775,6 +799,7 @@ impl LoadBalancerProvider for HaproxyProvider {
         {
             self.vips.remove(old.vip).await?;
         }
+        self.release_overtaken(&entry).await?;
         Ok(status_of(&entry))
     }
 
@@ -828,19 +853,51 @@ impl LoadBalancerProvider for HaproxyProvider {
         }
     }
 
+    /// A removal is a change like any other: loaded with whatever else
+    /// changes now (Pending while an applier has it), so that deleting 100
+    /// Services is one reload, not one each.
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.planned(lb);
-        self.changed_at.lock().expect("changed_at lock").remove(lb);
+        let refused = self.failed.lock().expect("failed lock").remove(lb);
         let removed = self.entries.lock().expect("entries lock").remove(lb);
-        let Some(removed) = removed else {
+        if let Some(removed) = removed {
+            self.deleting
+                .lock()
+                .expect("deleting lock")
+                .insert(lb.clone(), removed.vip);
+            self.changed(lb);
+        } else if !self
+            .deleting
+            .lock()
+            .expect("deleting lock")
+            .contains_key(lb)
+        {
+            // Never created, or gone already.
+            self.changed_at.lock().expect("changed_at lock").remove(lb);
             return Ok(());
-        };
-        if let Err(e) = self.sync().await {
-            self.roll_back(lb, Some(removed));
+        } else if let Some(e) = refused {
+            // Refused when its burst was applied: HAProxy still serves it
+            // (put back), and the next ask removes it again.
+            self.deleting.lock().expect("deleting lock").remove(lb);
             return Err(e);
         }
-        if !self.vip_still_used(removed.vip) {
-            self.vips.remove(removed.vip).await?;
+        let done = match self.is_removed(lb) {
+            Some(true) => true,
+            Some(false) => self.apply_or_join(lb).await.inspect_err(|_| {
+                // The failed burst put it back into the desired state.
+                self.deleting.lock().expect("deleting lock").remove(lb);
+            })?,
+            None => false,
+        };
+        if !done {
+            return Err(pending(self.poll_after()));
+        }
+        self.changed_at.lock().expect("changed_at lock").remove(lb);
+        let vip = self.deleting.lock().expect("deleting lock").remove(lb);
+        if let Some(vip) = vip
+            && !self.vip_still_used(vip)
+        {
+            self.vips.remove(vip).await?;
         }
         Ok(())
     }
