@@ -858,7 +858,20 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// Services is one reload, not one each.
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.planned(lb);
+        // (A refusal of an earlier change to it, not of its removal, is moot.)
         let refused = self.failed.lock().expect("failed lock").remove(lb);
+        if let Some(e) = refused
+            && self
+                .deleting
+                .lock()
+                .expect("deleting lock")
+                .remove(lb)
+                .is_some()
+        {
+            // Its removal was refused when its burst was applied: HAProxy
+            // still serves it (put back), and the next ask removes it again.
+            return Err(e);
+        }
         let removed = self.entries.lock().expect("entries lock").remove(lb);
         if let Some(removed) = removed {
             self.deleting
@@ -875,11 +888,6 @@ impl LoadBalancerProvider for HaproxyProvider {
             // Never created, or gone already.
             self.changed_at.lock().expect("changed_at lock").remove(lb);
             return Ok(());
-        } else if let Some(e) = refused {
-            // Refused when its burst was applied: HAProxy still serves it
-            // (put back), and the next ask removes it again.
-            self.deleting.lock().expect("deleting lock").remove(lb);
-            return Err(e);
         }
         let done = match self.is_removed(lb) {
             Some(true) => true,
