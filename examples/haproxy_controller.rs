@@ -136,11 +136,11 @@ impl BurstWatch {
             while let Some(ev) = events.next().await {
                 let now = Instant::now();
                 match ev {
-                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                        if first_ingress(&s).and_then(|i| i.ip).is_some() {
-                            let name = s.metadata.name.unwrap_or_default();
-                            a.lock().unwrap().entry(name).or_insert(now);
-                        }
+                    Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s))
+                        if first_ingress(&s).and_then(|i| i.ip).is_some() =>
+                    {
+                        let name = s.metadata.name.unwrap_or_default();
+                        a.lock().unwrap().entry(name).or_insert(now);
                     }
                     Ok(watcher::Event::Delete(s)) => {
                         let name = s.metadata.name.unwrap_or_default();
