@@ -261,12 +261,13 @@ async fn cleanup(
             .normal(svc, events::DELETING, "Deleting load balancer");
     }
     match observed(ctx, &*provider, "delete", provider.ensure_deleted(&lb)).await {
-        Err(source) if matches!(source.kind, ErrorKind::Pending(_)) => {
+        Err(ProviderError {
+            kind: ErrorKind::Pending(after),
+            message,
+            ..
+        }) => {
             // Accepted, applied with others shortly: ask again then.
-            let ErrorKind::Pending(after) = source.kind else {
-                unreachable!()
-            };
-            tracing::debug!(service = %name, "load balancer deletion pending: {}", source.message);
+            tracing::debug!(service = %name, "load balancer deletion pending: {message}");
             ctx.services
                 .lock()
                 .expect("service state lock")

@@ -102,17 +102,7 @@ impl HaproxyProvider {
     /// did not carry it (ask again later).
     pub(crate) fn is_loaded(&self, lb: &LoadBalancerRef, entry: &Entry) -> Option<bool> {
         let Ok(loaded) = self.loaded.try_lock() else {
-            // The next burst is being applied: the last one may have
-            // carried this change already.
-            let at = self
-                .changed_at
-                .lock()
-                .expect("changed_at lock")
-                .get(lb)
-                .copied();
-            return at
-                .filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
-                .map(|_| true);
+            return self.carried_by_the_last_burst(lb);
         };
         Some(
             loaded
@@ -122,20 +112,25 @@ impl HaproxyProvider {
         )
     }
 
+    /// While the next burst is being applied: `Some(true)` when the last
+    /// one carried `lb`'s latest change, `None` when that is not known yet.
+    fn carried_by_the_last_burst(&self, lb: &LoadBalancerRef) -> Option<bool> {
+        let at = self
+            .changed_at
+            .lock()
+            .expect("changed_at lock")
+            .get(lb)
+            .copied();
+        at.filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
+            .map(|_| true)
+    }
+
     /// Whether HAProxy no longer runs `lb` (taken out of the desired
     /// state): `None` when an applier holds the state and the last burst
     /// did not carry the removal (ask again later).
     pub(crate) fn is_removed(&self, lb: &LoadBalancerRef) -> Option<bool> {
         let Ok(loaded) = self.loaded.try_lock() else {
-            let at = self
-                .changed_at
-                .lock()
-                .expect("changed_at lock")
-                .get(lb)
-                .copied();
-            return at
-                .filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
-                .map(|_| true);
+            return self.carried_by_the_last_burst(lb);
         };
         Some(loaded.entries.as_ref().is_some_and(|e| !e.contains_key(lb)))
     }
