@@ -176,6 +176,23 @@ impl BurstWatch {
     }
 }
 
+/// `act` on the burst's 100 names (`b0`…`b99`), one after another: when
+/// each began, and how long all took.
+async fn one_after_another<F, Fut>(mut act: F) -> (Vec<(String, Instant)>, Duration)
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let t0 = Instant::now();
+    let mut began = Vec::new();
+    for i in 0..100 {
+        let name = format!("b{i}");
+        began.push((name.clone(), Instant::now()));
+        act(name).await;
+    }
+    (began, t0.elapsed())
+}
+
 /// A Node as big as a real one: what a kubelet reports, minus nothing.
 fn realistic_node(name: &str, ip: &str, label: &str) -> k8s_openapi::api::core::v1::Node {
     use k8s_openapi::api::core::v1::{ContainerImage, NodeCondition};
@@ -395,14 +412,7 @@ async fn main() {
     // A burst of 100, back to back.
     let burst = BurstWatch::start(services.clone());
     let before = reloads().await;
-    let t0 = Instant::now();
-    let mut created_at = Vec::new();
-    for i in 0..100 {
-        let name = format!("b{i}");
-        created_at.push((name.clone(), Instant::now()));
-        create(name, "burst").await;
-    }
-    let creating = t0.elapsed();
+    let (created_at, creating) = one_after_another(|name| create(name, "burst")).await;
     let latencies = BurstWatch::latencies(&burst.addressed, &created_at).await;
     println!(
         "burst of 100 at {n_services} (created in {:.2} s): create -> address p50 {:.2} s, p99 {:.2} s, {} reloads",
@@ -502,14 +512,13 @@ async fn main() {
     // The burst deleted, back to back: until each Service is gone (its load
     // balancer removed and the finalizer with it).
     let before = reloads().await;
-    let t0 = Instant::now();
-    let mut deleted_at = Vec::new();
-    for i in 0..100 {
-        let name = format!("b{i}");
-        deleted_at.push((name.clone(), Instant::now()));
-        services.delete(&name, &Default::default()).await.unwrap();
-    }
-    let deleting = t0.elapsed();
+    let (deleted_at, deleting) = one_after_another(|name| {
+        let services = services.clone();
+        async move {
+            services.delete(&name, &Default::default()).await.unwrap();
+        }
+    })
+    .await;
     let latencies = BurstWatch::latencies(&burst.gone, &deleted_at).await;
     burst.task.abort();
     println!(
