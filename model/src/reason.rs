@@ -69,6 +69,9 @@ pub const POOL_EXHAUSTED: &str = "PoolExhausted";
 pub const PORT_IN_USE: &str = "PortInUse";
 pub const HAPROXY_UNAVAILABLE: &str = "HAProxyUnavailable";
 pub const HAPROXY_RUNTIME_API_FAILED: &str = "HAProxyRuntimeApiFailed";
+/// HAProxy does not run a listener the Service's status would promise
+/// (absent from what it serves, or paused): the address is not Ready.
+pub const NOT_SERVED: &str = "NotServed";
 /// `haproxy -c` refused the rendered configuration.
 pub const INVALID_HAPROXY_CONFIGURATION: &str = "InvalidHAProxyConfiguration";
 /// `keepalived -t` refused the rendered configuration.

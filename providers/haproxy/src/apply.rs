@@ -220,7 +220,11 @@ impl HaproxyProvider {
                 }
                 Err(e) if &k == mine => mine_result = Err(e),
                 Err(e) => {
-                    self.failed.lock().expect("failed lock").insert(k, e);
+                    let running = before.get(&k).cloned();
+                    self.failed
+                        .lock()
+                        .expect("failed lock")
+                        .insert(k, (e, running));
                 }
             }
         }

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod process;
 pub mod render;
 mod runtime;
+mod served;
 #[cfg(test)]
 mod testns;
 pub mod vip;
@@ -103,8 +104,11 @@ pub struct HaproxyProvider {
     /// the next burst is being applied.
     loaded_through: std::sync::atomic::AtomicU64,
     /// Why a pending change was refused when its burst was applied, for the
-    /// reconcile that asks again.
-    failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, ProviderError>>,
+    /// reconcile that asks again, with the entry HAProxy runs for it (put
+    /// back into the desired state when the refusal is reported).
+    failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, (ProviderError, Option<Entry>)>>,
+    /// What HAProxy's current worker serves, asked of it.
+    served: served::ServedView,
     /// Load balancers taken out of the desired state whose removal is not
     /// known to be loaded yet, with the VIP each held (given back once it
     /// is, unless another Service shares it).
@@ -224,6 +228,7 @@ impl HaproxyProvider {
             changed_at: std::sync::Mutex::default(),
             loaded_through: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::Mutex::default(),
+            served: served::ServedView::default(),
             deleting: std::sync::Mutex::default(),
         }
     }
@@ -490,7 +495,11 @@ impl HaproxyProvider {
     /// is held by another process on this host: HAProxy would fail to bind
     /// it, and the whole reload with it; found first, it costs only this
     /// Service. Ports the installed configuration binds are HAProxy's own.
-    fn check_binds(&self, entry: &Entry, previous: Option<&Entry>) -> Result<(), ProviderError> {
+    async fn check_binds(
+        &self,
+        entry: &Entry,
+        previous: Option<&Entry>,
+    ) -> Result<(), ProviderError> {
         let bound = |e: Option<&Entry>, port: u16| {
             e.is_some_and(|e| {
                 e.vip == entry.vip
@@ -510,8 +519,16 @@ impl HaproxyProvider {
         if taken.is_empty() {
             return Ok(());
         }
-        let installed =
-            std::fs::read_to_string(&self.settings.process.config_path).unwrap_or_default();
+        // The installed file's binds are HAProxy's own only while it runs:
+        // a port taken while it was stopped is another process's.
+        let installed = if process::serving(&self.settings.process.master_socket)
+            .await
+            .is_ok()
+        {
+            std::fs::read_to_string(&self.settings.process.config_path).unwrap_or_default()
+        } else {
+            String::new()
+        };
         let ours = |addr: &str| {
             installed
                 .lines()
@@ -616,6 +633,37 @@ impl HaproxyProvider {
         Ok(())
     }
 
+    /// The refusal of `lb`'s change when its burst was applied, if any: its
+    /// entry goes back to what HAProxy runs for it, so nothing refused
+    /// stays planned as though it were served.
+    fn take_refusal(&self, lb: &LoadBalancerRef) -> Option<ProviderError> {
+        let (e, running) = self.failed.lock().expect("failed lock").remove(lb)?;
+        self.roll_back(lb, running);
+        Some(e)
+    }
+
+    /// The status for `entry` once HAProxy is seen serving each of its TCP
+    /// ports (asked of HAProxy, not taken from what was loaded). When it
+    /// does not, what HAProxy runs is no longer known: the next load checks
+    /// and reloads the whole configuration, repairing it.
+    async fn confirm_served(&self, entry: &Entry) -> Result<LoadBalancerStatus, ProviderError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let frontends = self
+            .served
+            .frontends(&self.settings.admin_socket, generation)
+            .await?;
+        if let Err(e) = served::check(entry, &frontends) {
+            self.served.forget().await;
+            if let Ok(mut loaded) = self.loaded.try_lock() {
+                loaded.entries = None;
+                loaded.served_sha = None;
+                loaded.version += 1;
+            }
+            return Err(e);
+        }
+        Ok(status_of(entry))
+    }
+
     fn vip_still_used(&self, ip: IpAddr) -> bool {
         self.entries
             .lock()
@@ -682,9 +730,21 @@ impl LoadBalancerProvider for HaproxyProvider {
         "haproxy"
     }
 
-    /// Ready when the haproxy binary runs: every configuration is checked
-    /// with it (`haproxy -c`), in either mode.
+    /// Ready when the haproxy binary runs (every configuration is checked
+    /// with it, `haproxy -c`) and, once a configuration was loaded, HAProxy
+    /// runs with a current worker: a replica whose HAProxy is down serves
+    /// nothing, whatever it loaded before.
     async fn check(&self) -> Result<(), ProviderError> {
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            process::serving(&self.settings.process.master_socket)
+                .await
+                .map_err(|e| {
+                    ProviderError::transient(
+                        reason::HAPROXY_UNAVAILABLE,
+                        format!("HAProxy is not serving: {e}"),
+                    )
+                })?;
+        }
         let binary = &self.settings.process.binary;
         let out = tokio::time::timeout(
             Duration::from_secs(5),
@@ -759,8 +819,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                  use another loadBalancerClass for UDP or SCTP",
             ));
         }
-        if let Some(e) = self.failed.lock().expect("failed lock").remove(&spec.lb) {
-            // Refused when its burst was applied (and rolled back then).
+        if let Some(e) = self.take_refusal(&spec.lb) {
             return Err(e);
         }
         let planned = self.plan(spec);
@@ -769,13 +828,13 @@ impl LoadBalancerProvider for HaproxyProvider {
         if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
             self.hold_vip(entry.vip).await?;
             self.release_overtaken(&entry).await?;
-            return Ok(status_of(&entry));
+            return self.confirm_served(&entry).await;
         }
         // A VIP that moves is applied at once, so that the old one can be
         // taken off the interface after it.
         let moved = previous.as_ref().is_some_and(|p| p.vip != entry.vip);
         let result = async {
-            self.check_binds(&entry, previous.as_ref())?;
+            self.check_binds(&entry, previous.as_ref()).await?;
             if moved {
                 self.sync().await.map(|()| true)
             } else {
@@ -800,14 +859,14 @@ impl LoadBalancerProvider for HaproxyProvider {
             self.vips.remove(old.vip).await?;
         }
         self.release_overtaken(&entry).await?;
-        Ok(status_of(&entry))
+        self.confirm_served(&entry).await
     }
 
     /// Target-only changes go through the runtime API, without a reload,
     /// and are written to the configuration file too. Anything unexpected
     /// (HAProxy not running, a refused command) falls back to a reload.
     async fn update_targets(&self, spec: &LoadBalancerSpec) -> Result<Vec<Warning>, ProviderError> {
-        if let Some(e) = self.failed.lock().expect("failed lock").remove(&spec.lb) {
+        if let Some(e) = self.take_refusal(&spec.lb) {
             return Err(e);
         }
         let (entry, previous) = self.plan(spec)?;
@@ -860,7 +919,7 @@ impl LoadBalancerProvider for HaproxyProvider {
         self.planned(lb);
         // (A refusal of an earlier change to it, not of its removal, is moot.)
         let refused = self.failed.lock().expect("failed lock").remove(lb);
-        if let Some(e) = refused
+        if let Some((e, _)) = refused
             && self
                 .deleting
                 .lock()
@@ -916,8 +975,24 @@ impl LoadBalancerProvider for HaproxyProvider {
         for spec in specs.iter().filter(|s| !s.status_ips.is_empty()) {
             let mut kept = spec.clone();
             kept.requested_ips.clear();
-            if let Err(e) = self.plan(&kept) {
-                tracing::warn!(service = %spec.lb.key, error = %e, "not restoring this Service's address");
+            match self.plan(&kept) {
+                Err(e) => {
+                    tracing::warn!(service = %spec.lb.key, error = %e, "not restoring this Service's address");
+                }
+                // A port another process took while FerryLB was down would
+                // keep HAProxy from starting at all, and every other
+                // Service with it: that Service alone waits (its reconcile
+                // reports PortInUse), the others are served.
+                Ok((entry, _)) => {
+                    if let Err(e) = self.check_binds(&entry, None).await {
+                        tracing::warn!(service = %spec.lb.key, error = %e, "not serving this Service until its port is free");
+                        self.roll_back(&spec.lb, None);
+                        self.failed
+                            .lock()
+                            .expect("failed lock")
+                            .insert(spec.lb.clone(), (e, None));
+                    }
+                }
             }
         }
         self.sync().await?;

@@ -138,10 +138,15 @@ impl Process {
             // earlier FerryLB on this directory (killed before it could stop
             // it): adopt it, so that there is never a second one beside it.
             match self.reload_counters().await {
-                Ok(_) => tracing::info!(
-                    socket = %self.settings.master_socket.display(),
-                    "adopting the haproxy an earlier run started"
-                ),
+                Ok(_) => {
+                    tracing::info!(
+                        socket = %self.settings.master_socket.display(),
+                        "adopting the haproxy an earlier run started"
+                    );
+                    // Supervised as one started here: if it dies, it is
+                    // started again.
+                    self.supervise();
+                }
                 Err(_) => return self.start().await,
             }
         }
@@ -222,13 +227,18 @@ impl Process {
     /// master socket; a supervisor restarts it if it exits.
     async fn start(&self) -> Result<(), ProviderError> {
         spawn(&self.settings, &self.child).await?;
+        self.supervise();
+        Ok(())
+    }
+
+    /// Starts the supervisor, once.
+    fn supervise(&self) {
         let mut sup = self.supervisor.lock().expect("supervisor lock");
         if sup.is_none() {
             let settings = self.settings.clone();
             let child = self.child.clone();
             *sup = Some(tokio::spawn(supervise(settings, child)));
         }
-        Ok(())
     }
 
     /// Stops a managed HAProxy (and its supervisor), the one it started or
@@ -344,19 +354,41 @@ fn classify(line: &str) -> Weight {
     }
 }
 
-/// Restarts a managed HAProxy that exited, with a pause between attempts.
+/// Checks of an adopted HAProxy's master in a row that must go unanswered
+/// before it is taken for dead (a reload re-executes the master, which
+/// leaves its socket briefly silent).
+const ADOPTED_SILENCE: u32 = 3;
+
+/// Restarts a managed HAProxy that exited, with a pause between attempts:
+/// the one started here (its exit is seen), or one adopted from an earlier
+/// run (no child of ours: it is dead when its master socket stays silent).
 async fn supervise(settings: ProcessSettings, slot: Arc<Mutex<Option<Child>>>) {
+    let mut silent = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let exited = {
+        let ours = {
             let mut child = slot.lock().await;
-            match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status),
-                _ => None,
+            child.as_mut().map(|c| c.try_wait())
+        };
+        let gone = match ours {
+            Some(Ok(Some(status))) => Some(format!("haproxy exited ({status})")),
+            Some(_) => None,
+            None => {
+                if master_command(&settings.master_socket, "show proc")
+                    .await
+                    .is_ok()
+                {
+                    silent = 0;
+                } else {
+                    silent += 1;
+                }
+                (silent >= ADOPTED_SILENCE)
+                    .then(|| "the adopted haproxy's master no longer answers".to_owned())
             }
         };
-        if let Some(status) = exited {
-            tracing::warn!(%status, "haproxy exited; restarting it");
+        if let Some(why) = gone {
+            tracing::warn!(why, "restarting haproxy");
+            silent = 0;
             if let Err(e) = spawn(&settings, &slot).await {
                 tracing::warn!(error = %e, "restarting haproxy failed");
             }
@@ -542,6 +574,26 @@ fn parse_master_line(out: &str) -> Option<(u64, u64)> {
     Some((reloads, failed))
 }
 
+/// `line` without the process id HAProxy prints after its level
+/// (`[ALERT]    (1234) : …`): a message quoting it would differ on every
+/// attempt for the same cause, and each change of a Service's status
+/// triggers another reconcile, around the backoff.
+fn without_pid(line: &str) -> String {
+    let line = line.trim();
+    let Some(rest) = line.strip_prefix("[ALERT]") else {
+        return line.to_owned();
+    };
+    let rest = rest.trim_start();
+    let said = rest
+        .strip_prefix('(')
+        .and_then(|r| r.split_once(')'))
+        .filter(|(pid, _)| pid.chars().all(|c| c.is_ascii_digit()))
+        .map_or(rest, |(_, after)| {
+            after.trim_start().trim_start_matches(':').trim_start()
+        });
+    format!("[ALERT] {said}")
+}
+
 /// haproxy's `[ALERT]` lines from `haproxy -c`, bounded: at most 5 lines of
 /// at most 300 bytes each, and how many more there were.
 fn alerts(stdout: &[u8], stderr: &[u8]) -> String {
@@ -551,11 +603,11 @@ fn alerts(stdout: &[u8], stderr: &[u8]) -> String {
         String::from_utf8_lossy(stdout),
         String::from_utf8_lossy(stderr),
     );
-    let all: Vec<&str> = err
+    let all: Vec<String> = err
         .lines()
         .chain(out.lines())
         .filter(|l| l.contains("ALERT"))
-        .map(str::trim)
+        .map(without_pid)
         .collect();
     let mut shown: Vec<String> = all
         .iter()
@@ -704,6 +756,22 @@ mod tests {
         let text = alerts(many.as_bytes(), b"");
         assert!(text.contains("and 15 more"), "{text}");
         assert!(text.len() < 5 * 310 + 20, "{}", text.len());
+    }
+
+    #[test]
+    fn alerts_do_not_quote_the_process_id() {
+        let say = |pid: u32| {
+            alerts(
+                format!("[NOTICE]   ({pid}) : haproxy version is 2.6.12\n[ALERT]    ({pid}) : config : parsing [h.cfg:7] : unknown keyword 'x'.\n").as_bytes(),
+                b"",
+            )
+        };
+        assert_eq!(say(41), say(4242), "the same cause, the same message");
+        assert_eq!(
+            say(41),
+            "[ALERT] config : parsing [h.cfg:7] : unknown keyword 'x'."
+        );
+        assert_eq!(without_pid("[ALERT] (x) : odd"), "[ALERT] (x) : odd");
     }
 
     #[test]

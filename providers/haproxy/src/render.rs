@@ -86,20 +86,29 @@ pub fn backend_name(entry: &Entry, port: u16) -> String {
 }
 
 /// A server name HAProxy accepts (`[A-Za-z0-9._:-]`), unique for every node
-/// name: a name of at most 100 safe characters is used as it is (every
-/// valid short Node name); any other keeps a readable prefix of its safe
-/// characters and ends in a hash of the whole name, since Node names run to
-/// 253 characters and two may share their first hundred.
+/// name by construction: a name of at most 100 characters drawn from what a
+/// valid Node name holds (`[a-z0-9.-]`: every valid short Node name) is used
+/// as it is; any other keeps a readable prefix and ends in `_` and a hash of
+/// the whole name. No name of the first kind holds a `_`, and every name of
+/// the second does, so the two kinds never meet (a 100-character Node name
+/// ending in another name's hash stays distinct); two of the second kind
+/// differ in their hash.
 pub fn server_name(node: &str) -> String {
     const MAX: usize = 100;
     const HASH_HEX: usize = 16;
-    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
-    if !node.is_empty() && node.len() <= MAX && node.chars().all(safe) {
+    let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-');
+    if !node.is_empty() && node.len() <= MAX && node.chars().all(plain) {
         return node.to_owned();
     }
     let prefix: String = node
         .chars()
-        .map(|c| if safe(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(MAX - HASH_HEX - 1)
         .collect();
     let digest = sha2::Sha256::digest(node.as_bytes());
@@ -108,7 +117,7 @@ pub fn server_name(node: &str) -> String {
         .take(HASH_HEX / 2)
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("{prefix}-{hash}")
+    format!("{prefix}_{hash}")
 }
 
 /// `ip:port`, with brackets for IPv6.
@@ -122,6 +131,13 @@ pub fn addr(ip: IpAddr, port: u16) -> String {
 fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
+
+/// The ACL of a frontend's `loadBalancerSourceRanges`.
+const ALLOWED_ACL: &str = "ferrylb_allowed_src";
+
+/// Source ranges per `acl` line: with `acl <name> src` that is 53 words,
+/// well within HAProxy's 64.
+const SOURCE_RANGES_PER_LINE: usize = 50;
 
 /// The full configuration for `entries` (any order; output is sorted).
 pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
@@ -206,12 +222,15 @@ fn render_frontend(out: &mut String, e: &Entry, port: u16) {
     let _ = writeln!(out, "  bind {} transparent", addr(e.vip, port));
     let _ = writeln!(out, "  timeout client {}", ms(e.options.timeout_client));
     if !e.spec.source_ranges.is_empty() {
-        let ranges: Vec<String> = e.spec.source_ranges.iter().map(|n| n.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "  tcp-request connection reject if !{{ src {} }}",
-            ranges.join(" ")
-        );
+        // HAProxy reads at most 64 words a line and silently drops the
+        // rest, so the ranges go on as many lines of one ACL as they need
+        // (lines of the same ACL are ORed): any number the API server
+        // accepts is served.
+        for chunk in e.spec.source_ranges.chunks(SOURCE_RANGES_PER_LINE) {
+            let ranges: Vec<String> = chunk.iter().map(|n| n.to_string()).collect();
+            let _ = writeln!(out, "  acl {ALLOWED_ACL} src {}", ranges.join(" "));
+        }
+        let _ = writeln!(out, "  tcp-request connection reject if !{ALLOWED_ACL}");
     }
     let _ = writeln!(out, "  default_backend {}", backend_name(e, port));
 }

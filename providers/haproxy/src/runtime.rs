@@ -17,17 +17,21 @@ use crate::render::{
     self, Entry, NODE_CHECKS, SPARE_NODE_CHECKS, addr, backend_name, server_name, spare_check,
 };
 
-/// Words in an answer that mean a command failed.
-const FAILURE_MARKERS: &[&str] = &[
-    "No such",
-    "rror",
-    "failed",
-    "Require",
-    "Can't",
-    "not found",
-    "nvalid",
-    "nknown",
-];
+/// Whether `line` of a runtime API reply is one HAProxy 2.6 gives when the
+/// commands FerryLB sends succeed: nothing (`enable …`, `set server …
+/// state`), or the confirmation of `set server … addr`, `add server` or
+/// `del server`. Anything else (`Already exists a server with the same
+/// name in backend.`, `No such server.`, a usage text) is a refusal: a
+/// list of failure words would let an unforeseen one pass as success.
+fn is_success_line(line: &str) -> bool {
+    let line = line.trim();
+    line.is_empty()
+        || line == "New server registered."
+        || line == "Server deleted."
+        || ((line.starts_with("IP changed from ")
+            || line.starts_with("no need to change the addr"))
+            && line.ends_with(" by 'stats socket command'"))
+}
 
 /// The shared node checks HAProxy runs (see [`NODE_CHECKS`]): which check
 /// server each node's servers track, and the spares still free.
@@ -207,7 +211,7 @@ pub async fn run(socket: &Path, batch: &str) -> Result<(), ProviderError> {
         .await
         .map_err(|_| fail(format!("admin socket {} timed out", socket.display())))?
         .map_err(|e| fail(format!("admin socket {}: {e}", socket.display())))?;
-    if FAILURE_MARKERS.iter().any(|m| out.contains(m)) {
+    if !out.lines().all(is_success_line) {
         return Err(fail(format!("haproxy refused `{batch}`: {}", out.trim())));
     }
     Ok(())
@@ -238,6 +242,30 @@ mod tests {
             spec,
             vip: "127.0.0.100".parse().unwrap(),
             options: Options::default(),
+        }
+    }
+
+    /// Replies HAProxy 2.6 gave to the commands FerryLB sends.
+    #[test]
+    fn only_documented_success_replies_count_as_success() {
+        let ok = [
+            "IP changed from '127.0.0.1' to '127.0.0.2', port changed from '1' to '2' by 'stats socket command'\n\n",
+            "no need to change the addr, no need to change the port by 'stats socket command'\n\n",
+            "New server registered.\n\n\n\n",
+            "\nServer deleted.\n",
+            "\n\n",
+        ];
+        for out in ok {
+            assert!(out.lines().all(is_success_line), "{out:?}");
+        }
+        let refused = [
+            "Already exists a server with the same name in backend.\n\n",
+            "No such server.\n\n",
+            "Unknown command. Please enter one of the following commands only :\n",
+            "New server registered.\nsomething unforeseen\n",
+        ];
+        for out in refused {
+            assert!(!out.lines().all(is_success_line), "{out:?}");
         }
     }
 

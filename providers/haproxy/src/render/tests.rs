@@ -59,7 +59,8 @@ fn renders_frontend_and_backend_per_tcp_port() {
     let lb = &e.spec.lb.name;
     let expected_tail = format!(
         "frontend fe_{lb}_80\n  bind 127.0.0.100:80 transparent\n  timeout client 60000ms\n  \
-         tcp-request connection reject if !{{ src 10.0.0.0/8 127.0.0.5/32 }}\n  default_backend be_{lb}_80\n\n\
+         acl ferrylb_allowed_src src 10.0.0.0/8 127.0.0.5/32\n  \
+         tcp-request connection reject if !ferrylb_allowed_src\n  default_backend be_{lb}_80\n\n\
          backend be_{lb}_80\n  balance roundrobin\n  timeout connect 500ms\n  timeout server 60000ms\n  \
          default-server check inter 2000ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
     );
@@ -102,7 +103,7 @@ fn output_is_sorted_whatever_the_input_order() {
 fn server_names_keep_only_safe_characters() {
     assert_eq!(server_name("node-1.eu.example"), "node-1.eu.example");
     let odd = server_name("a b\nc#d");
-    assert!(odd.starts_with("a_b_c_d-") && odd.len() == 8 + 16, "{odd}");
+    assert!(odd.starts_with("a_b_c_d_") && odd.len() == 8 + 16, "{odd}");
     assert_ne!(server_name("a b"), server_name("a_b"));
     assert!(!server_name("").is_empty());
 }
@@ -122,11 +123,47 @@ fn long_node_names_sharing_a_prefix_get_distinct_server_names() {
     assert!(sa.starts_with(&"x".repeat(60)));
 }
 
+/// A valid 100-character Node name made to end in the hash another, longer
+/// Node name's server name ends in: it used to render as that server name.
+fn crafted_pair() -> [String; 2] {
+    use sha2::Digest as _;
+    let a = long_twins()[1].clone();
+    let hash: String = sha2::Sha256::digest(a.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let c = format!("{}-{hash}", &a[..83]);
+    assert_eq!(c.len(), 100);
+    [a, c]
+}
+
+#[test]
+fn a_node_name_crafted_after_another_ones_hash_gets_its_own_server_name() {
+    let [a, c] = crafted_pair();
+    assert_ne!(server_name(&a), server_name(&c));
+    assert_eq!(server_name(&c), c, "a valid short name is used as it is");
+    assert!(server_name(&a).contains('_'));
+    // Uppercase or `_` (never in a valid Node name) are hashed too.
+    assert_ne!(server_name("Node-1"), "Node-1");
+    assert_ne!(server_name("node_1"), "node_1");
+}
+
 #[test]
 fn haproxy_accepts_a_configuration_with_long_twin_node_names_and_its_settings() {
     let [a, b] = long_twins();
+    let [_, c] = crafted_pair();
     let mut e = entry("web", "127.0.0.100", BTreeMap::new());
-    e.spec.targets = vec![target(&a, "127.0.0.11"), target(&b, "127.0.0.12")].into();
+    e.spec.targets = vec![
+        target(&a, "127.0.0.11"),
+        target(&b, "127.0.0.12"),
+        target(&c, "127.0.0.13"),
+    ]
+    .into();
+    // Many more source ranges than HAProxy reads words on one line.
+    e.spec.source_ranges = (0..9000u32)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap())
+        .collect();
     let dir = std::env::temp_dir().join(format!("ferrylb-render-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("haproxy.cfg");
