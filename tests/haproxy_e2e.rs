@@ -8,113 +8,17 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use ferrylb_haproxy::{HaproxyProvider, HaproxySettings};
+use ferrylb_haproxy::HaproxyProvider;
 use ferrylb_model::conformance;
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::controller::{RunningController, config};
+use support::haproxy::*;
 use support::harness::{Harness, WAIT, condition, first_ingress};
-use support::process::require_program;
-use support::traffic::{self, names};
-use support::{env, kube as k, wait};
-
-fn provider(pool: &str) -> HaproxyProvider {
-    let binary = require_program(
-        "haproxy",
-        ".ci/run installs it with `apt-get install haproxy`",
-    );
-    let dir = env::tempdir("haproxy");
-    let mut settings = HaproxySettings::in_dir(pool.parse().unwrap(), &dir);
-    settings.process.binary = binary;
-    settings.hard_stop_after = Duration::from_secs(5);
-    HaproxyProvider::new(settings)
-}
-
-/// The stand-in nodes: (InternalIP, name).
-const NODES: &[(&str, &str)] = &[
-    ("127.0.0.11", "n1"),
-    ("127.0.0.12", "n2"),
-    ("127.0.0.13", "n3"),
-    ("127.0.0.14", "n4"),
-];
-
-/// Nodes n1, n2, n3 at 127.0.0.11-13.
-async fn three_nodes(h: &mut Harness<HaproxyProvider>) {
-    for (ip, n) in &NODES[..3] {
-        h.node(n, ip).await;
-    }
-}
-
-/// A stand-in for each node, answering with its name on `node_port`.
-async fn stand_ins(node_port: u16, nodes: &[(&str, &str)]) -> Vec<traffic::Answerer> {
-    futures::future::join_all(
-        nodes
-            .iter()
-            .map(|(ip, name)| traffic::answer(ip, node_port, name)),
-    )
-    .await
-}
-
-/// The controller for `h`'s class, running `concurrency` reconciles at once.
-fn start_at_concurrency(h: &Harness<HaproxyProvider>, concurrency: u16) -> RunningController {
-    let mut cfg = config(
-        vec![(
-            h.class.clone(),
-            h.provider.clone() as Arc<dyn ferrylb_model::LoadBalancerProvider>,
-        )],
-        None,
-        &h.ns,
-        &h.label,
-    );
-    cfg.concurrency = concurrency;
-    RunningController::start(h.client.clone(), cfg)
-}
-
-async fn harness(prefix: &str, pool: &'static str) -> Harness<HaproxyProvider> {
-    Harness::new(prefix, |_| provider(pool)).await
-}
-
-fn vip(svc: &Service) -> Option<IpAddr> {
-    let ing = first_ingress(svc)?;
-    assert_eq!(ing.ip_mode.as_deref(), Some("Proxy"));
-    ing.ip?.parse().ok()
-}
-
-fn node_port(svc: &Service, i: usize) -> u16 {
-    svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[i]
-        .node_port
-        .unwrap() as u16
-}
-
-async fn create(h: &Harness<HaproxyProvider>, mut svc: Service) -> Service {
-    svc.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
-    h.services()
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("creating the Service")
-}
-
-async fn wait_vip(h: &Harness<HaproxyProvider>, name: &str) -> (Service, IpAddr) {
-    let svc = h
-        .wait_service("a VIP in the status", name, |s| vip(s).is_some())
-        .await;
-    let ip = vip(&svc).unwrap();
-    (svc, ip)
-}
-
-/// Waits until `n` connections to `addr` are answered by exactly `expected`.
-async fn wait_answers(addr: SocketAddr, expected: &[&str]) {
-    let want = names(expected);
-    wait::until(
-        &format!("{addr} to be answered by {expected:?}"),
-        WAIT,
-        || async { (traffic::sample(addr, 4 * expected.len().max(1)).await == want).then_some(()) },
-    )
-    .await;
-}
+use support::traffic;
+use support::{kube as k, wait};
 
 #[tokio::test]
 async fn haproxy_provider_passes_the_conformance_suite() {

@@ -96,6 +96,13 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     /// so a provider that batches changes may wait for them. The default
     /// does nothing.
     fn starting(&self, _unprovisioned: &[LoadBalancerRef]) {}
+
+    /// Called after every reconcile of a Service this provider serves,
+    /// whatever its outcome (served, refused before the provider was asked,
+    /// failed): a provider waiting for the Services named in
+    /// [`starting`](Self::starting) need not wait for this one any longer.
+    /// The default does nothing.
+    fn reconciled(&self, _lb: &LoadBalancerRef) {}
 }
 
 /// Whether an error is worth retrying, and when.

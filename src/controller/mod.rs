@@ -281,8 +281,15 @@ fn applied_changes(
 async fn observed_reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let telemetry = ctx.config.telemetry.clone();
     let timer = telemetry.reconcile();
+    let provider = ctx
+        .class_of(&svc)
+        .and_then(|class| ctx.config.classes.get(&class).cloned());
+    let lb = reconcile::lb_ref(&svc);
     let result = reconcile::reconcile(svc, ctx).await;
     timer.finish(result.as_ref().err().map(Error::reason));
+    if let Some(p) = provider {
+        p.reconciled(&lb);
+    }
     result
 }
 

@@ -243,11 +243,7 @@ async fn cleanup(
     let name = svc_name(svc);
     // `reconcile` leaves Services of classes not served here alone.
     let provider = ctx.config.classes[class].clone();
-    let lb = LoadBalancerRef::for_service(ServiceKey {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
-    });
+    let lb = lb_ref(svc);
     let key = ObjectRef::from_obj(svc);
     let announced = ctx
         .services
@@ -446,6 +442,15 @@ async fn observed<T>(
         .telemetry
         .provider_call(provider.name(), operation, outcome);
     result
+}
+
+/// The load balancer of `svc`, found from the Service alone.
+pub(super) fn lb_ref(svc: &Service) -> LoadBalancerRef {
+    LoadBalancerRef::for_service(ServiceKey {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        uid: svc.metadata.uid.clone().unwrap_or_default(),
+    })
 }
 
 /// Services listed per request at start-up.

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod controller;
 pub mod env;
 pub mod faults;
+pub mod haproxy;
 pub mod harness;
 pub mod kube;
 pub mod lab;

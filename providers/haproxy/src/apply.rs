@@ -25,14 +25,13 @@ const QUIET: Duration = Duration::from_millis(30);
 /// creating 100 Services one after another takes about a second, and two
 /// reloads for them instead of one cost the last ones a second more.
 const MAX_WAIT: Duration = Duration::from_millis(1500);
-/// At start-up, the first burst waits for every Service that existed
-/// unprovisioned (see [`HaproxyProvider::awaiting`]) to be planned, so that
-/// a cold start is one reload rather than one a second, each taking CPU
-/// from the planning; but no longer than this in all,
+/// At start-up, the first burst waits until every Service that existed
+/// unprovisioned (see [`HaproxyProvider::awaiting`]) is planned or its
+/// reconcile ended otherwise (refused, failed: see
+/// [`ferrylb_model::LoadBalancerProvider::reconciled`]), so that a cold
+/// start is one reload rather than one a second, each taking CPU from the
+/// planning, however busy the machine is; but no longer than this in all.
 const START_MAX_WAIT: Duration = Duration::from_secs(30);
-/// nor once no change has come for this long (a Service that never reaches
-/// `ensure`, e.g. one whose finalizer cannot be written).
-const START_QUIET: Duration = Duration::from_secs(1);
 /// The soonest a reconcile whose change is pending asks again.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// The latest: a reconcile never waits longer than this to ask again.
@@ -146,17 +145,13 @@ impl HaproxyProvider {
             return Ok(false);
         };
         let started = tokio::time::Instant::now();
-        let mut last_change = started;
         loop {
             let seen = self.requested.load(Ordering::SeqCst);
             tokio::time::sleep(QUIET).await;
             let now = self.requested.load(Ordering::SeqCst);
-            if now != seen {
-                last_change = tokio::time::Instant::now();
-            }
             let awaiting = self.awaiting.lock().expect("awaiting lock").len();
             if awaiting > 0 {
-                if started.elapsed() < START_MAX_WAIT && last_change.elapsed() < START_QUIET {
+                if started.elapsed() < START_MAX_WAIT {
                     continue;
                 }
                 tracing::info!(

@@ -799,6 +799,10 @@ impl LoadBalancerProvider for HaproxyProvider {
             .extend(unprovisioned.iter().cloned());
     }
 
+    fn reconciled(&self, lb: &LoadBalancerRef) {
+        self.planned(lb);
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self
             .entries
