@@ -347,7 +347,8 @@ async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notice
 /// starts are loaded by one reload (counted from the master socket), at
 /// concurrency 2, although planning 300 takes longer than a burst waits;
 /// and one Service refused before `ensure` (an invalid annotation) does not
-/// hold the others back.
+/// hold the others back. The machine is kept busy meanwhile: the hold ends
+/// when every Service's reconcile has ended, not after a quiet second.
 #[tokio::test]
 async fn services_waiting_at_start_up_are_loaded_by_one_reload() {
     let mut h = harness("hx-cold", "127.5.0.0/23").await;
@@ -366,9 +367,27 @@ async fn services_waiting_at_start_up_are_loaded_by_one_reload() {
     );
     create(&h, bad).await;
 
+    // Beside a CPU-bound load on every core: what users get must not
+    // depend on how busy the machine is.
+    let stop = Arc::new(AtomicBool::new(false));
+    let burners: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
     let _ctl = start_at_concurrency(&h, 2);
     for n in &names {
         wait_vip(&h, n).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
     }
     let (reloads, failed) = h.provider.reload_counters().await.unwrap();
     assert_eq!(

@@ -726,6 +726,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// An HAProxy an earlier run started (killed before it could stop it)
+    /// is adopted, and when it dies it is started again, as one started
+    /// here is.
+    #[tokio::test]
+    async fn an_adopted_haproxy_that_dies_is_started_again() {
+        let dir = std::env::temp_dir().join(format!("ferrylb-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = ProcessSettings {
+            binary: "haproxy".into(),
+            config_path: dir.join("haproxy.cfg"),
+            master_socket: dir.join("master.sock"),
+            mode: RunMode::Managed,
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = format!(
+            "global\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n\
+             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:9\n"
+        );
+        // The earlier run: its haproxy outlives it.
+        let earlier = Process::new(settings.clone());
+        earlier.install(&cfg).await.unwrap();
+        earlier.reload().await.unwrap();
+        let orphan = earlier.child.lock().await.take().unwrap();
+        drop(earlier);
+        let first = master_pid(&master_command(&settings.master_socket, "show proc").await.unwrap()).unwrap();
+
+        let p = Process::new(settings.clone());
+        p.reload().await.expect("adopting the running haproxy");
+        signal("KILL", first).unwrap();
+        let mut orphan = orphan;
+        let _ = orphan.wait().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let again = master_command(&settings.master_socket, "show proc")
+                .await
+                .ok()
+                .and_then(|out| master_pid(&out))
+                .filter(|pid| *pid != first);
+            if again.is_some() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the adopted haproxy was not started again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        p.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn haproxy_output_is_weighed() {
         assert_eq!(
