@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferrylb_model::{
-    HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
-    split_list,
+    HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey,
+    Target, split_list,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -256,6 +256,12 @@ pub fn build(svc: &Service, targets: &Arc<[Target]>) -> Result<LoadBalancerSpec,
         source_ranges,
         requested_ips,
         shared_ip_key,
+        ip_families: spec
+            .ip_families
+            .iter()
+            .flatten()
+            .filter_map(|f| IpFamily::parse(f))
+            .collect(),
         status_ips,
         annotations: provider_annotations,
     })

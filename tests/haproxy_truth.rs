@@ -289,3 +289,30 @@ async fn a_node_name_crafted_after_another_ones_hash_is_served_as_its_own_server
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }
+
+/// An IPv4-only Service (the API server's default here) gets an IPv4 VIP,
+/// and once the pool's IPv4 addresses are used up it waits, saying so,
+/// rather than being given an IPv6 one its clients cannot reach.
+#[tokio::test]
+async fn an_ipv4_service_is_never_given_an_ipv6_vip() {
+    let mut h = harness("hx-family", "127.0.0.197/32,fd52::1-fd52::2").await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    create(&h, k::lb_service("first", &[80])).await;
+    let (first, ip) = wait_vip(&h, "first").await;
+    assert_eq!(ip.to_string(), "127.0.0.197");
+    assert_eq!(
+        first.spec.as_ref().unwrap().ip_families.as_deref(),
+        Some(&["IPv4".to_owned()][..])
+    );
+    create(&h, k::lb_service("second", &[80])).await;
+    let second = h
+        .wait_service("second's PoolExhausted condition", "second", |s| {
+            condition(s).is_some_and(|c| c.1 == "PoolExhausted")
+        })
+        .await;
+    assert!(vip(&second).is_none(), "an IPv4 Service got an IPv6 VIP");
+    assert!(condition(&second).unwrap().2.contains("[IPv4]"));
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}

@@ -55,6 +55,7 @@ pub fn sample_spec(
         source_ranges: vec![],
         requested_ips: vec![],
         shared_ip_key: None,
+        ip_families: vec![],
         status_ips: vec![],
         annotations: BTreeMap::new(),
     }

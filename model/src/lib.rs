@@ -12,7 +12,7 @@ mod status;
 
 pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError, excerpt};
 pub use spec::{
-    HealthCheck, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey, Target,
-    load_balancer_name, split_list,
+    HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey,
+    Target, load_balancer_name, split_list,
 };
 pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus, Warning};

@@ -63,6 +63,9 @@ pub const DELETION_PENDING: &str = "DeletionPending";
 // HAProxy.
 pub const ADDRESS_IN_USE: &str = "AddressInUse";
 pub const ADDRESS_NOT_IN_POOL: &str = "AddressNotInPool";
+/// The Service's address is of a family its `spec.ipFamilies` does not
+/// hold (it asked for that address).
+pub const ADDRESS_FAMILY_MISMATCH: &str = "AddressFamilyMismatch";
 pub const PORT_COLLISION: &str = "PortCollision";
 pub const POOL_EXHAUSTED: &str = "PoolExhausted";
 /// Another process on the host already listens on the address and port.

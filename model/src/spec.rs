@@ -165,6 +165,10 @@ pub struct LoadBalancerSpec {
     /// `ferrylb.io/allow-shared-ip`: Services with the same key may share an
     /// address when their ports do not collide.
     pub shared_ip_key: Option<String>,
+    /// The Service's `spec.ipFamilies`, in its order of preference: an
+    /// address-assigning provider hands out addresses of these families
+    /// only. Empty: any family.
+    pub ip_families: Vec<IpFamily>,
     /// Addresses the Service's status already carries: an address-assigning
     /// provider keeps them, so addresses survive restarts with no store of
     /// their own. Not part of what the load balancer should look like; see
@@ -175,6 +179,37 @@ pub struct LoadBalancerSpec {
     /// each provider parses its own into typed options and rejects bad
     /// values with [`crate::ProviderError::invalid`].
     pub annotations: BTreeMap<String, String>,
+}
+
+/// An address family, as `spec.ipFamilies` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    /// `IPv4` or `IPv6`, as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    /// From Kubernetes' spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "IPv4" => Some(Self::V4),
+            "IPv6" => Some(Self::V6),
+            _ => None,
+        }
+    }
 }
 
 impl LoadBalancerSpec {
@@ -188,6 +223,7 @@ impl LoadBalancerSpec {
             && self.source_ranges == other.source_ranges
             && self.requested_ips == other.requested_ips
             && self.shared_ip_key == other.shared_ip_key
+            && self.ip_families == other.ip_families
             && self.annotations == other.annotations
     }
 

@@ -21,6 +21,7 @@ pub fn spec(listeners: Vec<Listener>, targets: Vec<Target>) -> LoadBalancerSpec 
         source_ranges: vec![],
         requested_ips: vec![],
         shared_ip_key: None,
+        ip_families: vec![],
         status_ips: vec![],
         annotations: BTreeMap::new(),
     }

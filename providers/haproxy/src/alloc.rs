@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ferrylb_model::reason;
-use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError};
+use ferrylb_model::{IpFamily, LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError};
 
 use crate::pool::AddressPool;
 
@@ -92,8 +92,12 @@ pub fn allocate(
     current: Option<IpAddr>,
     holders: &BTreeMap<LoadBalancerRef, Holder>,
 ) -> Result<IpAddr, ProviderError> {
+    let family_ok = |ip: IpAddr| wanted(spec, ip);
+    // A requested address of another family is the user's choice, and it
+    // works (HAProxy proxies it to the nodes' nodePorts); the status warns
+    // (see `crate::status_of`).
     if !spec.requested_ips.is_empty() {
-        let ip = pick_family(&spec.requested_ips, pool);
+        let ip = pick_family(spec, pool);
         if !pool.contains(ip) {
             return Err(ProviderError::permanent(
                 reason::ADDRESS_NOT_IN_POOL,
@@ -108,7 +112,7 @@ pub fn allocate(
         };
     }
     for ip in current.into_iter().chain(spec.status_ips.iter().copied()) {
-        if pool.contains(ip) && conflict(ip, spec, holders).is_none() {
+        if pool.contains(ip) && family_ok(ip) && conflict(ip, spec, holders).is_none() {
             return Ok(ip);
         }
     }
@@ -117,6 +121,7 @@ pub fn allocate(
             .iter()
             .filter(|(r, h)| **r != spec.lb && h.shared_key == spec.shared_ip_key)
             .map(|(_, h)| h.vip)
+            .filter(|ip| family_ok(*ip))
             .collect();
         shared.sort();
         shared.dedup();
@@ -132,21 +137,57 @@ pub fn allocate(
         .filter(|(r, _)| **r != spec.lb)
         .map(|(_, h)| h.vip)
         .collect();
-    pool.iter().find(|ip| !used.contains(ip)).ok_or_else(|| {
-        ProviderError::retry_after(
-            RETRY,
-            reason::POOL_EXHAUSTED,
-            "every address in the HAProxy address pool is in use; the Service waits until one is freed (or widen the pool)",
-        )
-    })
+    // In the Service's order of preference (`PreferDualStack` gets what
+    // the pool has room in).
+    let order: Vec<Option<IpFamily>> = if spec.ip_families.is_empty() {
+        vec![None]
+    } else {
+        spec.ip_families.iter().copied().map(Some).collect()
+    };
+    order
+        .into_iter()
+        .find_map(|f| pool.iter_family(f).find(|ip| !used.contains(ip)))
+        .ok_or_else(|| {
+            let what = if spec.ip_families.is_empty() {
+                "every address in the HAProxy address pool is in use".to_owned()
+            } else {
+                format!(
+                    "no address of the Service's families in the HAProxy address pool is free \
+                 (spec.ipFamilies: [{}])",
+                    families(spec)
+                )
+            };
+            ProviderError::retry_after(
+                RETRY,
+                reason::POOL_EXHAUSTED,
+                format!("{what}; the Service waits until one is freed (or widen the pool)"),
+            )
+        })
 }
 
 /// Of the requested addresses, the first of a family the pool serves.
-fn pick_family(requested: &[IpAddr], pool: &AddressPool) -> IpAddr {
+/// Whether `ip` is of a family `spec` takes.
+pub fn wanted(spec: &LoadBalancerSpec, ip: IpAddr) -> bool {
+    spec.ip_families.is_empty() || spec.ip_families.contains(&IpFamily::of(ip))
+}
+
+/// `spec.ipFamilies` as Kubernetes spells it: `IPv4, IPv6`.
+pub fn families(spec: &LoadBalancerSpec) -> String {
+    spec.ip_families
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn pick_family(spec: &LoadBalancerSpec, pool: &AddressPool) -> IpAddr {
+    let requested = &spec.requested_ips;
+    let in_pool = |ip: &IpAddr| pool.contains(*ip);
     requested
         .iter()
         .copied()
-        .find(|ip| pool.contains(*ip))
+        .find(|ip| in_pool(ip) && wanted(spec, *ip))
+        .or_else(|| requested.iter().copied().find(in_pool))
         .unwrap_or(requested[0])
 }
 
@@ -187,6 +228,83 @@ mod tests {
         let e = allocate(&pool(), &spec("d", 80, None), None, &h).unwrap_err();
         assert_eq!(e.reason, "PoolExhausted");
         assert!(matches!(e.kind, ferrylb_model::ErrorKind::RetryAfter(_)));
+    }
+
+    /// A pool like the lab's: a few IPv4 addresses, then IPv6 ones.
+    fn mixed_pool() -> AddressPool {
+        "127.0.0.100-127.0.0.101,fd51::200-fd51::201"
+            .parse()
+            .unwrap()
+    }
+
+    fn with_families(name: &str, families: &[IpFamily]) -> LoadBalancerSpec {
+        let mut s = spec(name, 80, None);
+        s.ip_families = families.to_vec();
+        s
+    }
+
+    #[test]
+    fn addresses_follow_the_services_ip_families() {
+        use IpFamily::{V4, V6};
+        let mut h = BTreeMap::new();
+        for name in ["a", "b"] {
+            let s = with_families(name, &[V4]);
+            let got = allocate(&mixed_pool(), &s, None, &h).unwrap();
+            assert!(got.is_ipv4(), "{got}");
+            hold(&mut h, &s, got);
+        }
+        // IPv4 is used up: an IPv4-only Service waits, naming its family,
+        // and is never given an IPv6 address.
+        let e = allocate(&mixed_pool(), &with_families("c", &[V4]), None, &h).unwrap_err();
+        assert_eq!(e.reason, "PoolExhausted");
+        assert!(e.message.contains("[IPv4]"), "{e}");
+        // An IPv6 Service, and a dual-stack one preferring IPv4, get IPv6.
+        let v6 = allocate(&mixed_pool(), &with_families("d", &[V6]), None, &h).unwrap();
+        assert_eq!(v6, ip("fd51::200"));
+        let prefer = allocate(&mixed_pool(), &with_families("e", &[V4, V6]), None, &h).unwrap();
+        assert_eq!(prefer, ip("fd51::200"));
+        // No families (a manifest without them): any.
+        assert_eq!(
+            allocate(&mixed_pool(), &with_families("f", &[]), None, &h).unwrap(),
+            ip("fd51::200")
+        );
+        // An IPv6-only Service first in line takes IPv6 even where IPv4 is free.
+        assert_eq!(
+            allocate(
+                &mixed_pool(),
+                &with_families("g", &[V6, V4]),
+                None,
+                &BTreeMap::new()
+            )
+            .unwrap(),
+            ip("fd51::200")
+        );
+    }
+
+    #[test]
+    fn requested_and_kept_addresses_follow_the_families() {
+        use IpFamily::V4;
+        // Of the requested ones, one of the Service's family first; one of
+        // another family only when asked for alone (the status warns).
+        let mut s = with_families("a", &[V4]);
+        s.requested_ips = vec![ip("fd51::201"), ip("127.0.0.101")];
+        assert_eq!(
+            allocate(&mixed_pool(), &s, None, &BTreeMap::new()).unwrap(),
+            ip("127.0.0.101")
+        );
+        s.requested_ips = vec![ip("fd51::201")];
+        assert_eq!(
+            allocate(&mixed_pool(), &s, None, &BTreeMap::new()).unwrap(),
+            ip("fd51::201")
+        );
+        // A status address of the wrong family (given before the fix) is
+        // replaced by one of the right family.
+        let mut s = with_families("b", &[V4]);
+        s.status_ips = vec![ip("fd51::200")];
+        assert_eq!(
+            allocate(&mixed_pool(), &s, Some(ip("fd51::200")), &BTreeMap::new()).unwrap(),
+            ip("127.0.0.100")
+        );
     }
 
     #[test]

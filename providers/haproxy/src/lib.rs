@@ -412,6 +412,7 @@ impl HaproxyProvider {
                 e.spec.listeners == spec.listeners
                     && e.spec.requested_ips == spec.requested_ips
                     && e.spec.shared_ip_key == spec.shared_ip_key
+                    && e.spec.ip_families == spec.ip_families
                     && self.settings.pool.contains(e.vip)
             })
             .map(|e| e.vip);
@@ -714,6 +715,17 @@ pub fn status_of(entry: &Entry) -> LoadBalancerStatus {
             }
         })
         .collect();
+    if !alloc::wanted(&entry.spec, entry.vip) {
+        warnings.push(Warning {
+            reason: reason::ADDRESS_FAMILY_MISMATCH.into(),
+            message: format!(
+                "the requested address {} is not of the Service's spec.ipFamilies [{}]: \
+                 HAProxy serves it, but only clients of its family reach it",
+                entry.vip,
+                alloc::families(&entry.spec)
+            ),
+        });
+    }
     LoadBalancerStatus {
         ingress: vec![Ingress {
             address: Address::Ip(entry.vip),

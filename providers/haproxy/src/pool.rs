@@ -1,5 +1,6 @@
 //! The address pool VIPs come from: CIDRs and ranges, IPv4 and IPv6.
 
+use ferrylb_model::IpFamily;
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -68,14 +69,22 @@ impl AddressPool {
 
     /// The pool's addresses in order, lazily (a /64 is not materialised).
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.blocks.iter().flat_map(|b| {
-            let mut next = Some(b.first);
-            std::iter::from_fn(move || {
-                let cur = next?;
-                next = if cur == b.last { None } else { successor(cur) };
-                Some(cur)
+        self.iter_family(None)
+    }
+
+    /// The pool's addresses of `family` (all with `None`) in order, lazily.
+    pub fn iter_family(&self, family: Option<IpFamily>) -> impl Iterator<Item = IpAddr> + '_ {
+        self.blocks
+            .iter()
+            .filter(move |b| family.is_none_or(|f| IpFamily::of(b.first) == f))
+            .flat_map(|b| {
+                let mut next = Some(b.first);
+                std::iter::from_fn(move || {
+                    let cur = next?;
+                    next = if cur == b.last { None } else { successor(cur) };
+                    Some(cur)
+                })
             })
-        })
     }
 }
 

@@ -754,7 +754,12 @@ mod tests {
         earlier.reload().await.unwrap();
         let orphan = earlier.child.lock().await.take().unwrap();
         drop(earlier);
-        let first = master_pid(&master_command(&settings.master_socket, "show proc").await.unwrap()).unwrap();
+        let first = master_pid(
+            &master_command(&settings.master_socket, "show proc")
+                .await
+                .unwrap(),
+        )
+        .unwrap();
 
         let p = Process::new(settings.clone());
         p.reload().await.expect("adopting the running haproxy");
