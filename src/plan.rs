@@ -115,28 +115,37 @@ type Named<T> = Vec<(String, T)>;
 const NO_UID: &str = "plan-";
 
 /// The specs of the LoadBalancer Services of `class` (or of no class), as
-/// the controller builds them, and why the others cannot become one.
+/// the controller builds them, and why the others cannot become one: those
+/// of another class are named too, so that a plan is never silently empty.
 fn specs(
     services: &[Service],
     class: &str,
     targets: &std::sync::Arc<[ferrylb_model::Target]>,
 ) -> (Named<LoadBalancerSpec>, Named<String>) {
-    let ours = services.iter().filter(|s| {
-        s.spec.as_ref().is_some_and(|spec| {
-            spec.type_.as_deref() == Some("LoadBalancer")
-                && spec
-                    .load_balancer_class
-                    .as_deref()
-                    .is_none_or(|c| c == class)
-        })
-    });
     let (mut specs, mut refused) = (Vec::new(), Vec::new());
-    for svc in ours {
+    for svc in services {
+        let Some(spec) = svc
+            .spec
+            .as_ref()
+            .filter(|s| s.type_.as_deref() == Some("LoadBalancer"))
+        else {
+            continue;
+        };
         let name = format!(
             "{}/{}",
             svc.metadata.namespace.as_deref().unwrap_or("default"),
             svc.metadata.name.as_deref().unwrap_or_default()
         );
+        if let Some(other) = spec.load_balancer_class.as_deref().filter(|c| *c != class) {
+            refused.push((
+                name,
+                format!(
+                    "its spec.loadBalancerClass {other:?} is not the class planned here \
+                     ({class:?}); plan it with the provider that serves that class (--provider)"
+                ),
+            ));
+            continue;
+        }
         let mut svc = svc.clone();
         svc.metadata
             .namespace
@@ -288,7 +297,13 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
             ),
             "{out}"
         );
-        assert!(!out.contains("elsewhere"), "{out}");
+        assert!(
+            out.contains(
+                "shop/elsewhere: not provisioned: its spec.loadBalancerClass \"example.com/other\" is not the class planned here"
+            ),
+            "a Service of another class is named, not silently left out: {out}"
+        );
+        assert!(!out.contains("fe_fl-shop-elsewher"), "{out}");
         assert!(
             out.contains("bind 192.0.2.11:80") && out.contains("server n1 10.0.0.11:30080"),
             "{out}"
