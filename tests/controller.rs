@@ -257,12 +257,19 @@ async fn type_change_and_deletion_delete_the_load_balancer_and_let_go() {
         .filter(|c| matches!(c, Call::Delete { .. }))
         .count();
     assert!(deletes >= 2, "the delete was retried");
-    let reasons = k::event_reasons(&h.client, &h.ns, "doomed").await;
-    assert!(
-        reasons.contains(&"DeletingLoadBalancer".into())
-            && reasons.contains(&"DeletedLoadBalancer".into()),
-        "{reasons:?}"
-    );
+    // Deletion Events are published in the background: waited for, not
+    // expected the moment the Service is gone.
+    wait::until(
+        "DeletingLoadBalancer and DeletedLoadBalancer",
+        WAIT,
+        || async {
+            let reasons = k::event_reasons(&h.client, &h.ns, "doomed").await;
+            (reasons.contains(&"DeletingLoadBalancer".into())
+                && reasons.contains(&"DeletedLoadBalancer".into()))
+            .then_some(())
+        },
+    )
+    .await;
     h.cleanup_nodes().await;
 }
 
