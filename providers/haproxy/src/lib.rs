@@ -574,7 +574,16 @@ impl HaproxyProvider {
             return Ok(false);
         };
         for batch in plan.checks.iter().chain(&plan.batches) {
-            if let Err(e) = runtime::run(&self.settings.admin_socket, batch).await {
+            let mut result = runtime::run(&self.settings.admin_socket, batch).await;
+            if let Err(e) = &result
+                && e.message.contains(runtime::ALREADY_EXISTS)
+            {
+                // A server whose removal waited for its connections to
+                // drain is still there, in maintenance: readdressed and
+                // enabled instead.
+                result = runtime::run(&self.settings.admin_socket, &runtime::readding(batch)).await;
+            }
+            if let Err(e) = result {
                 loaded.entries = None;
                 loaded.served_sha = None;
                 loaded.version += 1;

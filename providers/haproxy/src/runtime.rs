@@ -162,6 +162,36 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
     Some(plan)
 }
 
+/// HAProxy's reply to `add server` for a name its backend still holds: a
+/// server whose `del server` was refused while connections drained stays
+/// there, in maintenance, until the next reload.
+pub const ALREADY_EXISTS: &str = "Already exists a server with the same name";
+
+/// `batch` for servers that may still exist in maintenance (see
+/// [`ALREADY_EXISTS`]): each `add server` becomes `set server … addr …
+/// port …`, the enabling that follows it stays. Every command of a batch
+/// is idempotent, so the whole batch runs again.
+pub fn readding(batch: &str) -> String {
+    batch
+        .split("; ")
+        .map(|cmd| {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            match (words.first(), words.get(1), words.get(2), words.get(3)) {
+                (Some(&"add"), Some(&"server"), Some(target), Some(at)) => {
+                    match at.parse::<std::net::SocketAddr>() {
+                        Ok(sa) => {
+                            format!("set server {target} addr {} port {}", sa.ip(), sa.port())
+                        }
+                        Err(_) => cmd.to_owned(),
+                    }
+                }
+                _ => cmd.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Runtime API commands for one change.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RuntimePlan {
@@ -243,6 +273,19 @@ mod tests {
             vip: "127.0.0.100".parse().unwrap(),
             options: Options::default(),
         }
+    }
+
+    #[test]
+    fn a_server_kept_in_maintenance_is_readdressed_instead_of_added() {
+        let batch = "set server be/n2 addr 10.0.0.22 port 30080; \
+                     add server be/n3 10.0.0.3:30080 check inter 2000ms; enable health be/n3; enable server be/n3; \
+                     add server be/n6 [fd00::6]:30080 track ferrylb_node_checks/n6; enable server be/n6";
+        assert_eq!(
+            readding(batch),
+            "set server be/n2 addr 10.0.0.22 port 30080; \
+             set server be/n3 addr 10.0.0.3 port 30080; enable health be/n3; enable server be/n3; \
+             set server be/n6 addr fd00::6 port 30080; enable server be/n6"
+        );
     }
 
     /// Replies HAProxy 2.6 gave to the commands FerryLB sends.
