@@ -679,26 +679,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[tokio::test]
-    async fn a_configuration_haproxy_refuses_to_reload_is_put_back_while_the_old_one_serves() {
-        let dir = std::env::temp_dir().join(format!("ferrylb-refused-{}", std::process::id()));
+    /// A directory for a managed haproxy, its settings, a free port and a
+    /// configuration listening on it.
+    fn managed(name: &str) -> (PathBuf, ProcessSettings, u16, String) {
+        let dir = std::env::temp_dir().join(format!("ferrylb-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("haproxy.cfg");
-        let p = Process::new(ProcessSettings {
+        let settings = ProcessSettings {
             binary: "haproxy".into(),
-            config_path: config.clone(),
+            config_path: dir.join("haproxy.cfg"),
             master_socket: dir.join("master.sock"),
             mode: RunMode::Managed,
-        });
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let good = format!(
+        let cfg = format!(
             "global\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n\
              frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:9\n"
         );
+        (dir, settings, port, cfg)
+    }
+
+    #[tokio::test]
+    async fn a_configuration_haproxy_refuses_to_reload_is_put_back_while_the_old_one_serves() {
+        let (dir, settings, port, good) = managed("refused");
+        let config = settings.config_path.clone();
+        let p = Process::new(settings);
         p.install(&good).await.unwrap();
         p.reload().await.unwrap();
         let serving = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
@@ -731,23 +739,7 @@ mod tests {
     /// here is.
     #[tokio::test]
     async fn an_adopted_haproxy_that_dies_is_started_again() {
-        let dir = std::env::temp_dir().join(format!("ferrylb-adopt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let settings = ProcessSettings {
-            binary: "haproxy".into(),
-            config_path: dir.join("haproxy.cfg"),
-            master_socket: dir.join("master.sock"),
-            mode: RunMode::Managed,
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cfg = format!(
-            "global\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n\
-             frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:9\n"
-        );
+        let (dir, settings, port, cfg) = managed("adopt");
         // The earlier run: its haproxy outlives it.
         let earlier = Process::new(settings.clone());
         earlier.install(&cfg).await.unwrap();

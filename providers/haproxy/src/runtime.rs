@@ -224,23 +224,32 @@ fn server_options(e: &Entry) -> String {
     o
 }
 
+/// Sends `line` to the admin socket and returns HAProxy's whole answer,
+/// within 5 s.
+///
+/// # Errors
+/// When the socket cannot be reached or does not answer in time.
+pub async fn ask(socket: &Path, line: &str) -> Result<String, String> {
+    let io = async {
+        let mut s = UnixStream::connect(socket).await?;
+        s.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| format!("admin socket {} timed out", socket.display()))?
+        .map_err(|e| format!("admin socket {}: {e}", socket.display()))
+}
+
 /// Runs one batch on the admin socket.
 ///
 /// # Errors
 /// When the socket cannot be reached or HAProxy refuses a command.
 pub async fn run(socket: &Path, batch: &str) -> Result<(), ProviderError> {
     let fail = |m: String| ProviderError::transient(reason::HAPROXY_RUNTIME_API_FAILED, m);
-    let io = async {
-        let mut s = UnixStream::connect(socket).await?;
-        s.write_all(format!("{batch}\n").as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .map_err(|_| fail(format!("admin socket {} timed out", socket.display())))?
-        .map_err(|e| fail(format!("admin socket {}: {e}", socket.display())))?;
+    let out = ask(socket, batch).await.map_err(fail)?;
     if !out.lines().all(is_success_line) {
         return Err(fail(format!("haproxy refused `{batch}`: {}", out.trim())));
     }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrylb_model::{Protocol, ProviderError, reason};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::render::{self, Entry};
 
@@ -106,27 +105,13 @@ impl ServedView {
 
 /// `show stat` for frontends only, on the admin socket.
 async fn show_frontends(socket: &Path) -> Result<String, ProviderError> {
-    let io = async {
-        let mut s = tokio::net::UnixStream::connect(socket).await?;
-        s.write_all(b"show stat -1 1 -1\n").await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let unavailable = |m: String| ProviderError::transient(reason::HAPROXY_UNAVAILABLE, m);
-    tokio::time::timeout(Duration::from_secs(5), io)
+    crate::runtime::ask(socket, "show stat -1 1 -1")
         .await
-        .map_err(|_| {
-            unavailable(format!(
-                "HAProxy's admin socket {} did not answer within 5s",
-                socket.display()
-            ))
-        })?
         .map_err(|e| {
-            unavailable(format!(
-                "HAProxy is not running (admin socket {}: {e})",
-                socket.display()
-            ))
+            ProviderError::transient(
+                reason::HAPROXY_UNAVAILABLE,
+                format!("HAProxy is not serving ({e})"),
+            )
         })
 }
 
