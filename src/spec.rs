@@ -262,6 +262,7 @@ pub fn build(svc: &Service, targets: &Arc<[Target]>) -> Result<LoadBalancerSpec,
             .flatten()
             .filter_map(|f| IpFamily::parse(f))
             .collect(),
+        require_dual_stack: spec.ip_family_policy.as_deref() == Some("RequireDualStack"),
         status_ips,
         annotations: provider_annotations,
     })

@@ -290,12 +290,36 @@ async fn a_node_name_crafted_after_another_ones_hash_is_served_as_its_own_server
     h.cleanup_nodes().await;
 }
 
-/// An IPv4-only Service (the API server's default here) gets an IPv4 VIP,
-/// and once the pool's IPv4 addresses are used up it waits, saying so,
-/// rather than being given an IPv6 one its clients cannot reach.
+fn with_families(mut svc: Service, policy: &str, families: &[&str]) -> Service {
+    let spec = svc.spec.as_mut().unwrap();
+    spec.ip_family_policy = Some(policy.into());
+    spec.ip_families = Some(families.iter().map(|f| (*f).to_owned()).collect());
+    svc
+}
+
+fn ingress_ips(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn reason_is(reason: &'static str) -> impl Fn(&Service) -> bool {
+    move |s| condition(s).is_some_and(|c| c.1 == reason)
+}
+
+/// Addresses follow `spec.ipFamilies` and `spec.ipFamilyPolicy` (the API
+/// server here has an IPv4 and an IPv6 Service range): an IPv4-only
+/// Service gets an IPv4 VIP and, once the pool's IPv4 addresses are used
+/// up, waits saying so rather than being given an IPv6 one its clients
+/// cannot reach; an address of another family is refused when asked for;
+/// `PreferDualStack` gets what the pool has room in, `RequireDualStack` one
+/// address of each family or none, and both of its addresses carry traffic.
 #[tokio::test]
-async fn an_ipv4_service_is_never_given_an_ipv6_vip() {
-    let mut h = harness("hx-family", "127.0.0.197/32,fd52::1-fd52::2").await;
+async fn addresses_follow_the_services_ip_families_and_policy() {
+    let mut h = harness("hx-family", "127.0.0.197/32,fd52::1/128,::1/128").await;
     h.node("n1", "127.0.0.11").await;
     let _ctl = h.start(false);
     create(&h, k::lb_service("first", &[80])).await;
@@ -307,12 +331,55 @@ async fn an_ipv4_service_is_never_given_an_ipv6_vip() {
     );
     create(&h, k::lb_service("second", &[80])).await;
     let second = h
-        .wait_service("second's PoolExhausted condition", "second", |s| {
-            condition(s).is_some_and(|c| c.1 == "PoolExhausted")
+        .wait_service("second's PoolExhausted", "second", reason_is("PoolExhausted"))
+        .await;
+    assert!(ingress_ips(&second).is_empty(), "an IPv4 Service got an IPv6 VIP");
+    assert!(condition(&second).unwrap().2.contains("no IPv4 address"));
+
+    // An IPv6 address asked for by an IPv4 Service is refused, naming both.
+    let mut wrong = k::lb_service("wrong", &[81]);
+    wrong.spec.as_mut().unwrap().load_balancer_ip = Some("fd52::1".into());
+    create(&h, wrong).await;
+    let wrong = h
+        .wait_service("AddressFamilyMismatch", "wrong", reason_is("AddressFamilyMismatch"))
+        .await;
+    let message = condition(&wrong).unwrap().2;
+    assert!(message.contains("fd52::1 is IPv6") && message.contains("[IPv4]"), "{message}");
+
+    // PreferDualStack with no IPv4 address free: IPv6 only.
+    let prefer = with_families(k::lb_service("prefer", &[80]), "PreferDualStack", &["IPv4", "IPv6"]);
+    create(&h, prefer).await;
+    let prefer = h
+        .wait_service("prefer's address", "prefer", |s| !ingress_ips(s).is_empty())
+        .await;
+    assert_eq!(ingress_ips(&prefer), ["fd52::1"]);
+
+    // RequireDualStack waits for an IPv4 address, then gets one of each.
+    let required = with_families(k::lb_service("required", &[18097]), "RequireDualStack", &["IPv4", "IPv6"]);
+    create(&h, required).await;
+    let waiting = h
+        .wait_service("required's PoolExhausted", "required", reason_is("PoolExhausted"))
+        .await;
+    let message = condition(&waiting).unwrap().2;
+    assert!(message.contains("RequireDualStack") && message.contains("no IPv4"), "{message}");
+    assert!(ingress_ips(&waiting).is_empty());
+    for name in ["second", "first"] {
+        h.services().delete(name, &Default::default()).await.unwrap();
+        wait::until(&format!("{name} to be gone"), WAIT, || async {
+            let svc = h.services().get_opt(name).await.ok()?;
+            svc.is_none().then_some(())
         })
         .await;
-    assert!(vip(&second).is_none(), "an IPv4 Service got an IPv6 VIP");
-    assert!(condition(&second).unwrap().2.contains("[IPv4]"));
+    }
+    let required = h
+        .wait_service("required's addresses", "required", |s| ingress_ips(s).len() == 2)
+        .await;
+    assert_eq!(ingress_ips(&required), ["127.0.0.197", "::1"]);
+    assert!(ready(&required));
+    let _node = traffic::answer("127.0.0.11", node_port(&required, 0), "n1").await;
+    for ip in ["127.0.0.197", "::1"] {
+        wait_answers(SocketAddr::new(ip.parse().unwrap(), 18097), &["n1"]).await;
+    }
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }

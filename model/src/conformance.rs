@@ -56,6 +56,7 @@ pub fn sample_spec(
         requested_ips: vec![],
         shared_ip_key: None,
         ip_families: vec![],
+        require_dual_stack: false,
         status_ips: vec![],
         annotations: BTreeMap::new(),
     }

@@ -169,6 +169,10 @@ pub struct LoadBalancerSpec {
     /// address-assigning provider hands out addresses of these families
     /// only. Empty: any family.
     pub ip_families: Vec<IpFamily>,
+    /// `spec.ipFamilyPolicy: RequireDualStack`: an address-assigning
+    /// provider gives one address of each family or none (with
+    /// `PreferDualStack`, what it has room in).
+    pub require_dual_stack: bool,
     /// Addresses the Service's status already carries: an address-assigning
     /// provider keeps them, so addresses survive restarts with no store of
     /// their own. Not part of what the load balancer should look like; see
@@ -224,6 +228,7 @@ impl LoadBalancerSpec {
             && self.requested_ips == other.requested_ips
             && self.shared_ip_key == other.shared_ip_key
             && self.ip_families == other.ip_families
+            && self.require_dual_stack == other.require_dual_stack
             && self.annotations == other.annotations
     }
 

@@ -146,6 +146,8 @@ start_apiserver() {
   bin="$(kube_bin)"
   port="$(port "$dir" apiserver)"
   make_certs "$dir"
+  # Two Service ranges: the cluster is dual-stack, so Services may ask for
+  # IPv6 and both families (IPv4 stays the default family).
   spawn "$dir" apiserver "$bin/kube-apiserver" \
     --bind-address=127.0.0.1 --secure-port="$port" \
     --etcd-servers="http://127.0.0.1:$(port "$dir" etcd)" \
@@ -155,7 +157,7 @@ start_apiserver() {
     --service-account-key-file="$dir/pki/sa.pub" \
     --service-account-signing-key-file="$dir/pki/sa.key" \
     --api-audiences=https://kubernetes.default.svc \
-    --service-cluster-ip-range=10.96.0.0/16 \
+    --service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112 \
     --service-node-port-range=30000-32767 \
     --authorization-mode=RBAC \
     --allow-privileged=true \

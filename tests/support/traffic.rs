@@ -64,7 +64,12 @@ pub async fn health(ip: &str, port: u16, status: u16) -> Answerer {
 /// said, or `None` if the connection failed or closed silently.
 pub async fn reply_from(addr: SocketAddr, from: Option<&str>) -> Option<String> {
     let io = async {
-        let socket = TcpSocket::new_v4().ok()?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .ok()?;
         if let Some(src) = from {
             socket.bind(format!("{src}:0").parse().ok()?).ok()?;
         }

@@ -22,6 +22,7 @@ pub fn spec(listeners: Vec<Listener>, targets: Vec<Target>) -> LoadBalancerSpec 
         requested_ips: vec![],
         shared_ip_key: None,
         ip_families: vec![],
+        require_dual_stack: false,
         status_ips: vec![],
         annotations: BTreeMap::new(),
     }

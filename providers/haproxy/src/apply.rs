@@ -271,7 +271,10 @@ impl HaproxyProvider {
             loaded.node_checks =
                 crate::runtime::CheckSlots::loaded(&desired.values().collect::<Vec<_>>());
         }
-        let vips: std::collections::BTreeSet<_> = desired.values().map(|e| e.vip).collect();
+        let vips: std::collections::BTreeSet<_> = desired
+            .values()
+            .flat_map(|e| e.vips.iter().copied())
+            .collect();
         loaded.entries = Some(desired);
         loaded.version += 1;
         // HAProxy listens on every VIP now: only now may this host answer
@@ -343,8 +346,8 @@ mod tests {
         let spec = sample_spec("shop", name, node_port, Vec::new());
         let options = Options::parse(&spec.annotations).unwrap();
         let lb = spec.lb.clone();
-        let vip = "127.0.0.100".parse().unwrap();
-        (lb, Entry { spec, vip, options })
+        let vips = vec!["127.0.0.100".parse().unwrap()];
+        (lb, Entry { spec, vips, options })
     }
 
     fn names(entries: &[Entry]) -> Vec<&str> {

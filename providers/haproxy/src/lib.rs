@@ -28,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferrylb_model::reason;
 use ferrylb_model::{
-    Address, Ingress, IpMode, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec,
+    Address, Ingress, IpFamily, IpMode, LoadBalancerProvider, LoadBalancerRef, LoadBalancerSpec,
     LoadBalancerStatus, PortStatus, Protocol, ProviderError, Warning,
 };
 
@@ -112,7 +112,7 @@ pub struct HaproxyProvider {
     /// Load balancers taken out of the desired state whose removal is not
     /// known to be loaded yet, with the VIP each held (given back once it
     /// is, unless another Service shares it).
-    deleting: std::sync::Mutex<BTreeMap<LoadBalancerRef, IpAddr>>,
+    deleting: std::sync::Mutex<BTreeMap<LoadBalancerRef, Vec<IpAddr>>>,
     /// Owns the VIPs when VRRP is on.
     keepalived: Option<Arc<vrrp::Keepalived>>,
     /// Whether this replica puts VIPs on `vip_interface` (the leader does;
@@ -250,13 +250,23 @@ impl HaproxyProvider {
         render::render(&self.global(), &entries)
     }
 
-    /// The VIP each Service holds.
-    pub fn assignments(&self) -> BTreeMap<LoadBalancerRef, IpAddr> {
+    /// The VIPs each Service holds (one per family it is given).
+    pub fn assignments(&self) -> BTreeMap<LoadBalancerRef, Vec<IpAddr>> {
         self.entries
             .lock()
             .expect("entries lock")
             .iter()
-            .map(|(r, e)| (r.clone(), e.vip))
+            .map(|(r, e)| (r.clone(), e.vips.clone()))
+            .collect()
+    }
+
+    /// Every VIP some Service holds.
+    fn held_vips(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .values()
+            .flat_map(|e| e.vips.iter().copied())
             .collect()
     }
 
@@ -301,13 +311,21 @@ impl HaproxyProvider {
             .iter()
             .filter(|s| s.listeners.iter().any(|l| l.protocol == Protocol::Tcp))
             .filter_map(|spec| {
-                let vip = *spec.status_ips.first()?;
+                let vips: Vec<IpAddr> = spec
+                    .status_ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| self.settings.pool.contains(*ip))
+                    .collect();
+                if vips.is_empty() {
+                    return None;
+                }
                 let options = Options::parse(&spec.annotations).ok()?;
                 Some((
                     spec.lb.clone(),
                     Entry {
                         spec: spec.clone(),
-                        vip,
+                        vips,
                         options,
                     },
                 ))
@@ -358,8 +376,7 @@ impl HaproxyProvider {
         if let Some(k) = &self.keepalived {
             k.stop().await;
         }
-        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
-        for ip in vips {
+        for ip in self.held_vips() {
             if let Err(e) = self.vips.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing a VIP from the interface on shutdown failed");
             }
@@ -413,23 +430,24 @@ impl HaproxyProvider {
                     && e.spec.requested_ips == spec.requested_ips
                     && e.spec.shared_ip_key == spec.shared_ip_key
                     && e.spec.ip_families == spec.ip_families
-                    && self.settings.pool.contains(e.vip)
+                    && e.spec.require_dual_stack == spec.require_dual_stack
+                    && e.vips.iter().all(|ip| self.settings.pool.contains(*ip))
             })
-            .map(|e| e.vip);
-        let vip = match kept {
-            Some(vip) => vip,
+            .map(|e| e.vips.clone());
+        let vips = match kept {
+            Some(vips) => vips,
             None => {
                 let holders: BTreeMap<LoadBalancerRef, Holder> = entries
                     .iter()
-                    .map(|(r, e)| (r.clone(), Holder::of(&e.spec, e.vip)))
+                    .map(|(r, e)| (r.clone(), Holder::of(&e.spec, &e.vips)))
                     .collect();
-                let current = current.map(|e| e.vip);
+                let current = current.map(|e| e.vips.as_slice()).unwrap_or_default();
                 alloc::allocate(&self.settings.pool, spec, current, &holders)?
             }
         };
         let entry = Entry {
             spec: spec.clone(),
-            vip,
+            vips,
             options,
         };
         let previous = entries.insert(spec.lb.clone(), entry.clone());
@@ -501,21 +519,23 @@ impl HaproxyProvider {
         entry: &Entry,
         previous: Option<&Entry>,
     ) -> Result<(), ProviderError> {
-        let bound = |e: Option<&Entry>, port: u16| {
+        let bound = |e: Option<&Entry>, vip: IpAddr, port: u16| {
             e.is_some_and(|e| {
-                e.vip == entry.vip
+                e.vips.contains(&vip)
                     && e.spec
                         .listeners
                         .iter()
                         .any(|l| l.protocol == Protocol::Tcp && l.port == port)
             })
         };
-        let new = entry
-            .spec
-            .listeners
-            .iter()
-            .filter(|l| l.protocol == Protocol::Tcp && !bound(previous, l.port))
-            .map(|l| (entry.vip, l.port));
+        let new = entry.vips.iter().flat_map(|&vip| {
+            entry
+                .spec
+                .listeners
+                .iter()
+                .filter(move |l| l.protocol == Protocol::Tcp && !bound(previous, vip, l.port))
+                .map(move |l| (vip, l.port))
+        });
         let taken = vip::taken(new);
         if taken.is_empty() {
             return Ok(());
@@ -634,11 +654,10 @@ impl HaproxyProvider {
             .lock()
             .expect("deleting lock")
             .remove(&entry.spec.lb);
-        if let Some(old) = overtaken
-            && old != entry.vip
-            && !self.vip_still_used(old)
-        {
-            self.vips.remove(old).await?;
+        for old in overtaken.into_iter().flatten() {
+            if !entry.vips.contains(&old) && !self.vip_still_used(old) {
+                self.vips.remove(old).await?;
+            }
         }
         Ok(())
     }
@@ -679,14 +698,14 @@ impl HaproxyProvider {
             .lock()
             .expect("entries lock")
             .values()
-            .any(|e| e.vip == ip)
+            .any(|e| e.vips.contains(&ip))
     }
 }
 
 /// Whether `new` differs from `old` in what the runtime API can change
 /// alone: the targets.
 fn runtime_only(old: &Entry, new: &Entry) -> bool {
-    old.vip == new.vip && old.options == new.options && old.spec.differs_only_in_targets(&new.spec)
+    old.vips == new.vips && old.options == new.options && old.spec.differs_only_in_targets(&new.spec)
 }
 
 /// The answer for a change that an applier will load with others: ask
@@ -702,7 +721,7 @@ fn pending(after: Duration) -> ProviderError {
 /// cannot serve.
 pub fn status_of(entry: &Entry) -> LoadBalancerStatus {
     let mut warnings = Vec::new();
-    let ports = entry
+    let ports: Vec<PortStatus> = entry
         .spec
         .listeners
         .iter()
@@ -724,23 +743,36 @@ pub fn status_of(entry: &Entry) -> LoadBalancerStatus {
             }
         })
         .collect();
-    if !alloc::wanted(&entry.spec, entry.vip) {
+    if entry.vips.len() < entry.spec.ip_families.len() {
+        let have: Vec<IpFamily> = entry.vips.iter().map(|ip| IpFamily::of(*ip)).collect();
+        let lacking: Vec<&str> = entry
+            .spec
+            .ip_families
+            .iter()
+            .filter(|f| !have.contains(f))
+            .map(|f| f.as_str())
+            .collect();
         warnings.push(Warning {
-            reason: reason::ADDRESS_FAMILY_MISMATCH.into(),
+            reason: reason::POOL_EXHAUSTED.into(),
             message: format!(
-                "the requested address {} is not of the Service's spec.ipFamilies [{}]: \
-                 HAProxy serves it, but only clients of its family reach it",
-                entry.vip,
-                alloc::families(&entry.spec)
+                "no {} address in the HAProxy address pool was free: the dual-stack Service \
+                 (spec.ipFamilyPolicy: PreferDualStack) is served on {} only; \
+                 with RequireDualStack it would wait for one",
+                lacking.join(" or "),
+                entry.vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             ),
         });
     }
     LoadBalancerStatus {
-        ingress: vec![Ingress {
-            address: Address::Ip(entry.vip),
-            ip_mode: Some(IpMode::Proxy),
-            ports,
-        }],
+        ingress: entry
+            .vips
+            .iter()
+            .map(|&vip| Ingress {
+                address: Address::Ip(vip),
+                ip_mode: Some(IpMode::Proxy),
+                ports: ports.clone(),
+            })
+            .collect(),
         warnings,
     }
 }
@@ -851,13 +883,15 @@ impl LoadBalancerProvider for HaproxyProvider {
         self.planned(&spec.lb);
         let (entry, previous) = planned?;
         if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
-            self.hold_vip(entry.vip).await?;
+            for &ip in &entry.vips {
+                self.hold_vip(ip).await?;
+            }
             self.release_overtaken(&entry).await?;
             return self.confirm_served(&entry).await;
         }
         // A VIP that moves is applied at once, so that the old one can be
         // taken off the interface after it.
-        let moved = previous.as_ref().is_some_and(|p| p.vip != entry.vip);
+        let moved = previous.as_ref().is_some_and(|p| p.vips != entry.vips);
         let result = async {
             self.check_binds(&entry, previous.as_ref()).await?;
             if moved {
@@ -877,11 +911,13 @@ impl LoadBalancerProvider for HaproxyProvider {
         }
         // The load put the VIP on the interface; this only retries when
         // that failed.
-        self.hold_vip(entry.vip).await?;
-        if let Some(old) = previous.filter(|p| p.vip != entry.vip)
-            && !self.vip_still_used(old.vip)
-        {
-            self.vips.remove(old.vip).await?;
+        for &ip in &entry.vips {
+            self.hold_vip(ip).await?;
+        }
+        for old in previous.map(|p| p.vips).unwrap_or_default() {
+            if !entry.vips.contains(&old) && !self.vip_still_used(old) {
+                self.vips.remove(old).await?;
+            }
         }
         self.release_overtaken(&entry).await?;
         self.confirm_served(&entry).await
@@ -961,7 +997,7 @@ impl LoadBalancerProvider for HaproxyProvider {
             self.deleting
                 .lock()
                 .expect("deleting lock")
-                .insert(lb.clone(), removed.vip);
+                .insert(lb.clone(), removed.vips);
             self.changed(lb);
         } else if !self
             .deleting
@@ -985,11 +1021,11 @@ impl LoadBalancerProvider for HaproxyProvider {
             return Err(pending(self.poll_after()));
         }
         self.changed_at.lock().expect("changed_at lock").remove(lb);
-        let vip = self.deleting.lock().expect("deleting lock").remove(lb);
-        if let Some(vip) = vip
-            && !self.vip_still_used(vip)
-        {
-            self.vips.remove(vip).await?;
+        let vips = self.deleting.lock().expect("deleting lock").remove(lb);
+        for vip in vips.into_iter().flatten() {
+            if !self.vip_still_used(vip) {
+                self.vips.remove(vip).await?;
+            }
         }
         Ok(())
     }
@@ -1023,8 +1059,7 @@ impl LoadBalancerProvider for HaproxyProvider {
         self.sync().await?;
         // The load put every VIP on the interface once HAProxy listened; a
         // follower that already served them is told to hold them now.
-        let vips: std::collections::BTreeSet<IpAddr> = self.assignments().into_values().collect();
-        for ip in vips {
+        for ip in self.held_vips() {
             self.hold_vip(ip).await?;
         }
         Ok(())

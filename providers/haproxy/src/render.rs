@@ -71,8 +71,17 @@ pub fn node_checks(entries: &[&Entry]) -> BTreeMap<String, IpAddr> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub spec: LoadBalancerSpec,
-    pub vip: IpAddr,
+    /// One address per family the Service is given; the first is its
+    /// primary address.
+    pub vips: Vec<IpAddr>,
     pub options: Options,
+}
+
+impl Entry {
+    /// The primary address (the first of the Service's families).
+    pub fn vip(&self) -> IpAddr {
+        self.vips[0]
+    }
 }
 
 /// The frontend name for a Service port: `fe_<lb name>_<port>`.
@@ -191,7 +200,7 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     }
 
     let mut sorted: Vec<&Entry> = entries.iter().collect();
-    sorted.sort_by(|a, b| (a.vip, &a.spec.lb.name).cmp(&(b.vip, &b.spec.lb.name)));
+    sorted.sort_by(|a, b| (a.vip(), &a.spec.lb.name).cmp(&(b.vip(), &b.spec.lb.name)));
     for e in sorted {
         for l in e
             .spec
@@ -219,7 +228,9 @@ fn render_frontend(out: &mut String, e: &Entry, port: u16) {
     // back to IP_FREEBIND, which needs no privilege): HAProxy listens first,
     // and only then is the VIP put on the interface and announced, so no
     // client is ever sent to a host that would refuse it.
-    let _ = writeln!(out, "  bind {} transparent", addr(e.vip, port));
+    for &vip in &e.vips {
+        let _ = writeln!(out, "  bind {} transparent", addr(vip, port));
+    }
     let _ = writeln!(out, "  timeout client {}", ms(e.options.timeout_client));
     if !e.spec.source_ranges.is_empty() {
         // HAProxy reads at most 64 words a line and silently drops the

@@ -279,7 +279,7 @@ mod tests {
         spec.annotations = BTreeMap::new();
         Entry {
             spec,
-            vip: "127.0.0.100".parse().unwrap(),
+            vips: vec!["127.0.0.100".parse().unwrap()],
             options: Options::default(),
         }
     }

@@ -48,7 +48,12 @@ pub fn check(entry: &Entry, frontends: &Frontends) -> Result<(), ProviderError> 
         .filter(|l| l.protocol == Protocol::Tcp)
         .filter_map(|l| {
             let name = render::frontend_name(entry, l.port);
-            let addr = render::addr(entry.vip, l.port);
+            let addr = entry
+                .vips
+                .iter()
+                .map(|&vip| render::addr(vip, l.port))
+                .collect::<Vec<_>>()
+                .join(" and ");
             match frontends.get(&name).map(String::as_str) {
                 Some("OPEN" | "FULL") => None,
                 Some(status) => Some(format!("{addr} (its frontend is {status})")),
@@ -143,7 +148,7 @@ mod tests {
         spec.annotations = BTreeMap::new();
         Entry {
             spec,
-            vip: "127.0.0.100".parse().unwrap(),
+            vips: vec!["127.0.0.100".parse().unwrap()],
             options: Options::default(),
         }
     }

@@ -37,7 +37,7 @@ fn entry(name: &str, vip: &str, annotations: BTreeMap<String, String>) -> Entry 
     let options = Options::parse(&spec.annotations).unwrap();
     Entry {
         spec,
-        vip: vip.parse().unwrap(),
+        vips: vec![vip.parse().unwrap()],
         options,
     }
 }
@@ -154,6 +154,8 @@ fn haproxy_accepts_a_configuration_with_long_twin_node_names_and_its_settings() 
     let [a, b] = long_twins();
     let [_, c] = crafted_pair();
     let mut e = entry("web", "127.0.0.100", BTreeMap::new());
+    // Dual-stack: one bind of each family in the same frontend.
+    e.vips.push("fd51::200".parse().unwrap());
     e.spec.targets = vec![
         target(&a, "127.0.0.11"),
         target(&b, "127.0.0.12"),
@@ -174,6 +176,9 @@ fn haproxy_accepts_a_configuration_with_long_twin_node_names_and_its_settings() 
         g.threads = threads;
         let text = render(&g, &[e.clone()]);
         assert_eq!(text.contains("\n  nbthread 2\n"), threads.is_some());
+        assert!(text.contains(
+            "\n  bind 127.0.0.100:80 transparent\n  bind [fd51::200]:80 transparent\n"
+        ));
         std::fs::write(&cfg, text).unwrap();
         let out = std::process::Command::new("haproxy")
             .args(["-c", "-f"])
