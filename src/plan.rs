@@ -188,7 +188,12 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
                     .map(|l| format!("{}/{}->{}", l.port, l.protocol, l.node_port))
                     .collect();
                 let vips: Vec<String> = entry.vips.iter().map(ToString::to_string).collect();
-                let _ = writeln!(out, "#   {name}: {} ports {}", vips.join(" "), ports.join(","));
+                let _ = writeln!(
+                    out,
+                    "#   {name}: {} ports {}",
+                    vips.join(" "),
+                    ports.join(",")
+                );
                 for w in status.warnings {
                     let _ = writeln!(out, "#     warning: {}", w.message);
                 }

@@ -331,9 +331,16 @@ async fn addresses_follow_the_services_ip_families_and_policy() {
     );
     create(&h, k::lb_service("second", &[80])).await;
     let second = h
-        .wait_service("second's PoolExhausted", "second", reason_is("PoolExhausted"))
+        .wait_service(
+            "second's PoolExhausted",
+            "second",
+            reason_is("PoolExhausted"),
+        )
         .await;
-    assert!(ingress_ips(&second).is_empty(), "an IPv4 Service got an IPv6 VIP");
+    assert!(
+        ingress_ips(&second).is_empty(),
+        "an IPv4 Service got an IPv6 VIP"
+    );
     assert!(condition(&second).unwrap().2.contains("no IPv4 address"));
 
     // An IPv6 address asked for by an IPv4 Service is refused, naming both.
@@ -341,13 +348,24 @@ async fn addresses_follow_the_services_ip_families_and_policy() {
     wrong.spec.as_mut().unwrap().load_balancer_ip = Some("fd52::1".into());
     create(&h, wrong).await;
     let wrong = h
-        .wait_service("AddressFamilyMismatch", "wrong", reason_is("AddressFamilyMismatch"))
+        .wait_service(
+            "AddressFamilyMismatch",
+            "wrong",
+            reason_is("AddressFamilyMismatch"),
+        )
         .await;
     let message = condition(&wrong).unwrap().2;
-    assert!(message.contains("fd52::1 is IPv6") && message.contains("[IPv4]"), "{message}");
+    assert!(
+        message.contains("fd52::1 is IPv6") && message.contains("[IPv4]"),
+        "{message}"
+    );
 
     // PreferDualStack with no IPv4 address free: IPv6 only.
-    let prefer = with_families(k::lb_service("prefer", &[80]), "PreferDualStack", &["IPv4", "IPv6"]);
+    let prefer = with_families(
+        k::lb_service("prefer", &[80]),
+        "PreferDualStack",
+        &["IPv4", "IPv6"],
+    );
     create(&h, prefer).await;
     let prefer = h
         .wait_service("prefer's address", "prefer", |s| !ingress_ips(s).is_empty())
@@ -355,16 +373,30 @@ async fn addresses_follow_the_services_ip_families_and_policy() {
     assert_eq!(ingress_ips(&prefer), ["fd52::1"]);
 
     // RequireDualStack waits for an IPv4 address, then gets one of each.
-    let required = with_families(k::lb_service("required", &[18097]), "RequireDualStack", &["IPv4", "IPv6"]);
+    let required = with_families(
+        k::lb_service("required", &[18097]),
+        "RequireDualStack",
+        &["IPv4", "IPv6"],
+    );
     create(&h, required).await;
     let waiting = h
-        .wait_service("required's PoolExhausted", "required", reason_is("PoolExhausted"))
+        .wait_service(
+            "required's PoolExhausted",
+            "required",
+            reason_is("PoolExhausted"),
+        )
         .await;
     let message = condition(&waiting).unwrap().2;
-    assert!(message.contains("RequireDualStack") && message.contains("no IPv4"), "{message}");
+    assert!(
+        message.contains("RequireDualStack") && message.contains("no IPv4"),
+        "{message}"
+    );
     assert!(ingress_ips(&waiting).is_empty());
     for name in ["second", "first"] {
-        h.services().delete(name, &Default::default()).await.unwrap();
+        h.services()
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
         wait::until(&format!("{name} to be gone"), WAIT, || async {
             let svc = h.services().get_opt(name).await.ok()?;
             svc.is_none().then_some(())
@@ -372,7 +404,9 @@ async fn addresses_follow_the_services_ip_families_and_policy() {
         .await;
     }
     let required = h
-        .wait_service("required's addresses", "required", |s| ingress_ips(s).len() == 2)
+        .wait_service("required's addresses", "required", |s| {
+            ingress_ips(s).len() == 2
+        })
         .await;
     assert_eq!(ingress_ips(&required), ["127.0.0.197", "::1"]);
     assert!(ready(&required));

@@ -173,6 +173,32 @@ async fn vip_of(client: &kube::Client, ns: &str, name: &str) -> String {
     .await
 }
 
+/// The Service's addresses once it has `n` of them.
+async fn addresses_of(client: &kube::Client, ns: &str, name: &str, n: usize) -> Vec<String> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    wait::until(
+        &format!("{n} addresses for {ns}/{name}"),
+        Duration::from_secs(60),
+        || {
+            let svcs = svcs.clone();
+            async move {
+                let ips: Vec<String> = svcs
+                    .get(name)
+                    .await
+                    .ok()?
+                    .status?
+                    .load_balancer?
+                    .ingress?
+                    .into_iter()
+                    .filter_map(|i| i.ip)
+                    .collect();
+                (ips.len() == n).then_some(ips)
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until the client, through `vip`, gets answers from exactly the
 /// nodes in `nodes` (over enough requests to see each of them), and every
 /// request is answered (HAProxy's checks have settled).
@@ -291,6 +317,200 @@ async fn chart_installs_ferrylb_and_a_vip_reaches_real_pods_on_every_node() {
         let has = String::from_utf8_lossy(&out.stdout).contains(&format!(" {vip}/32 "));
         assert_eq!(has, n == leader_node, "{vip} on {n}");
     }
+}
+
+/// The Service's condition reason, if it has one.
+async fn condition_reason(client: &kube::Client, ns: &str, name: &str) -> Option<(String, String)> {
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let c = svcs
+        .get(name)
+        .await
+        .ok()?
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "ferrylb.io/LoadBalancerReady")?;
+    Some((c.reason, c.message))
+}
+
+/// Deletes namespace `ns` and waits until it is gone (its Services' load
+/// balancers removed and their addresses free for the next test).
+async fn delete_namespace(client: &kube::Client, ns: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.delete(ns, &DeleteParams::default()).await.unwrap();
+    wait::until(
+        &format!("namespace {ns} to be gone"),
+        Duration::from_secs(120),
+        || {
+            let api = api.clone();
+            async move { api.get_opt(ns).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+}
+
+fn lb_service_yaml(ns: &str, name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{type: LoadBalancer, {extra} selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    )
+}
+
+/// The README's first command, `tests/lab/demo`, on the running lab (it
+/// reuses it): FerryLB installed by its chart, an echo Service's address,
+/// and a real answer through it from the client namespace. Twice: running
+/// it again reuses everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_demo_prints_an_address_and_a_real_answer() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    for run in 0..2 {
+        let out = std::process::Command::new(support::env::repo_root().join("tests/lab/demo"))
+            .arg("--dir")
+            .arg(&lab.dir)
+            .output()
+            .expect("running tests/lab/demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {stdout}\n{stderr}");
+        assert!(stderr.contains("reusing the lab"), "run {run}: {stderr}");
+        assert!(
+            stdout.contains("Service ferrylb-demo/echo has the address 10.250.0.2"),
+            "run {run}: {stdout}"
+        );
+        let answer = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("pod=echo-"))
+            .unwrap_or_else(|| panic!("run {run}: no answer printed: {stdout}"));
+        assert!(answer.contains(" node=node"), "{answer}");
+        assert!(stdout.contains("tests/lab/down --dir"), "{stdout}");
+    }
+    delete_namespace(&client, "ferrylb-demo").await;
+}
+
+/// What a published address promises (README, "What the address
+/// promises"): HAProxy listens on it, so a client's connection is taken,
+/// never refused; and it answers as soon as a node's kube-proxy has
+/// programmed the Service's nodePort (measured in the lab: the address
+/// appears 0.15-0.26 s after the Service is created, kube-proxy programs
+/// the nodePort 0.5-1.5 s after; in between HAProxy takes the connection
+/// and closes it when every node refuses, curl's "Empty reply from server").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_address_is_listened_on_and_answers_once_a_node_serves_the_node_port() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let ns = k::namespace(&client, "lab-promise").await;
+    echo_service(lab, &client, &ns, 3, None, false).await;
+    for round in 0..3 {
+        let name = format!("late-{round}");
+        lab.apply(&lb_service_yaml(&ns, &name, ""));
+        let vip = vip_of(&client, &ns, &name).await;
+        let url = format!("http://{vip}/");
+        let first = lab.in_ns(lab::CLIENT_NS, &["curl", "-sS", "-m", "2", &url]);
+        // 0: answered; 52: taken and closed (no node serves the nodePort
+        // yet). Never 7 (refused) or 28 (no answer at all).
+        assert!(
+            matches!(first.status.code(), Some(0 | 52)),
+            "{name}: the first connection to the address just published: {first:?}"
+        );
+        let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let svc = svcs.get(&name).await.unwrap();
+        let node_port = svc.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+        wait::until(
+            &format!("{name}: a node to serve its nodePort"),
+            Duration::from_secs(60),
+            || async {
+                lab::NODES
+                    .iter()
+                    .any(|n| {
+                        let url = format!("http://10.250.0.1{}:{node_port}/", &n[4..]);
+                        let out = lab.in_ns(lab::CLIENT_NS, &["curl", "-sS", "-m", "2", &url]);
+                        out.status.success()
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        assert!(
+            lab.fetch(&vip, 80).is_some(),
+            "{name}: a node serves the nodePort, but the address {vip} does not answer"
+        );
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+/// Addresses follow `spec.ipFamilies` with the lab's pool (20 IPv4, 32
+/// IPv6): with every IPv4 address taken, an IPv4 Service waits with
+/// `PoolExhausted` naming IPv4 (it used to get fd51::200, which its IPv4
+/// clients cannot reach), a PreferDualStack one gets IPv6 only, and the
+/// waiting one gets the first IPv4 address freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv4_services_wait_for_an_ipv4_address_and_prefer_dual_stack_takes_what_is_free() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    ensure_installed(lab, &client).await;
+    let all: Api<Service> = Api::all(client.clone());
+    let used = all
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+        .flatten()
+        .filter(|i| {
+            i.ip.as_deref()
+                .is_some_and(|ip| ip.starts_with("10.250.0.2"))
+        })
+        .count();
+    let free = 20 - used;
+    let ns = k::namespace(&client, "lab-family").await;
+    for i in 0..free {
+        lab.apply(&lb_service_yaml(&ns, &format!("fill-{i}"), ""));
+    }
+    for i in 0..free {
+        let vip = vip_of(&client, &ns, &format!("fill-{i}")).await;
+        assert!(vip.starts_with("10.250.0.2"), "fill-{i}: {vip}");
+    }
+    lab.apply(&lb_service_yaml(&ns, "over", ""));
+    let (reason, message) = wait::until("over: PoolExhausted", Duration::from_secs(60), || async {
+        condition_reason(&client, &ns, "over")
+            .await
+            .filter(|(r, _)| r == "PoolExhausted")
+    })
+    .await;
+    assert!(message.contains("no IPv4 address"), "{reason}: {message}");
+    lab.apply(&lb_service_yaml(
+        &ns,
+        "prefer",
+        "ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6],",
+    ));
+    let prefer = addresses_of(&client, &ns, "prefer", 1).await;
+    assert!(prefer[0].starts_with("fd51::2"), "{prefer:?}");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        svcs.get("over")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .is_none_or(|i| i.is_empty()),
+        "an IPv4 Service got an address while the IPv4 pool was used up"
+    );
+    svcs.delete("fill-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let over = vip_of(&client, &ns, "over").await;
+    assert!(over.starts_with("10.250.0.2"), "over: {over}");
+    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -884,14 +1104,19 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
         config.len()
     );
 
-    // An IPv6 VIP beside the IPv4 ones.
+    // A dual-stack Service: an IPv6 VIP (the one it asks for) beside an
+    // IPv4 one, both answering.
     lab.apply(&format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: six, namespace: {ns}, annotations: {{ferrylb.io/load-balancer-ips: \"fd51::20a\"}}}}\n\
-         spec: {{type: LoadBalancer, selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+         spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
     ));
-    let six = vip_of(&client, &ns, "six").await;
+    let addresses = addresses_of(&client, &ns, "six", 2).await;
+    assert!(addresses[0].starts_with("10.250.0.2"), "{addresses:?}");
+    let six = addresses[1].clone();
     assert_eq!(six, "fd51::20a");
-    answered_by(lab, &host(&six), &lab::NODES, Duration::from_secs(60)).await;
+    for a in &addresses {
+        answered_by(lab, &host(a), &lab::NODES, Duration::from_secs(60)).await;
+    }
 
     // The node holding the VIPs dies (its link is cut): another takes them
     // over, IPv4 and IPv6 together.

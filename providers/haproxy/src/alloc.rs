@@ -238,8 +238,8 @@ pub fn families(spec: &LoadBalancerSpec) -> String {
 
 #[cfg(test)]
 mod tests {
-    use ferrylb_model::conformance::sample_spec;
     use IpFamily::{V4, V6};
+    use ferrylb_model::conformance::sample_spec;
 
     use super::*;
 
@@ -274,7 +274,10 @@ mod tests {
     /// The addresses `spec` gets, as text.
     fn got(pool: &AddressPool, spec: &LoadBalancerSpec, current: &[IpAddr], h: &Holders) -> String {
         let vips = allocate(pool, spec, current, h).unwrap();
-        vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        vips.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn with_families(name: &str, families: &[IpFamily]) -> LoadBalancerSpec {
@@ -310,19 +313,34 @@ mod tests {
         // and is never given an IPv6 address.
         let e = allocate(&mixed_pool(), &with_families("c", &[V4]), &[], &h).unwrap_err();
         assert_eq!(e.reason, "PoolExhausted");
-        assert!(e.message.contains("no IPv4 address") && e.message.contains("[IPv4]"), "{e}");
+        assert!(
+            e.message.contains("no IPv4 address") && e.message.contains("[IPv4]"),
+            "{e}"
+        );
         // An IPv6 Service gets IPv6; a PreferDualStack one what the pool
         // has room in (IPv6 only here).
-        assert_eq!(got(&mixed_pool(), &with_families("d", &[V6]), &[], &h), "fd51::200");
-        assert_eq!(got(&mixed_pool(), &with_families("e", &[V4, V6]), &[], &h), "fd51::200");
+        assert_eq!(
+            got(&mixed_pool(), &with_families("d", &[V6]), &[], &h),
+            "fd51::200"
+        );
+        assert_eq!(
+            got(&mixed_pool(), &with_families("e", &[V4, V6]), &[], &h),
+            "fd51::200"
+        );
         // RequireDualStack: one of each or none.
         let mut required = with_families("r", &[V4, V6]);
         required.require_dual_stack = true;
         let e = allocate(&mixed_pool(), &required, &[], &h).unwrap_err();
         assert_eq!(e.reason, "PoolExhausted");
-        assert!(e.message.contains("no IPv4 address") && e.message.contains("RequireDualStack"), "{e}");
+        assert!(
+            e.message.contains("no IPv4 address") && e.message.contains("RequireDualStack"),
+            "{e}"
+        );
         // No families (a manifest without them): one address of any family.
-        assert_eq!(got(&mixed_pool(), &with_families("f", &[]), &[], &h), "fd51::200");
+        assert_eq!(
+            got(&mixed_pool(), &with_families("f", &[]), &[], &h),
+            "fd51::200"
+        );
     }
 
     #[test]
@@ -333,14 +351,20 @@ mod tests {
         s.require_dual_stack = true;
         assert_eq!(got(&mixed_pool(), &s, &[], &empty), "127.0.0.100 fd51::200");
         let s6 = with_families("b", &[V6, V4]);
-        assert_eq!(got(&mixed_pool(), &s6, &[], &empty), "fd51::200 127.0.0.100");
+        assert_eq!(
+            got(&mixed_pool(), &s6, &[], &empty),
+            "fd51::200 127.0.0.100"
+        );
         // A requested address fixes its family; the other comes from the pool.
         s.requested_ips = vec![ip("fd51::201")];
         assert_eq!(got(&mixed_pool(), &s, &[], &empty), "127.0.0.100 fd51::201");
         // Held addresses are kept, family by family.
         s.requested_ips.clear();
         let current = [ip("127.0.0.101"), ip("fd51::201")];
-        assert_eq!(got(&mixed_pool(), &s, &current, &empty), "127.0.0.101 fd51::201");
+        assert_eq!(
+            got(&mixed_pool(), &s, &current, &empty),
+            "127.0.0.101 fd51::201"
+        );
         // Sharing works per family too.
         let mut h = Holders::new();
         let mut a = with_families("a", &[V4, V6]);
@@ -365,12 +389,18 @@ mod tests {
             (e.reason.as_str(), e.kind),
             ("AddressFamilyMismatch", ferrylb_model::ErrorKind::Permanent)
         );
-        assert!(e.message.contains("fd51::201 is IPv6") && e.message.contains("[IPv4]"), "{e}");
+        assert!(
+            e.message.contains("fd51::201 is IPv6") && e.message.contains("[IPv4]"),
+            "{e}"
+        );
         // A status address of the wrong family (given before the fix) is
         // replaced by one of the right family.
         let mut s = with_families("b", &[V4]);
         s.status_ips = vec![ip("fd51::200")];
-        assert_eq!(got(&mixed_pool(), &s, &[ip("fd51::200")], &Holders::new()), "127.0.0.100");
+        assert_eq!(
+            got(&mixed_pool(), &s, &[ip("fd51::200")], &Holders::new()),
+            "127.0.0.100"
+        );
     }
 
     #[test]
@@ -414,12 +444,22 @@ mod tests {
         let b = spec("b", 443, Some("k"));
         assert_eq!(got(&pool(), &b, &[], &h), "127.0.0.100");
         let c = spec("c", 80, Some("k"));
-        assert_eq!(got(&pool(), &c, &[], &h), "127.0.0.101", "port 80 collides, so a new address");
+        assert_eq!(
+            got(&pool(), &c, &[], &h),
+            "127.0.0.101",
+            "port 80 collides, so a new address"
+        );
         let mut d = spec("d", 80, Some("k"));
         d.requested_ips = vec![ip("127.0.0.100")];
-        assert_eq!(allocate(&pool(), &d, &[], &h).unwrap_err().reason, "PortCollision");
+        assert_eq!(
+            allocate(&pool(), &d, &[], &h).unwrap_err().reason,
+            "PortCollision"
+        );
         let mut e = spec("e", 8080, Some("other"));
         e.requested_ips = vec![ip("127.0.0.100")];
-        assert_eq!(allocate(&pool(), &e, &[], &h).unwrap_err().reason, "AddressInUse");
+        assert_eq!(
+            allocate(&pool(), &e, &[], &h).unwrap_err().reason,
+            "AddressInUse"
+        );
     }
 }

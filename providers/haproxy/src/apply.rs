@@ -347,7 +347,14 @@ mod tests {
         let options = Options::parse(&spec.annotations).unwrap();
         let lb = spec.lb.clone();
         let vips = vec!["127.0.0.100".parse().unwrap()];
-        (lb, Entry { spec, vips, options })
+        (
+            lb,
+            Entry {
+                spec,
+                vips,
+                options,
+            },
+        )
     }
 
     fn names(entries: &[Entry]) -> Vec<&str> {

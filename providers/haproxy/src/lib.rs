@@ -705,7 +705,9 @@ impl HaproxyProvider {
 /// Whether `new` differs from `old` in what the runtime API can change
 /// alone: the targets.
 fn runtime_only(old: &Entry, new: &Entry) -> bool {
-    old.vips == new.vips && old.options == new.options && old.spec.differs_only_in_targets(&new.spec)
+    old.vips == new.vips
+        && old.options == new.options
+        && old.spec.differs_only_in_targets(&new.spec)
 }
 
 /// The answer for a change that an applier will load with others: ask
@@ -759,7 +761,12 @@ pub fn status_of(entry: &Entry) -> LoadBalancerStatus {
                  (spec.ipFamilyPolicy: PreferDualStack) is served on {} only; \
                  with RequireDualStack it would wait for one",
                 lacking.join(" or "),
-                entry.vips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                entry
+                    .vips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         });
     }

@@ -176,9 +176,11 @@ fn haproxy_accepts_a_configuration_with_long_twin_node_names_and_its_settings() 
         g.threads = threads;
         let text = render(&g, &[e.clone()]);
         assert_eq!(text.contains("\n  nbthread 2\n"), threads.is_some());
-        assert!(text.contains(
-            "\n  bind 127.0.0.100:80 transparent\n  bind [fd51::200]:80 transparent\n"
-        ));
+        assert!(
+            text.contains(
+                "\n  bind 127.0.0.100:80 transparent\n  bind [fd51::200]:80 transparent\n"
+            )
+        );
         std::fs::write(&cfg, text).unwrap();
         let out = std::process::Command::new("haproxy")
             .args(["-c", "-f"])
