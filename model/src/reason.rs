@@ -81,3 +81,7 @@ pub const INVALID_HAPROXY_CONFIGURATION: &str = "InvalidHAProxyConfiguration";
 pub const INVALID_KEEPALIVED_CONFIGURATION: &str = "InvalidKeepalivedConfiguration";
 pub const VIP_BIND_FAILED: &str = "VipBindFailed";
 pub const VRRP_FAILED: &str = "VrrpFailed";
+/// `bird -p` refused the rendered configuration (what runs is unchanged).
+pub const INVALID_BIRD_CONFIGURATION: &str = "InvalidBirdConfiguration";
+/// BIRD could not be started, configured or asked.
+pub const BGP_FAILED: &str = "BgpFailed";

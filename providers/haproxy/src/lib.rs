@@ -9,6 +9,7 @@
 
 mod alloc;
 mod apply;
+pub mod bgp;
 pub mod options;
 pub mod pool;
 pub mod process;

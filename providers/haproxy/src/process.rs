@@ -90,6 +90,7 @@ impl Process {
             program: &self.settings.binary,
             // Not `-q`: it silences the alerts a user needs to see.
             flag: "-c",
+            file_flag: "-f",
             name: "haproxy",
             rejected_reason: reason::INVALID_HAPROXY_CONFIGURATION,
             io_error: unavailable,
@@ -412,6 +413,8 @@ pub async fn write_atomically(path: &Path, text: &str) -> Result<(), ProviderErr
 pub(crate) struct Checker<'a> {
     pub program: &'a Path,
     pub flag: &'a str,
+    /// The option naming the file (`-f`; BIRD's `-c`).
+    pub file_flag: &'a str,
     pub name: &'a str,
     /// The reason a rejected configuration is reported under.
     pub rejected_reason: &'static str,
@@ -445,7 +448,7 @@ async fn check(c: &Checker<'_>, path: &Path, text: &str) -> Result<PathBuf, Prov
         .map_err(|e| (c.io_error)(format!("writing {}: {e}", tmp.display())))?;
     let out = Command::new(c.program)
         .arg(c.flag)
-        .arg("-f")
+        .arg(c.file_flag)
         .arg(&tmp)
         .output()
         .await
@@ -515,6 +518,27 @@ pub fn signal(name: &str, pid: u32) -> Result<(), String> {
         .and_then(Pid::from_raw)
         .ok_or_else(|| format!("no process {pid}"))?;
     kill_process(target, sig).map_err(|e| format!("kill -{name} {pid}: {e}"))
+}
+
+/// Two equal answers in a row: how a health follower tells a change from a
+/// blip.
+#[derive(Debug, Default)]
+pub struct Streak {
+    last: Option<bool>,
+    count: u8,
+}
+
+impl Streak {
+    /// Records `answer`; `true` once the same answer came twice in a row.
+    pub fn settled(&mut self, answer: bool) -> bool {
+        if self.last == Some(answer) {
+            self.count = self.count.saturating_add(1);
+        } else {
+            self.last = Some(answer);
+            self.count = 1;
+        }
+        self.count >= 2
+    }
 }
 
 /// Whether the HAProxy behind `socket` has a current worker (one listed

@@ -21,9 +21,11 @@ const DEL_BENIGN: &[&str] = &["Cannot assign requested address", "Address not fo
 
 /// Adds and removes VIPs on `interface`; does nothing when `None` (the host
 /// already owns the pool's addresses).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VipBinder {
     interface: Option<String>,
+    /// The `ip` program (iproute2).
+    program: std::path::PathBuf,
     /// What this process put on the interface (or found there), so that
     /// holding a VIP again costs no `ip` command.
     held: std::sync::Mutex<BTreeSet<IpAddr>>,
@@ -31,8 +33,14 @@ pub struct VipBinder {
 
 impl VipBinder {
     pub fn new(interface: Option<String>) -> Self {
+        Self::with_program(interface, "ip".into())
+    }
+
+    /// A binder that runs `program` as `ip`.
+    pub fn with_program(interface: Option<String>, program: std::path::PathBuf) -> Self {
         Self {
             interface,
+            program,
             held: std::sync::Mutex::default(),
         }
     }
@@ -77,7 +85,7 @@ impl VipBinder {
             return Ok(false);
         };
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        let out = Command::new("ip")
+        let out = Command::new(&self.program)
             .args(["addr", verb, &format!("{ip}/{prefix}"), "dev", dev])
             .output()
             .await

@@ -342,6 +342,7 @@ impl Keepalived {
         let checker = crate::process::Checker {
             program: &self.settings.binary,
             flag: "-t",
+            file_flag: "-f",
             name: "keepalived",
             rejected_reason: reason::INVALID_KEEPALIVED_CONFIGURATION,
             io_error: failed,
@@ -508,8 +509,8 @@ async fn supervise(k: std::sync::Weak<Keepalived>) {
 /// keepalived through the health file: `1` after two failed answers in a
 /// row, `0` after two good ones.
 async fn watch_haproxy(k: std::sync::Weak<Keepalived>) {
-    let (mut written, mut streak) = (None::<bool>, 0u8);
-    let mut last = true;
+    let mut written = None::<bool>;
+    let mut streak = crate::process::Streak::default();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(k) = k.upgrade() else { return };
@@ -520,13 +521,7 @@ async fn watch_haproxy(k: std::sync::Weak<Keepalived>) {
                 false
             }
         };
-        streak = if serving == last {
-            streak.saturating_add(1)
-        } else {
-            1
-        };
-        last = serving;
-        if streak < 2 || written == Some(serving) {
+        if !streak.settled(serving) || written == Some(serving) {
             continue;
         }
         let path = health_file(&k.settings.config_path);

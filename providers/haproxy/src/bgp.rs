@@ -1,0 +1,492 @@
+//! VIPs announced over BGP: every replica runs BIRD 2 beside its HAProxy
+//! and announces, to the user's routers, each VIP its own HAProxy serves,
+//! as a /32 or /128. The routers spread connections over every announcing
+//! host (ECMP) and BFD tells them within a fraction of a second when one
+//! dies: active-active, with no leader and no API server in the data path.
+//!
+//! FerryLB renders BIRD's configuration from typed values ([`config`]),
+//! has BIRD check it (`bird -p`) before it replaces the running one, and
+//! applies it with `birdc configure`, which keeps sessions whose settings
+//! did not change. BIRD is supervised: started again when it exits.
+//!
+//! What is announced is what is served: a VIP is announced only once the
+//! HAProxy on this host has loaded its binds (the provider hands the set
+//! over after each load), every route is withdrawn while the local HAProxy
+//! has no serving worker (two failed answers in a row, asked once a
+//! second), and a planned stop withdraws every route first and lets the
+//! routers move new connections before BIRD and HAProxy stop. The VIPs
+//! are put on `lo` so that the host takes the packets routed to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrylb_model::ProviderError;
+use ferrylb_model::reason;
+use tokio::process::{Child, Command};
+
+use crate::process::sibling;
+use crate::vip::VipBinder;
+
+pub mod config;
+
+pub use config::{BirdConfig, Community, Password, Peer};
+
+/// How BIRD is run and what it is configured from.
+#[derive(Debug, Clone)]
+pub struct BgpSettings {
+    /// The `bird` and `birdc` binaries.
+    pub bird: PathBuf,
+    pub birdc: PathBuf,
+    /// The `ip` binary, for the VIPs on `lo`.
+    pub ip: PathBuf,
+    /// The configuration file FerryLB owns; the control socket and pid file
+    /// sit beside it.
+    pub config_path: PathBuf,
+    pub config: BirdConfig,
+    /// The local HAProxy's master socket, asked once a second whether a
+    /// worker serves (`None`: the caller tells, [`Bird::set_serving`]).
+    pub master_socket: Option<PathBuf>,
+    /// On a planned stop, how long the routes are withdrawn before BIRD
+    /// stops (the routers move new connections meanwhile).
+    pub withdraw_pause: Duration,
+}
+
+/// What BIRD reports, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BgpStatus {
+    /// Each peer's session state as BIRD names it (`Established`,
+    /// `Active`, `Connect` …), by peer address.
+    pub sessions: BTreeMap<IpAddr, String>,
+    /// Routes announced now (zero while withdrawn).
+    pub announced: usize,
+    /// Whether BIRD runs.
+    pub running: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The VIPs HAProxy serves here.
+    vips: BTreeSet<IpAddr>,
+    /// Whether the local HAProxy serves (routes withdrawn while not).
+    unhealthy: bool,
+    /// Stopped for good: routes withdrawn, BIRD not started again.
+    stopped: bool,
+    /// The configuration BIRD runs.
+    applied: Option<String>,
+    announced: usize,
+    child: Option<Child>,
+}
+
+impl Inner {
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// The BIRD FerryLB runs.
+pub struct Bird {
+    settings: BgpSettings,
+    lo: VipBinder,
+    inner: tokio::sync::Mutex<Inner>,
+    supervisor: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+fn failed(msg: String) -> ProviderError {
+    ProviderError::transient(reason::BGP_FAILED, msg)
+}
+
+impl Bird {
+    pub fn new(settings: BgpSettings) -> Arc<Self> {
+        Arc::new(Self {
+            lo: VipBinder::with_program(Some("lo".into()), settings.ip.clone()),
+            settings,
+            inner: tokio::sync::Mutex::default(),
+            supervisor: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &BgpSettings {
+        &self.settings
+    }
+
+    /// The VIPs this host serves (announced unless withdrawn).
+    pub async fn vips(&self) -> BTreeSet<IpAddr> {
+        self.inner.lock().await.vips.clone()
+    }
+
+    /// Announces exactly `vips` from now on (HAProxy serves their binds).
+    ///
+    /// # Errors
+    /// When BIRD rejects the configuration (what runs is left as it was) or
+    /// cannot be started, or a VIP cannot be put on `lo`.
+    pub async fn set_vips(self: &Arc<Self>, vips: BTreeSet<IpAddr>) -> Result<(), ProviderError> {
+        let mut inner = self.inner.lock().await;
+        for ip in vips.difference(&inner.vips) {
+            self.lo.add(*ip).await?;
+        }
+        let gone: Vec<IpAddr> = inner.vips.difference(&vips).copied().collect();
+        inner.vips = vips;
+        let result = self.apply(&mut inner).await;
+        // Taken off `lo` only once no longer announced.
+        if result.is_ok() {
+            for ip in gone {
+                self.lo.remove(ip).await?;
+            }
+        }
+        result
+    }
+
+    /// Makes sure `ip` is announced.
+    ///
+    /// # Errors
+    /// As [`Self::set_vips`].
+    pub async fn include(self: &Arc<Self>, ip: IpAddr) -> Result<(), ProviderError> {
+        let mut vips = self.vips().await;
+        let running = self.inner.lock().await.running();
+        if vips.contains(&ip) && running {
+            return Ok(());
+        }
+        vips.insert(ip);
+        self.set_vips(vips).await
+    }
+
+    /// Withdraws every route while the local HAProxy does not serve, and
+    /// announces them again once it does.
+    ///
+    /// # Errors
+    /// As [`Self::set_vips`].
+    pub async fn set_serving(self: &Arc<Self>, serving: bool) -> Result<(), ProviderError> {
+        let mut inner = self.inner.lock().await;
+        if inner.unhealthy != serving {
+            return Ok(());
+        }
+        inner.unhealthy = !serving;
+        tracing::info!(
+            serving,
+            "local haproxy health changed: {}",
+            if serving {
+                "announcing the VIPs again"
+            } else {
+                "withdrawing every VIP"
+            }
+        );
+        self.apply(&mut inner).await
+    }
+
+    async fn apply(self: &Arc<Self>, inner: &mut Inner) -> Result<(), ProviderError> {
+        let announce = if inner.stopped || inner.unhealthy {
+            BTreeSet::new()
+        } else {
+            inner.vips.clone()
+        };
+        let text = config::render(&self.settings.config, &announce);
+        let running = inner.running();
+        if inner.applied.as_ref() == Some(&text) && running {
+            return Ok(());
+        }
+        if inner.stopped && !running {
+            return Ok(());
+        }
+        self.install(&text).await?;
+        if running {
+            self.configure().await?;
+        } else {
+            inner.child = Some(self.spawn().await?);
+            self.supervise();
+        }
+        inner.applied = Some(text);
+        inner.announced = announce.len();
+        Ok(())
+    }
+
+    /// Starts the tasks that restart BIRD and follow HAProxy's health, once.
+    fn supervise(self: &Arc<Self>) {
+        self.supervisor.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::join!(supervise(weak.clone()), watch_haproxy(weak));
+            })
+        });
+    }
+
+    /// Validates `text` with `bird -p` and renames it into place; a
+    /// rejected file is kept as `.rejected`, and what runs is untouched.
+    async fn install(&self, text: &str) -> Result<(), ProviderError> {
+        let checker = crate::process::Checker {
+            program: &self.settings.bird,
+            flag: "-p",
+            file_flag: "-c",
+            name: "bird",
+            rejected_reason: reason::INVALID_BIRD_CONFIGURATION,
+            io_error: failed,
+            said: bird_said,
+        };
+        crate::process::install_checked(&checker, &self.settings.config_path, text).await
+    }
+
+    /// `birdc configure`: BIRD reads the installed file and applies the
+    /// difference (sessions whose settings did not change stay up).
+    async fn configure(&self) -> Result<(), ProviderError> {
+        let out = self.birdc(&["configure"]).await?;
+        if out.contains("Reconfigured") || out.contains("Reconfiguration in progress") {
+            return Ok(());
+        }
+        Err(failed(format!(
+            "birdc configure: {}",
+            bird_said(out.as_bytes(), &[])
+        )))
+    }
+
+    async fn birdc(&self, args: &[&str]) -> Result<String, ProviderError> {
+        let out = Command::new(&self.settings.birdc)
+            .arg("-s")
+            .arg(control_socket(&self.settings))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| failed(format!("running {}: {e}", self.settings.birdc.display())))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok(text)
+    }
+
+    async fn spawn(&self) -> Result<Child, ProviderError> {
+        let pid = sibling(&self.settings.config_path, "pid");
+        // A BIRD an earlier FerryLB started here (killed before it could
+        // stop it) goes first: it holds the sessions and the socket.
+        if let Some(old) = tokio::fs::read_to_string(&pid)
+            .await
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            && is_bird(old)
+        {
+            tracing::info!(pid = old, "stopping the BIRD an earlier run started");
+            let _ = crate::process::signal("TERM", old);
+            for _ in 0..50 {
+                if !is_bird(old) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut child = Command::new(&self.settings.bird)
+            .arg("-f")
+            .arg("-c")
+            .arg(&self.settings.config_path)
+            .arg("-s")
+            .arg(control_socket(&self.settings))
+            .arg("-P")
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("starting {}: {e}", self.settings.bird.display())))?;
+        tracing::info!(pid = child.id(), config = %self.settings.config_path.display(), "started BIRD");
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(relay(stream));
+        }
+        // Until its control socket answers, `birdc configure` would fail.
+        for _ in 0..50 {
+            if self
+                .birdc(&["show", "status"])
+                .await
+                .is_ok_and(|s| s.contains("Daemon is up"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(child)
+    }
+
+    /// Each peer's session state and what is announced.
+    pub async fn status(&self) -> BgpStatus {
+        let (running, announced) = {
+            let mut inner = self.inner.lock().await;
+            (inner.running(), inner.announced)
+        };
+        let mut status = BgpStatus {
+            running,
+            announced: if running { announced } else { 0 },
+            ..BgpStatus::default()
+        };
+        if running && let Ok(text) = self.birdc(&["show", "protocols"]).await {
+            for (i, p) in self.settings.config.peers.iter().enumerate() {
+                let state = session_state(&text, &format!("peer{i}"));
+                status
+                    .sessions
+                    .insert(p.address, state.unwrap_or_else(|| "Unknown".into()));
+            }
+        }
+        status
+    }
+
+    /// Withdraws every route, waits `withdraw_pause` for the routers to
+    /// move new connections elsewhere, then stops BIRD and takes the VIPs
+    /// off `lo`. Later changes do not start BIRD again.
+    pub async fn stop(&self) {
+        if let Some(s) = self.supervisor.get() {
+            s.abort();
+        }
+        let mut inner = self.inner.lock().await;
+        inner.stopped = true;
+        if inner.running() && inner.announced > 0 {
+            let text = config::render(&self.settings.config, &BTreeSet::new());
+            match self.install(&text).await {
+                Ok(()) => match self.configure().await {
+                    Ok(()) => {
+                        inner.applied = Some(text);
+                        inner.announced = 0;
+                        tracing::info!(pause = ?self.settings.withdraw_pause, "every VIP withdrawn; stopping BIRD after the pause");
+                        tokio::time::sleep(self.settings.withdraw_pause).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "withdrawing the VIPs failed; stopping BIRD at once")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "withdrawing the VIPs failed; stopping BIRD at once")
+                }
+            }
+        }
+        if let Some(mut child) = inner.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = crate::process::signal("TERM", pid);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        inner.applied = None;
+        for ip in std::mem::take(&mut inner.vips) {
+            if let Err(e) = self.lo.remove(ip).await {
+                tracing::warn!(%ip, error = %e, "taking a VIP off lo failed");
+            }
+        }
+    }
+}
+
+/// The state BIRD's `show protocols` gives the protocol `name`: its last
+/// column (`Established`, `Active` …), or its state (`down`) when that is
+/// empty.
+fn session_state(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next()? != name {
+            return None;
+        }
+        let words: Vec<&str> = words.collect();
+        // name proto table state since [info]: info follows the time.
+        let info = words.get(4..).map(|w| w.join(" ")).unwrap_or_default();
+        Some(if info.is_empty() {
+            (*words.get(2)?).to_owned()
+        } else {
+            info
+        })
+    })
+}
+
+fn control_socket(s: &BgpSettings) -> PathBuf {
+    sibling(&s.config_path, "ctl")
+}
+
+fn is_bird(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bird")
+}
+
+/// Starts BIRD again when it exited on its own.
+async fn supervise(b: std::sync::Weak<Bird>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(b) = b.upgrade() else { return };
+        let mut inner = b.inner.lock().await;
+        let exited = match inner.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status),
+            _ => None,
+        };
+        if let Some(status) = exited {
+            tracing::warn!(%status, "BIRD exited; starting it again");
+            inner.child = None;
+            if inner.applied.is_some() && !inner.stopped {
+                match b.spawn().await {
+                    Ok(c) => inner.child = Some(c),
+                    Err(e) => tracing::warn!(error = %e, "starting BIRD again failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Asks the local HAProxy once a second whether a worker serves; two
+/// answers in a row that differ from what BIRD announces change it.
+async fn watch_haproxy(b: std::sync::Weak<Bird>) {
+    let mut streak = crate::process::Streak::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(b) = b.upgrade() else { return };
+        let Some(socket) = &b.settings.master_socket else {
+            return;
+        };
+        let serving = crate::process::serving(socket)
+            .await
+            .inspect_err(|e| tracing::debug!(error = %e, "haproxy check failed"))
+            .is_ok();
+        if streak.settled(serving)
+            && let Err(e) = b.set_serving(serving).await
+        {
+            tracing::warn!(error = %e, "following the local haproxy's health failed");
+        }
+    }
+}
+
+/// Passes BIRD's log to FerryLB's: session changes at info.
+async fn relay(stream: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("Established") || line.contains("changed state") || line.contains("BFD") {
+            tracing::info!(target: "bird", "{line}");
+        } else {
+            tracing::debug!(target: "bird", "{line}");
+        }
+    }
+}
+
+/// What BIRD said: its first five lines, 300 bytes each at most.
+fn bird_said(stdout: &[u8], stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(stdout).lines())
+        .filter(|l| !l.trim().is_empty())
+        .take(5)
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;
