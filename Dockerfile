@@ -10,7 +10,8 @@
 # `ip` and `arping` (--haproxy-vip-interface adds VIPs to an interface
 # and announces them), and `keepalived` (--haproxy-vrrp runs it to move the
 # VIPs between replicas) with `nft` (nftables: a replica handing its VIPs
-# over pauses new handshakes to them first). The lab builds the same layout without a registry
+# over pauses new handshakes to them first), and `bird` and `birdc` (BIRD 2:
+# --haproxy-bgp runs it to announce the VIPs over BGP). The lab builds the same layout without a registry
 # from this machine's Debian files: tests/lab/images/build.
 
 FROM rust:1.88-bookworm AS build
@@ -21,7 +22,7 @@ RUN cargo build --release --locked --bin ferrylb \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping keepalived nftables \
+ && apt-get install -y --no-install-recommends ca-certificates haproxy iproute2 iputils-arping bird2 keepalived nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferrylb /usr/local/bin/ferrylb
 RUN printf 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >>/etc/passwd \

@@ -1,6 +1,8 @@
 //! The command line. Every flag can also be set through the environment
 //! variable named beside it.
 
+pub mod bgp;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -303,6 +305,9 @@ pub struct HaproxyArgs {
 
     #[command(flatten)]
     pub vrrp: VrrpArgs,
+
+    #[command(flatten)]
+    pub bgp: bgp::BgpArgs,
 }
 
 /// VIPs moved between replicas by VRRP (keepalived), instead of by the
@@ -419,6 +424,13 @@ impl HaproxyArgs {
             node_check_port: self.haproxy_node_check_port,
             threads: self.haproxy_threads,
             vrrp: self.vrrp_settings()?,
+            bgp: self.bgp.settings(
+                dir,
+                self.haproxy_master_socket
+                    .clone()
+                    .unwrap_or_else(|| dir.join("master.sock")),
+                self.vrrp.haproxy_vrrp,
+            )?,
         })
     }
 

@@ -198,6 +198,14 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 k.stop().await;
             });
         }
+        if let Some(b) = h.bird().cloned() {
+            // Likewise, its BGP routes are withdrawn first.
+            let rx = stop_rx.clone();
+            tokio::spawn(async move {
+                stopped(rx).await;
+                b.stop().await;
+            });
+        }
         if let (Some(k), Some(selector)) = (
             h.keepalived(),
             args.haproxy.vrrp.haproxy_vrrp_peer_selector.clone(),
@@ -336,6 +344,10 @@ async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
             let master = status.state == "MASTER";
             let vips = k.vips().await.into_iter().map(|ip| (ip, master)).collect();
             telemetry.set_vrrp(&status.state, &status.transitions, &vips);
+        }
+        if let Some(b) = h.bird() {
+            let status = b.status().await;
+            telemetry.set_bgp(&status.sessions, status.announced);
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Telemetry {
     vrrp_state: Family<Labels, Gauge>,
     vrrp_transitions: Family<Labels, Counter>,
     vip_held: Family<Labels, Gauge>,
+    bgp_session_up: Family<Labels, Gauge>,
+    bgp_routes: Gauge,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
     /// Why a provider's last check failed (`None`: all answered).
@@ -108,8 +110,22 @@ impl Default for Telemetry {
             "Per VIP this replica serves: 1 while this replica's host holds it",
             vip_held.clone(),
         );
+        let bgp_session_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "bgp_session_up",
+            "Per BGP peer: 1 while this replica's session with it is Established",
+            bgp_session_up.clone(),
+        );
+        let bgp_routes = Gauge::default();
+        registry.register(
+            "bgp_routes_announced",
+            "VIP routes this replica announces over BGP now (0 while withdrawn)",
+            bgp_routes.clone(),
+        );
         Self {
             registry,
+            bgp_session_up,
+            bgp_routes,
             served,
             vrrp_state,
             vrrp_transitions,
@@ -236,6 +252,21 @@ impl Telemetry {
         }
     }
 
+    /// Each BGP session's state and how many routes are announced.
+    pub fn set_bgp(
+        &self,
+        sessions: &std::collections::BTreeMap<std::net::IpAddr, String>,
+        announced: usize,
+    ) {
+        for (peer, state) in sessions {
+            self.bgp_session_up
+                .get_or_create(&vec![("peer", peer.to_string())])
+                .set(i64::from(state == "Established"));
+        }
+        self.bgp_routes
+            .set(i64::try_from(announced).unwrap_or(i64::MAX));
+    }
+
     /// `Ok` when ready, else why not.
     pub fn readiness(&self) -> Result<(), String> {
         if let Some(p) = self
@@ -342,6 +373,10 @@ mod tests {
         let vips = [("10.0.0.1".parse().unwrap(), true)].into_iter().collect();
         t.set_vrrp("MASTER", &transitions, &vips);
         t.set_vrrp("MASTER", &transitions, &vips);
+        let sessions = [("10.0.0.254".parse().unwrap(), "Established".to_owned())]
+            .into_iter()
+            .collect();
+        t.set_bgp(&sessions, 2);
         let text = t.encode();
         for want in [
             r#"ferrylb_haproxy_config_generation{sha256="ab12"} 3"#,
@@ -349,6 +384,8 @@ mod tests {
             r#"ferrylb_vrrp_state{state="BACKUP"} 0"#,
             r#"ferrylb_vrrp_transitions_total{state="MASTER"} 2"#,
             r#"ferrylb_haproxy_vip_held{vip="10.0.0.1"} 1"#,
+            r#"ferrylb_bgp_session_up{peer="10.0.0.254"} 1"#,
+            "ferrylb_bgp_routes_announced 2",
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }

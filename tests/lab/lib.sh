@@ -16,6 +16,13 @@
 #                       on the nodes' network; the VIP pool
 #                       10.250.0.200-10.250.0.219 is on that network and
 #                       answered by whichever node holds a VIP
+#   ferrylb-lab-router  eth0 10.250.0.254/24 on the nodes' network, eth1
+#                       10.251.0.1/24: the users' router, a BIRD of its own
+#                       (AS 64500) that takes BGP sessions from the nodes
+#                       (AS 64512) with BFD and routes what they announce
+#                       (the BGP pool 10.252.0.0/28, on no link) over every
+#                       announcing node (ECMP, hashed on the 4-tuple)
+#   ferrylb-lab-outside eth0 10.251.0.100/24: a client behind the router
 #
 # Control plane in the root namespace, on 127.0.0.1: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler.
@@ -33,6 +40,14 @@ lab_pool=10.250.0.200-10.250.0.219,fd51::200-fd51::21f
 # The IPv6 network beside 10.250.0.0/24, for IPv6 VIPs.
 lab_v6_prefix=fd51:
 lab_cluster_cidr=10.244.0.0/16
+# The router's side of the nodes' network, the network behind it, and the
+# VIPs announced over BGP (on no link: reached only through the router).
+lab_router_ip=10.250.0.254
+lab_outside_net=10.251.0.0/24
+lab_outside_ip=10.251.0.100
+lab_bgp_pool=10.252.0.0/28
+lab_router_asn=64500
+lab_node_asn=64512
 
 die() { echo "tests/lab: $*" >&2; exit 1; }
 log() { echo "tests/lab: $*" >&2; }
@@ -60,7 +75,7 @@ ensure_packages() {
   local need=() c
   for c in containerd:containerd runc:runc umoci:umoci socat:socat nft:nftables \
     iptables:iptables conntrack:conntrack haproxy:haproxy arping:iputils-arping \
-    busybox:busybox-static gcc:gcc curl:curl openssl:openssl keepalived:keepalived; do
+    busybox:busybox-static gcc:gcc curl:curl openssl:openssl keepalived:keepalived bird:bird2; do
     command -v "${c%%:*}" >/dev/null || [[ -x "/usr/sbin/${c%%:*}" ]] || need+=("${c#*:}")
   done
   [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
@@ -115,6 +130,54 @@ make_network() {
   in_ns "$client" ip addr add "$lab_client_ip/24" dev eth0
   in_ns "$client" ip addr add "${lab_v6_prefix}:100/64" dev eth0 nodad
   in_ns "$client" ip link set eth0 up
+  make_router
+}
+
+# The users' router and the client behind it.
+make_router() {
+  local host router outside n
+  host="$(ns host)"
+  router="$(ns router)"
+  outside="$(ns outside)"
+  ip netns add "$router"
+  ip netns add "$outside"
+  in_ns "$router" ip link set lo up
+  in_ns "$outside" ip link set lo up
+  in_ns "$host" ip link add vrouter type veth peer name eth0 netns "$router"
+  in_ns "$host" ip link set vrouter master br0 up
+  in_ns "$router" ip link add eth1 type veth peer name eth0 netns "$outside"
+  in_ns "$router" ip addr add "$lab_router_ip/24" dev eth0
+  in_ns "$router" ip addr add 10.251.0.1/24 dev eth1
+  in_ns "$router" ip link set eth0 up
+  in_ns "$router" ip link set eth1 up
+  in_ns "$router" sysctl -qw net.ipv4.ip_forward=1
+  # ECMP hashed on the 4-tuple, so that connections spread over the nodes.
+  in_ns "$router" sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+  in_ns "$outside" ip addr add "$lab_outside_ip/24" dev eth0
+  in_ns "$outside" ip link set eth0 up
+  in_ns "$outside" ip route add default via 10.251.0.1
+  for n in "${lab_nodes[@]}"; do
+    in_ns "$(ns "$n")" ip route add "$lab_outside_net" via "$lab_router_ip"
+  done
+}
+
+# start_router DIR: the router's BIRD, peering with every node.
+start_router() {
+  local dir="$1" n
+  {
+    echo "# The lab's router: what a user's router needs for FerryLB's BGP mode."
+    echo "router id $lab_router_ip;"
+    echo "protocol device { }"
+    echo "protocol kernel { ipv4 { import none; export all; }; merge paths yes; }"
+    echo "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"
+    for n in "${lab_nodes[@]}"; do
+      echo "protocol bgp $n { local as $lab_router_asn; neighbor $(node_ip "$n") as $lab_node_asn; passive on; bfd on;"
+      echo "  ipv4 { import where net ~ [ $lab_bgp_pool{32,32} ]; export none; }; }"
+    done
+  } >"$dir/router-bird.conf"
+  spawn "$dir" router-bird nsenter --net="/var/run/netns/$(ns router)" \
+    bird -f -c "$dir/router-bird.conf" -s "$dir/router-bird.ctl"
+  wait_for "router bird" 10 "$dir/router-bird.pid" "$dir/router-bird.log" test -S "$dir/router-bird.ctl"
 }
 
 # --- control plane ---------------------------------------------------------
@@ -315,7 +378,8 @@ teardown() {
   stop_pidfile "$dir/etcd.pid"
   # Whatever else still runs in the lab's network namespaces (haproxy
   # children, a test's client).
-  for n in host client "${lab_nodes[@]}"; do
+  stop_pidfile "$dir/router-bird.pid"
+  for n in host client router outside "${lab_nodes[@]}"; do
     [[ -e "/var/run/netns/$(ns "$n")" ]] || continue
     ip netns pids "$(ns "$n")" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
   done
@@ -340,7 +404,7 @@ teardown() {
     grep -l -F "$dir/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
   fi
   rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
-  for n in client "${lab_nodes[@]}" host; do
+  for n in outside router client "${lab_nodes[@]}" host; do
     [[ -e "/var/run/netns/$(ns "$n")" ]] && ip netns delete "$(ns "$n")"
   done
   return 0
@@ -373,7 +437,7 @@ not_ours() {
 
 leftovers() {
   local dir="${1:-}" found=0 n c
-  for n in host client "${lab_nodes[@]}"; do
+  for n in host client router outside "${lab_nodes[@]}"; do
     if [[ -e "/var/run/netns/$(ns "$n")" ]]; then echo "network namespace $(ns "$n")"; found=1; fi
   done
   for n in "${lab_nodes[@]}"; do

@@ -285,6 +285,12 @@ impl HaproxyProvider {
             }
             return Ok(());
         }
+        if let Some(b) = &self.bird {
+            if let Err(e) = b.set_vips(vips).await {
+                tracing::warn!(error = %e, "announcing the VIPs over BGP failed");
+            }
+            return Ok(());
+        }
         for ip in vips {
             if let Err(e) = self.hold_vip(ip).await {
                 tracing::warn!(%ip, error = %e, "putting a VIP on the interface failed");
@@ -294,11 +300,15 @@ impl HaproxyProvider {
     }
 
     /// Makes this host answer for `ip` (HAProxy listens on it): VRRP
-    /// announces it from whichever replica is master; otherwise the leader
+    /// announces it from whichever replica is master, BGP from every
+    /// replica; otherwise the leader
     /// puts it on the interface and announces it when it was not there.
     pub(crate) async fn hold_vip(&self, ip: std::net::IpAddr) -> Result<(), ProviderError> {
         if let Some(k) = &self.keepalived {
             return k.include(ip).await;
+        }
+        if let Some(b) = &self.bird {
+            return b.include(ip).await;
         }
         if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());

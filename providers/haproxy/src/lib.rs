@@ -58,6 +58,9 @@ pub struct HaproxySettings {
     /// VIPs owned by VRRP: a keepalived FerryLB runs moves them between the
     /// replicas (then `vip_interface` is not used).
     pub vrrp: Option<vrrp::VrrpSettings>,
+    /// VIPs announced over BGP: a BIRD FerryLB runs announces every VIP
+    /// this replica's HAProxy serves (then `vip_interface` is not used).
+    pub bgp: Option<bgp::BgpSettings>,
 }
 
 impl HaproxySettings {
@@ -80,6 +83,7 @@ impl HaproxySettings {
             node_check_port: None,
             threads: None,
             vrrp: None,
+            bgp: None,
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct HaproxyProvider {
     deleting: std::sync::Mutex<BTreeMap<LoadBalancerRef, Vec<IpAddr>>>,
     /// Owns the VIPs when VRRP is on.
     keepalived: Option<Arc<vrrp::Keepalived>>,
+    bird: Option<Arc<bgp::Bird>>,
     /// Whether this replica puts VIPs on `vip_interface` (the leader does;
     /// a follower serves the same configuration without them).
     holding: std::sync::atomic::AtomicBool,
@@ -209,12 +214,13 @@ impl HaproxyProvider {
     pub fn new(settings: HaproxySettings) -> Self {
         Self {
             process: Process::new(settings.process.clone()),
-            vips: VipBinder::new(if settings.vrrp.is_some() {
+            vips: VipBinder::new(if settings.vrrp.is_some() || settings.bgp.is_some() {
                 None
             } else {
                 settings.vip_interface.clone()
             }),
             keepalived: settings.vrrp.clone().map(vrrp::Keepalived::new),
+            bird: settings.bgp.clone().map(bgp::Bird::new),
             holding: std::sync::atomic::AtomicBool::new(true),
             generation: std::sync::atomic::AtomicU64::new(0),
             last_load: std::sync::Mutex::new(Duration::ZERO),
@@ -288,6 +294,11 @@ impl HaproxyProvider {
     /// The keepalived that owns the VIPs, when VRRP is on.
     pub fn keepalived(&self) -> Option<&Arc<vrrp::Keepalived>> {
         self.keepalived.as_ref()
+    }
+
+    /// The BIRD that announces the VIPs, when BGP is on.
+    pub fn bird(&self) -> Option<&Arc<bgp::Bird>> {
+        self.bird.as_ref()
     }
 
     /// How many configurations this process loaded, and the SHA-256 of the
@@ -366,8 +377,8 @@ impl HaproxyProvider {
         self.sync().await
     }
 
-    /// Hands the VIPs over (stops keepalived, or takes them off
-    /// `vip_interface`), so the replica that takes over is the only host
+    /// Hands the VIPs over (stops keepalived, withdraws the BGP routes, or
+    /// takes them off `vip_interface`), so the replica that takes over is the only host
     /// answering for them, then stops a managed HAProxy: in this order, this
     /// host never answers for a VIP nobody listens on.
     pub async fn shutdown(&self) {
@@ -376,6 +387,9 @@ impl HaproxyProvider {
         }
         if let Some(k) = &self.keepalived {
             k.stop().await;
+        }
+        if let Some(b) = &self.bird {
+            b.stop().await;
         }
         for ip in self.held_vips() {
             if let Err(e) = self.vips.remove(ip).await {
