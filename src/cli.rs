@@ -430,6 +430,7 @@ impl HaproxyArgs {
                     .clone()
                     .unwrap_or_else(|| dir.join("master.sock")),
                 self.vrrp.haproxy_vrrp,
+                &self.vrrp.nft_binary,
             )?,
         })
     }

@@ -1298,3 +1298,219 @@ async fn failover_trials() {
         .await
         .unwrap();
 }
+
+/// FerryLB in BGP mode: three replicas, each announcing to the lab's router.
+async fn install_bgp(lab: &Lab, client: &kube::Client) {
+    upgrade_release(
+        lab,
+        &[
+            "replicaCount=3",
+            "haproxy.pool=10.252.0.1-10.252.0.14",
+            "haproxy.vipInterface=",
+            "haproxy.bgp.enabled=true",
+            "haproxy.bgp.peers[0].address=10.250.0.254",
+            "haproxy.bgp.peers[0].asn=64500",
+        ],
+    );
+    leader(client).await;
+}
+
+/// The addresses the router's kernel routes `vip` through (its ECMP set).
+fn router_nexthops(lab: &Lab, vip: &str) -> BTreeSet<String> {
+    let out = lab.in_ns(lab::ROUTER_NS, &["ip", "route", "show", vip]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_owned())
+        .collect()
+}
+
+/// Waits until the router routes `vip` through exactly `want`; the time it
+/// took.
+async fn nexthops_become(lab: &Lab, vip: &str, want: &[&str], within: Duration) -> f64 {
+    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let start = std::time::Instant::now();
+    loop {
+        let now = router_nexthops(lab, vip);
+        if now == want {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(
+            start.elapsed() < within,
+            "the router routes {vip} via {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const NODE_IPS: [&str; 3] = ["10.250.0.11", "10.250.0.12", "10.250.0.13"];
+
+/// Counters on the router of new connections (SYNs) to `vip` it sends to
+/// each node.
+fn count_syns(lab: &Lab, vip: &str) {
+    let mut script = format!(
+        "table ip ferrylb_lab_spread\ndelete table ip ferrylb_lab_spread\n\
+         table ip ferrylb_lab_spread {{\n  chain post {{\n    type filter hook postrouting priority 0; policy accept;\n"
+    );
+    for (node, ip) in lab::NODES.iter().zip(NODE_IPS) {
+        script.push_str(&format!(
+            "    ip daddr {vip} tcp flags & (syn | ack) == syn rt ip nexthop {ip} counter comment \"{node}\"\n"
+        ));
+    }
+    script.push_str("  }\n}\n");
+    let path = support::env::tempdir("ferrylb-spread").join("spread.nft");
+    std::fs::write(&path, script).unwrap();
+    let out = lab.in_ns(lab::ROUTER_NS, &["nft", "-f", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// What [`count_syns`] counted, by node; the counters are removed.
+fn syns_counted(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
+    let out = lab.in_ns(
+        lab::ROUTER_NS,
+        &["nft", "list", "table", "ip", "ferrylb_lab_spread"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = lab.in_ns(
+        lab::ROUTER_NS,
+        &["nft", "delete", "table", "ip", "ferrylb_lab_spread"],
+    );
+    text.lines()
+        .filter_map(|l| {
+            let packets = l
+                .split("packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let node = l
+                .split("comment \"")
+                .nth(1)?
+                .trim_end_matches('"')
+                .to_owned();
+            Some((node, packets))
+        })
+        .collect()
+}
+
+/// BGP mode, active-active (README, "VIPs announced over BGP"): every
+/// replica announces every VIP its HAProxy serves to the lab's router (a
+/// BIRD of its own), which routes it over all three nodes; new
+/// connections from a client behind the router spread over them; a replica
+/// deleted (a planned move) withdraws before it stops and no new
+/// connection fails; the API server unreachable for 60 s changes nothing;
+/// a node's link cut is noticed by BFD. The figures go to BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread")]
+async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_them() {
+    let _serial = SERIAL.lock().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
+    install_bgp(lab, &client).await;
+    let ns = k::namespace(&client, "lab-bgp").await;
+    let vip = echo_service(lab, &client, &ns, 6, None, false).await;
+    assert!(vip.starts_with("10.252.0."), "VIP {vip} from the BGP pool");
+    let all = NODE_IPS;
+    nexthops_become(lab, &vip, &all, Duration::from_secs(60)).await;
+    for node in lab::NODES {
+        wait::until(
+            &format!("{node}'s BGP metrics"),
+            Duration::from_secs(30),
+            || async {
+                let m = replica_metrics(lab, node);
+                (m.contains("ferrylb_bgp_session_up{peer=\"10.250.0.254\"} 1")
+                    && m.contains("ferrylb_bgp_routes_announced 1"))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Each node's HAProxy answers (kube-proxy has programmed the nodePort).
+    for node in lab::NODES {
+        wait::until(
+            &format!("{node}'s HAProxy to answer"),
+            Duration::from_secs(60),
+            || async {
+                let url = format!("http://{vip}/");
+                let ns = format!("ferrylb-lab-{node}");
+                let out = lab.in_ns(&ns, &["curl", "-sS", "-m", "2", &url]);
+                out.status.success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    // New connections spread over the three nodes.
+    count_syns(lab, &vip);
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = probe.finish().await;
+    let spread = syns_counted(lab);
+    report("bgp: steady state", &s);
+    eprintln!("lab: bgp: new connections per node: {spread:?}");
+    assert_eq!(s.failed, 0, "{s:?}");
+    assert!(
+        lab::NODES
+            .iter()
+            .all(|n| spread.get(*n).is_some_and(|c| *c > 0)),
+        "every node takes new connections: {spread:?}"
+    );
+
+    // A planned move: the replica on node3 is deleted. It drops new
+    // handshakes for a moment, withdraws, and only then stops.
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = replicas(&client)
+        .await
+        .into_iter()
+        .find(|(_, node)| node == "node3")
+        .map(|(pod, _)| pod)
+        .expect("a replica on node3");
+    lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
+    let withdrawn = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
+    let back = nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = probe.finish().await;
+    report("bgp: replica deleted (planned)", &s);
+    eprintln!(
+        "lab: bgp: withdrawn {withdrawn:.2}s after the delete, announced again {back:.2}s later"
+    );
+    assert_eq!(
+        s.failed, 0,
+        "no new connection fails in a planned move: {s:?}"
+    );
+
+    // The API server unreachable for 60 s: nothing changes.
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 20);
+    apiserver_signal(lab, "STOP");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let during = router_nexthops(lab, &vip);
+    apiserver_signal(lab, "CONT");
+    let s = probe.finish().await;
+    report("bgp: API server stopped 60 s", &s);
+    assert_eq!(
+        during.len(),
+        3,
+        "announcements while the API server was away: {during:?}"
+    );
+    assert_eq!(s.failed, 0, "{s:?}");
+
+    // Unplanned: node3's link is cut. BFD (100 ms x 3) withdraws its
+    // routes; connections hashed to it meanwhile fail (recorded).
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    link(lab, "node3", false);
+    let cut = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    link(lab, "node3", true);
+    let s = probe.finish().await;
+    report("bgp: node3's link cut", &s);
+    eprintln!("lab: bgp: the router withdrew node3 {cut:.2}s after its link was cut");
+    nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
+
+    delete_namespace(&client, &ns).await;
+    upgrade_release(lab, &[]);
+}

@@ -56,6 +56,15 @@ pub struct BgpArgs {
     #[arg(long, env = "FERRYLB_HAPROXY_BGP_WITHDRAW_PAUSE", default_value = "2s", value_parser = withdraw_pause)]
     pub haproxy_bgp_withdraw_pause: Duration,
 
+    /// On a planned stop, new TCP handshakes to the VIPs are dropped for
+    /// this long before the routes are withdrawn, so that the connections
+    /// this host just accepted finish while their packets still reach it;
+    /// clients send their SYN again a second later, and the routers send it
+    /// to a host that stays. Keep it well under one second; 0s withdraws at
+    /// once. Needs `nft` (nftables).
+    #[arg(long, env = "FERRYLB_HAPROXY_BGP_HANDOVER_PAUSE", default_value = "300ms", value_parser = super::handover_pause)]
+    pub haproxy_bgp_handover_pause: Duration,
+
     /// The bird binary (BIRD 2).
     #[arg(long, env = "FERRYLB_BIRD_BINARY", default_value = "bird")]
     pub bird_binary: PathBuf,
@@ -91,6 +100,7 @@ impl BgpArgs {
         dir: &Path,
         master_socket: PathBuf,
         vrrp: bool,
+        nft: &Path,
     ) -> anyhow::Result<Option<BgpSettings>> {
         if !self.haproxy_bgp {
             return Ok(None);
@@ -123,6 +133,8 @@ impl BgpArgs {
             },
             master_socket: Some(master_socket),
             withdraw_pause: self.haproxy_bgp_withdraw_pause,
+            handover_pause: self.haproxy_bgp_handover_pause,
+            nft: nft.to_path_buf(),
         }))
     }
 }

@@ -17,6 +17,10 @@ use super::process::ChildGuard;
 
 /// The client namespace's name (`tests/lab/lib.sh`).
 pub const CLIENT_NS: &str = "ferrylb-lab-client";
+/// The users' router (BGP mode) and the client behind it
+/// (`tests/lab/lib.sh`).
+pub const ROUTER_NS: &str = "ferrylb-lab-router";
+pub const OUTSIDE_NS: &str = "ferrylb-lab-outside";
 /// The lab's nodes.
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
 /// The VIP pool, on the nodes' network.
@@ -169,9 +173,14 @@ impl Lab {
     /// Starts a client in the client namespace opening `rate` new
     /// connections a second to `vip:port` until [`Probe::finish`].
     pub fn probe(&self, vip: &str, port: u16, rate: u32) -> Probe {
+        self.probe_from(CLIENT_NS, vip, port, rate)
+    }
+
+    /// [`Self::probe`] from the namespace `ns` (e.g. [`OUTSIDE_NS`]).
+    pub fn probe_from(&self, ns: &str, vip: &str, port: u16, rate: u32) -> Probe {
         let out = tempdir("ferrylb-probe").join("summary.json");
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{CLIENT_NS}"))
+        cmd.arg(format!("--net=/var/run/netns/{ns}"))
             .arg(repo_root().join("tests/lab/probe"))
             .arg("--target")
             .arg(format!("{vip}:{port}"))

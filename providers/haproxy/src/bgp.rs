@@ -53,6 +53,14 @@ pub struct BgpSettings {
     /// On a planned stop, how long the routes are withdrawn before BIRD
     /// stops (the routers move new connections meanwhile).
     pub withdraw_pause: Duration,
+    /// On a planned stop, new TCP handshakes to the VIPs are dropped for
+    /// this long before the routes are withdrawn, so that the connections
+    /// this host accepted just before finish while their packets still
+    /// reach it; the clients' SYNs come again a second later, and the
+    /// routers send them to the hosts that stay. Zero withdraws at once.
+    pub handover_pause: Duration,
+    /// The `nft` binary that drops the handshakes.
+    pub nft: PathBuf,
 }
 
 /// What BIRD reports, for metrics.
@@ -258,6 +266,7 @@ impl Bird {
     }
 
     async fn spawn(&self) -> Result<Child, ProviderError> {
+        self.clear_pause().await;
         let pid = sibling(&self.settings.config_path, "pid");
         // A BIRD an earlier FerryLB started here (killed before it could
         // stop it) goes first: it holds the sessions and the socket.
@@ -351,6 +360,7 @@ impl Bird {
         }
         let mut inner = self.inner.lock().await;
         inner.stopped = true;
+        let paused = self.pause_before_withdrawal(&inner).await;
         if inner.running() && inner.announced > 0 {
             let text = config::render(&self.settings.config, &BTreeSet::new());
             match self.install(&text).await {
@@ -382,10 +392,50 @@ impl Bird {
             }
         }
         inner.applied = None;
+        if paused {
+            self.clear_pause().await;
+        }
         for ip in std::mem::take(&mut inner.vips) {
             if let Err(e) = self.lo.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "taking a VIP off lo failed");
             }
+        }
+    }
+}
+
+impl Bird {
+    /// Drops new handshakes to the announced VIPs and waits
+    /// `handover_pause`; `true` when the pause is in place (and must be
+    /// cleared).
+    async fn pause_before_withdrawal(&self, inner: &Inner) -> bool {
+        let pause = self.settings.handover_pause;
+        if pause.is_zero() || inner.announced == 0 {
+            return false;
+        }
+        if let Err(e) = self.nft().pause(&inner.vips).await {
+            tracing::warn!(error = %e, "pausing new connections before withdrawing failed; withdrawing at once");
+            return false;
+        }
+        tracing::info!(
+            ?pause,
+            "new connections to the VIPs paused; withdrawing the routes once the accepted ones finish"
+        );
+        tokio::time::sleep(pause).await;
+        true
+    }
+
+    fn nft(&self) -> crate::vrrp::handover::Nft {
+        crate::vrrp::handover::Nft::new(self.settings.nft.clone())
+    }
+
+    /// Removes a pause (this process's, or one a replica killed while
+    /// stopping left behind).
+    async fn clear_pause(&self) {
+        if self.settings.handover_pause.is_zero() {
+            return;
+        }
+        if let Err(e) = self.nft().resume().await {
+            tracing::warn!(error = %e, "clearing the pause failed; new connections to this host's VIPs stay dropped");
         }
     }
 }

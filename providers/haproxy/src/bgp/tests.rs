@@ -255,6 +255,8 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
         config: bird_config(vec![peer("10.0.0.1", 64500)]),
         master_socket: None,
         withdraw_pause: Duration::from_millis(500),
+        handover_pause: Duration::ZERO,
+        nft: inside(&host, &dir, &program("nft")),
     };
     let bird = Bird::new(settings.clone());
     bird.set_vips(ips(&["10.252.0.5", "10.252.0.6"]))
