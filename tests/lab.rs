@@ -1350,9 +1350,9 @@ const NODE_IPS: [&str; 3] = ["10.250.0.11", "10.250.0.12", "10.250.0.13"];
 /// Counters on the router of new connections (SYNs) to `vip` it sends to
 /// each node.
 fn count_syns(lab: &Lab, vip: &str) {
-    let mut script = format!(
+    let mut script = String::from(
         "table ip ferrylb_lab_spread\ndelete table ip ferrylb_lab_spread\n\
-         table ip ferrylb_lab_spread {{\n  chain post {{\n    type filter hook postrouting priority 0; policy accept;\n"
+         table ip ferrylb_lab_spread {\n  chain post {\n    type filter hook postrouting priority 0; policy accept;\n",
     );
     for (node, ip) in lab::NODES.iter().zip(NODE_IPS) {
         script.push_str(&format!(
