@@ -43,11 +43,12 @@ fn run_helm(args: &[&str]) -> Output {
         .expect("running helm")
 }
 
-fn values_files() -> [Vec<&'static str>; 3] {
+fn values_files() -> [Vec<&'static str>; 4] {
     [
         vec![],
         vec!["-f", "charts/ferrylb/ci/aws-values.yaml"],
         vec!["-f", "charts/ferrylb/ci/haproxy-values.yaml"],
+        vec!["-f", "charts/ferrylb/ci/bgp-values.yaml"],
     ]
 }
 
@@ -109,6 +110,28 @@ fn chart_lints_strictly_and_renders_for_default_aws_and_haproxy_values() {
     let text = String::from_utf8(aws.stdout).unwrap();
     assert!(text.contains("eks.amazonaws.com/role-arn") && text.contains("kind: ServiceMonitor"));
     assert!(!text.contains("hostNetwork") && !text.contains("NET_ADMIN"));
+    let bgp = run_helm(&[
+        "template",
+        "ferrylb",
+        CHART,
+        "-f",
+        "charts/ferrylb/ci/bgp-values.yaml",
+    ]);
+    let text = String::from_utf8(bgp.stdout).unwrap();
+    for want in [
+        "- --haproxy-bgp\n",
+        "- --haproxy-bgp-router-id=$(HOST_IP)\n",
+        "- --haproxy-bgp-communities=64512:100\n",
+        "- --haproxy-bgp-peer=address=10.0.0.1,asn=64500,bfd=true,hold=9s\n",
+        "- --haproxy-bgp-peer=address=fd00::1,asn=64500,bfd=false,hold=30s,password-file=/etc/ferrylb/bgp/peer-1/password\n",
+        "secretName: bgp\n",
+        "add: [NET_ADMIN, NET_RAW, NET_BIND_SERVICE]",
+        "node-role.example.com/lb: \"true\"",
+        "maxSurge: 0",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+    ] {
+        assert!(text.contains(want), "bgp values: no {want:?} in\n{text}");
+    }
 }
 
 #[test]
@@ -119,6 +142,11 @@ fn values_that_break_the_schema_are_refused() {
         ("controller.logFormat=xml", "/controller/logFormat"),
         ("haproxy.mode=inline", "/haproxy/mode"),
         ("haproxy.threads=0", "/haproxy/threads"),
+        (
+            "haproxy.bgp.communities={65536:1}",
+            "/haproxy/bgp/communities/0",
+        ),
+        ("haproxy.bgp.peers[0].asn=0", "/haproxy/bgp/peers/0"),
     ] {
         let out = run_helm(&["template", "ferrylb", CHART, "--set", set]);
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -128,6 +156,17 @@ fn values_that_break_the_schema_are_refused() {
     let out = run_helm(&["template", "ferrylb", CHART, "--set", "providers={haproxy}"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("haproxy.pool is required"));
+    let out = run_helm(&[
+        "template",
+        "ferrylb",
+        CHART,
+        "-f",
+        "charts/ferrylb/ci/bgp-values.yaml",
+        "--set",
+        "haproxy.vrrp.enabled=true",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one"));
 }
 
 /// A kubeconfig that authenticates with `token` against the test API server.
