@@ -347,7 +347,7 @@ async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
         }
         if let Some(b) = h.bird() {
             let status = b.status().await;
-            telemetry.set_bgp(&status.sessions, status.announced);
+            telemetry.set_bgp(&status);
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct Telemetry {
     vrrp_transitions: Family<Labels, Counter>,
     vip_held: Family<Labels, Gauge>,
     bgp_session_up: Family<Labels, Gauge>,
+    bgp_bfd_up: Family<Labels, Gauge>,
     bgp_routes: Gauge,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
@@ -116,6 +117,12 @@ impl Default for Telemetry {
             "Per BGP peer: 1 while this replica's session with it is Established",
             bgp_session_up.clone(),
         );
+        let bgp_bfd_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "bgp_bfd_up",
+            "Per BGP peer with BFD: 1 while this replica's BFD session with it is Up",
+            bgp_bfd_up.clone(),
+        );
         let bgp_routes = Gauge::default();
         registry.register(
             "bgp_routes_announced",
@@ -125,6 +132,7 @@ impl Default for Telemetry {
         Self {
             registry,
             bgp_session_up,
+            bgp_bfd_up,
             bgp_routes,
             served,
             vrrp_state,
@@ -252,19 +260,20 @@ impl Telemetry {
         }
     }
 
-    /// Each BGP session's state and how many routes are announced.
-    pub fn set_bgp(
-        &self,
-        sessions: &std::collections::BTreeMap<std::net::IpAddr, String>,
-        announced: usize,
-    ) {
-        for (peer, state) in sessions {
+    /// Each BGP and BFD session's state and how many routes are announced.
+    pub fn set_bgp(&self, status: &ferrylb_haproxy::bgp::BgpStatus) {
+        for (peer, state) in &status.sessions {
             self.bgp_session_up
                 .get_or_create(&vec![("peer", peer.to_string())])
                 .set(i64::from(state == "Established"));
         }
+        for (peer, state) in &status.bfd {
+            self.bgp_bfd_up
+                .get_or_create(&vec![("peer", peer.to_string())])
+                .set(i64::from(state == "Up"));
+        }
         self.bgp_routes
-            .set(i64::try_from(announced).unwrap_or(i64::MAX));
+            .set(i64::try_from(status.announced).unwrap_or(i64::MAX));
     }
 
     /// `Ok` when ready, else why not.
@@ -373,10 +382,13 @@ mod tests {
         let vips = [("10.0.0.1".parse().unwrap(), true)].into_iter().collect();
         t.set_vrrp("MASTER", &transitions, &vips);
         t.set_vrrp("MASTER", &transitions, &vips);
-        let sessions = [("10.0.0.254".parse().unwrap(), "Established".to_owned())]
-            .into_iter()
-            .collect();
-        t.set_bgp(&sessions, 2);
+        let peer: std::net::IpAddr = "10.0.0.254".parse().unwrap();
+        t.set_bgp(&ferrylb_haproxy::bgp::BgpStatus {
+            sessions: [(peer, "Established".to_owned())].into_iter().collect(),
+            bfd: [(peer, "Up".to_owned())].into_iter().collect(),
+            announced: 2,
+            running: true,
+        });
         let text = t.encode();
         for want in [
             r#"ferrylb_haproxy_config_generation{sha256="ab12"} 3"#,
@@ -386,6 +398,7 @@ mod tests {
             r#"ferrylb_haproxy_vip_held{vip="10.0.0.1"} 1"#,
             r#"ferrylb_bgp_session_up{peer="10.0.0.254"} 1"#,
             "ferrylb_bgp_routes_announced 2",
+            r#"ferrylb_bgp_bfd_up{peer="10.0.0.254"} 1"#,
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }

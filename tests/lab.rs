@@ -1513,4 +1513,11 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
 
     delete_namespace(&client, &ns).await;
     upgrade_release(lab, &[]);
+    // The next test finds the lab's two replicas, not a third terminating.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    wait::until("the release back to two pods", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        async move { (pods.list(&ListParams::default()).await.ok()?.items.len() == 2).then_some(()) }
+    })
+    .await;
 }

@@ -69,6 +69,8 @@ pub struct BgpStatus {
     /// Each peer's session state as BIRD names it (`Established`,
     /// `Active`, `Connect` …), by peer address.
     pub sessions: BTreeMap<IpAddr, String>,
+    /// Each BFD session's state (`Up`, `Down`, `Init` …), by peer address.
+    pub bfd: BTreeMap<IpAddr, String>,
     /// Routes announced now (zero while withdrawn).
     pub announced: usize,
     /// Whether BIRD runs.
@@ -348,6 +350,12 @@ impl Bird {
                     .insert(p.address, state.unwrap_or_else(|| "Unknown".into()));
             }
         }
+        if running
+            && self.settings.config.peers.iter().any(|p| p.bfd)
+            && let Ok(text) = self.birdc(&["show", "bfd", "sessions"]).await
+        {
+            status.bfd = bfd_states(&text);
+        }
         status
     }
 
@@ -458,6 +466,18 @@ fn session_state(text: &str, name: &str) -> Option<String> {
             info
         })
     })
+}
+
+/// The state of each session BIRD's `show bfd sessions` lists, by address.
+fn bfd_states(text: &str) -> BTreeMap<IpAddr, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            let _interface = words.next()?;
+            Some((ip, words.next()?.to_owned()))
+        })
+        .collect()
 }
 
 fn control_socket(s: &BgpSettings) -> PathBuf {

@@ -112,6 +112,14 @@ fn session_states_are_read_from_show_protocols() {
     assert!(session_state(text, "peer1").unwrap().starts_with("Active"));
     assert_eq!(session_state(text, "peer2").as_deref(), Some("down"));
     assert_eq!(session_state(text, "peer9"), None);
+    let bfd = "BIRD 2.0.12 ready.\nferrylb_bfd:\n\
+               IP address                Interface  State      Since         Interval  Timeout\n\
+               10.0.0.1                  eth0       Up         10:00:00.000    0.100    0.300\n\
+               fd00::1                   eth0       Down       10:00:00.000    1.000    0.000\n";
+    let states = bfd_states(bfd);
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[&"10.0.0.1".parse::<IpAddr>().unwrap()], "Up");
+    assert_eq!(states[&"fd00::1".parse::<IpAddr>().unwrap()], "Down");
 }
 
 fn program(name: &str) -> String {
@@ -280,6 +288,18 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
         "{status:?}"
     );
     assert_eq!(status.announced, 2);
+    for _ in 0..100 {
+        if bird.status().await.bfd.values().any(|s| s == "Up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = bird.status().await;
+    assert_eq!(
+        status.bfd.values().collect::<Vec<_>>(),
+        ["Up"],
+        "{status:?}"
+    );
 
     // A changed set: by `birdc configure`, the session stays.
     bird.set_vips(ips(&["10.252.0.6", "10.252.0.7"]))
