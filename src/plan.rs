@@ -348,7 +348,8 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
         );
         // TCP and UDP on one port: one TCP_UDP listener, both rules.
         assert!(
-            out.contains("listener 53/TCP_UDP") && out.contains("allow udp/53 from 0.0.0.0/0"),
+            out.contains("listener 53/TCP_UDP")
+                && out.contains("allow udp/53 from the VPC's CIDR blocks"),
             "{out}"
         );
         assert!(out.contains(": internal, ipv4"), "{out}");
@@ -357,6 +358,59 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
             out.contains(
                 "shop/typo: not provisioned: service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval: invalid value \"often\""
             ),
+            "{out}"
+        );
+    }
+
+    /// The AWS Load Balancer Controller's meanings: `external` without a
+    /// scheme is internal and admits the VPC only; an IPv6 source range on
+    /// an IPv4 load balancer, and more rules than a security group holds,
+    /// are refused before any call, naming the range and the limit.
+    #[test]
+    fn plans_aws_annotations_as_the_load_balancer_controller_documents() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+                    spec: {providerID: \"aws:///us-east-1a/i-0a1b2c3d4e5f60011\"}\n\
+                    status: {addresses: [{type: InternalIP, address: 10.0.1.11}]}\n";
+        let svc = |name: &str, annotations: &str, extra: &str, ports: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop, annotations: {{{annotations}}}}}\n\
+                 spec: {{type: LoadBalancer, loadBalancerClass: ferrylb.io/aws, {extra} ports: [{ports}]}}\n"
+            )
+        };
+        let many: Vec<String> = (1..=61)
+            .map(|i| format!("{{name: p{i}, port: {}, nodePort: {}}}", 1000 + i, 30000 + i))
+            .collect();
+        let text = [
+            node.to_owned(),
+            svc(
+                "ext",
+                "service.beta.kubernetes.io/aws-load-balancer-type: external",
+                "",
+                "{port: 80, nodePort: 30080}",
+            ),
+            svc(
+                "six",
+                "",
+                "loadBalancerSourceRanges: [203.0.113.0/24, \"2001:db8::/32\"],",
+                "{port: 80, nodePort: 30081}",
+            ),
+            svc("many", "", "", &many.join(", ")),
+        ]
+        .concat();
+        let out = plan_aws(&text, "ferrylb.io/aws", "prod").unwrap();
+        let ext = out.split("shop/ext:").nth(1).unwrap();
+        assert!(ext.contains(": internal, ipv4"), "{out}");
+        assert!(
+            ext.contains("allow tcp/80 from the VPC's CIDR blocks") && !ext.contains("0.0.0.0/0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("shop/six: not provisioned: spec.loadBalancerSourceRanges: invalid value \"2001:db8::/32\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("shop/many: not provisioned: the load balancer's security group would need 61 IPv4 inbound rules")
+                && out.contains("holds 60"),
             "{out}"
         );
     }

@@ -417,6 +417,36 @@ async fn source_ranges_become_security_group_rules_and_follow_changes() {
         rules(&aws::inventory(&conf, &seed).await),
         vec![(80, "192.0.2.0/24".into()), (443, "192.0.2.0/24".into())]
     );
+    // An internal load balancer without source ranges admits its VPC's
+    // CIDR blocks, as the AWS Load Balancer Controller does, not the world.
+    spec.source_ranges.clear();
+    spec.annotations.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-type".into(),
+        "external".into(),
+    );
+    p.ensure(&spec).await.unwrap();
+    p.published(&spec).await.unwrap();
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let vpc_cidr = ec2
+        .describe_vpcs()
+        .vpc_ids(&seed.vpc)
+        .send()
+        .await
+        .unwrap()
+        .vpcs()[0]
+        .cidr_block()
+        .unwrap()
+        .to_owned();
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(
+        inv.load_balancers[0].scheme().map(|s| s.as_str()),
+        Some("internal")
+    );
+    assert_eq!(
+        rules(&inv),
+        vec![(80, vpc_cidr.clone()), (443, vpc_cidr)],
+        "internal: the VPC only"
+    );
     p.ensure_deleted(&spec.lb).await.unwrap();
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }

@@ -39,6 +39,17 @@ pub fn describe(spec: &LoadBalancerSpec, cluster: &str) -> Result<String, Provid
     for r in &d.ingress {
         let _ = writeln!(out, "    allow {}/{} from {}", r.protocol, r.port, r.cidr);
     }
+    if d.default_sources == Some(ferrylb_aws::desired::DefaultSources::Vpc) {
+        for l in d.listeners.values() {
+            for p in l.protocol.ip_protocols() {
+                let _ = writeln!(
+                    out,
+                    "    allow {p}/{} from the VPC's CIDR blocks (internal; looked up when applied)",
+                    l.port
+                );
+            }
+        }
+    }
     for l in d.listeners.values() {
         listener(&mut out, l);
     }

@@ -2,6 +2,7 @@
 //! listeners, target groups, targets and security-group rules, computed by a
 //! pure function from the provider-neutral spec and the typed options.
 
+use crate::options::IP_ADDRESS_TYPE;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -41,7 +42,7 @@ impl ElbProtocol {
     }
 
     /// The IP protocols a security group must open for this listener.
-    fn ip_protocols(self) -> &'static [&'static str] {
+    pub fn ip_protocols(self) -> &'static [&'static str] {
         match self {
             ElbProtocol::Tcp | ElbProtocol::Tls => &["tcp"],
             ElbProtocol::Udp => &["udp"],
@@ -151,7 +152,13 @@ pub struct Desired {
     pub ip_address_type: IpAddressType,
     pub subnets: Option<Vec<String>>,
     pub security_group_name: String,
+    /// The rules from the Service's source ranges, or from everywhere;
+    /// empty when they come from the VPC's CIDR blocks
+    /// ([`Desired::default_sources`]).
     pub ingress: BTreeSet<IngressRule>,
+    /// Where clients are admitted from when the Service names no source
+    /// ranges.
+    pub default_sources: Option<DefaultSources>,
     /// By listener port.
     pub listeners: BTreeMap<u16, DesiredListener>,
     pub tags: BTreeMap<String, String>,
@@ -284,21 +291,50 @@ fn tls_for(
     }
 }
 
-/// The security-group rules: every listener's IP protocols on its port,
-/// from the Service's source ranges (everywhere when it has none).
-fn ingress_rules(
-    spec: &LoadBalancerSpec,
-    o: &AwsOptions,
-    listeners: &BTreeMap<u16, DesiredListener>,
-) -> BTreeSet<IngressRule> {
-    let mut cidrs = spec.source_ranges.clone();
-    if cidrs.is_empty() {
-        cidrs.push("0.0.0.0/0".parse().expect("a CIDR"));
-        if o.ip_address_type == IpAddressType::Dualstack {
-            cidrs.push("::/0".parse().expect("a CIDR"));
-        }
+/// Inbound rules a security group holds per address family (AWS's default
+/// quota, "Inbound or outbound rules per security group").
+pub const SECURITY_GROUP_RULES: usize = 60;
+
+/// Where the security group admits clients from when the Service names no
+/// source ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultSources {
+    /// Everywhere (`0.0.0.0/0`, and `::/0` when dualstack): an
+    /// internet-facing load balancer.
+    Everywhere,
+    /// The VPC's CIDR blocks, looked up when applied: an internal load
+    /// balancer, as the AWS Load Balancer Controller does.
+    Vpc,
+}
+
+/// The client ranges of `spec`, refusing IPv6 ranges on an IPv4-only load
+/// balancer (the rule would admit nobody).
+fn source_ranges(spec: &LoadBalancerSpec, o: &AwsOptions) -> Result<Vec<IpNet>, ProviderError> {
+    if o.ip_address_type != IpAddressType::Dualstack
+        && let Some(v6) = spec.source_ranges.iter().find(|n| matches!(n, IpNet::V6(_)))
+    {
+        return Err(ProviderError::invalid(
+            "spec.loadBalancerSourceRanges",
+            &v6.to_string(),
+            &format!(
+                "an IPv4 range: the load balancer is IPv4-only, so an IPv6 range admits nobody \
+                 (for IPv6 clients set {IP_ADDRESS_TYPE}: dualstack)"
+            ),
+        ));
     }
-    listeners
+    Ok(spec.source_ranges.clone())
+}
+
+/// The security-group rules: every listener's IP protocols on its port,
+/// from each of `cidrs`.
+///
+/// # Errors
+/// When they are more than a security group holds.
+pub fn ingress_rules(
+    listeners: &BTreeMap<u16, DesiredListener>,
+    cidrs: &[IpNet],
+) -> Result<BTreeSet<IngressRule>, ProviderError> {
+    let rules: BTreeSet<IngressRule> = listeners
         .values()
         .flat_map(|l| {
             l.protocol.ip_protocols().iter().flat_map(|p| {
@@ -309,7 +345,24 @@ fn ingress_rules(
                 })
             })
         })
-        .collect()
+        .collect();
+    for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+        let n = rules
+            .iter()
+            .filter(|r| matches!(r.cidr, IpNet::V4(_)) == v4)
+            .count();
+        if n > SECURITY_GROUP_RULES {
+            return Err(ProviderError::permanent(
+                reason::INVALID_ANNOTATION,
+                format!(
+                    "the load balancer's security group would need {n} {family} inbound rules \
+                     (each port and protocol from each source range); a security group holds \
+                     {SECURITY_GROUP_RULES}: use fewer ports or fewer source ranges"
+                ),
+            ));
+        }
+    }
+    Ok(rules)
 }
 
 impl Desired {
@@ -373,9 +426,34 @@ impl Desired {
         tags.insert(TAG_SERVICE.into(), spec.lb.key.to_string());
         tags.insert(TAG_SERVICE_UID.into(), spec.lb.key.uid.clone());
 
+        let mut cidrs = source_ranges(spec, o)?;
+        let default_sources = cidrs.is_empty().then_some(match o.scheme {
+            Scheme::Internal => DefaultSources::Vpc,
+            Scheme::InternetFacing => DefaultSources::Everywhere,
+        });
+        if default_sources == Some(DefaultSources::Everywhere) {
+            cidrs.push("0.0.0.0/0".parse().expect("a CIDR"));
+            if o.ip_address_type == IpAddressType::Dualstack {
+                cidrs.push("::/0".parse().expect("a CIDR"));
+            }
+        }
+        // The VPC's blocks are looked up when applied; one stands in for
+        // them in the count here.
+        let placeholder = ["10.0.0.0/16".parse().expect("a CIDR")];
+        let counted = if default_sources == Some(DefaultSources::Vpc) {
+            &placeholder[..]
+        } else {
+            &cidrs[..]
+        };
+        let ingress = ingress_rules(&listeners, counted)?;
         Ok(Desired {
             security_group_name: spec.lb.name.clone(),
-            ingress: ingress_rules(spec, o, &listeners),
+            ingress: if default_sources == Some(DefaultSources::Vpc) {
+                BTreeSet::new()
+            } else {
+                ingress
+            },
+            default_sources,
             name,
             scheme: o.scheme,
             ip_address_type: o.ip_address_type,

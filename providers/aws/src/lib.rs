@@ -101,6 +101,9 @@ pub struct AwsProvider {
     /// Held while subnets are looked up, so reconciles that start together
     /// ask EC2 once, not once each.
     subnet_lookup: tokio::sync::Mutex<()>,
+    /// Each VPC's CIDR blocks (IPv4, IPv6), for internal load balancers'
+    /// default source ranges; a VPC's blocks rarely change.
+    vpc_cidrs: Mutex<HashMap<String, Vec<ipnet::IpNet>>>,
     /// Tag lookups by Service uid, coalesced across concurrent reconciles.
     owned_lookups: batch::Coalescer<converge::Owned>,
     /// DescribeLoadBalancers by ARN, coalesced likewise.
@@ -126,6 +129,7 @@ impl AwsProvider {
             known: Mutex::new(HashMap::new()),
             subnets: Mutex::new(HashMap::new()),
             subnet_lookup: tokio::sync::Mutex::new(()),
+            vpc_cidrs: Mutex::new(HashMap::new()),
             owned_lookups: batch::Coalescer::default(),
             lb_lookups: batch::Coalescer::default(),
         }

@@ -200,9 +200,14 @@ impl AwsOptions {
         let a = Ann(annotations);
         let mut o = AwsOptions::default();
 
+        // `external` is the AWS Load Balancer Controller's form, whose
+        // documented scheme default is internal; `nlb`, the in-tree form,
+        // is internet-facing by default.
+        let mut external = false;
         if let Some(v) = a.get(TYPE) {
             match v {
-                "nlb" | "external" => {}
+                "nlb" => {}
+                "external" => external = true,
                 "nlb-ip" => o.target_type = TargetType::Ip,
                 _ => {
                     return Err(ProviderError::invalid(
@@ -231,7 +236,9 @@ impl AwsOptions {
                 ));
             }
             (None, Some("true")) => Scheme::Internal,
-            (None, Some("false")) | (None, None) => Scheme::InternetFacing,
+            (None, Some("false")) => Scheme::InternetFacing,
+            (None, None) if external => Scheme::Internal,
+            (None, None) => Scheme::InternetFacing,
             (None, Some(v)) => return Err(ProviderError::invalid(INTERNAL, v, "true or false")),
         };
         if let Some(v) = a.get(IP_ADDRESS_TYPE) {
@@ -249,11 +256,16 @@ impl AwsOptions {
         }
         if let Some(v) = a.get(SUBNETS) {
             let list = split_list(v);
-            if list.is_empty() || list.iter().any(|s| !valid_subnet_ref(s)) {
+            let what = "a comma-separated list of subnet ids (subnet-…) or Name tags \
+                        (letters, digits and -_.:/, at most 255 each)";
+            if list.is_empty() {
+                return Err(ProviderError::invalid(SUBNETS, v, what));
+            }
+            if let Some(bad) = list.iter().find(|s| !valid_subnet_ref(s)) {
                 return Err(ProviderError::invalid(
                     SUBNETS,
                     v,
-                    "a comma-separated list of subnet ids (subnet-…) or Name tags",
+                    &format!("entry {bad:?} is not valid: {what}"),
                 ));
             }
             o.subnets = Some(list);

@@ -122,7 +122,20 @@ impl AwsProvider {
                 }
             },
         };
-        let changes = rule_changes(&d.ingress, &have);
+        let wanted = match d.default_sources {
+            Some(crate::desired::DefaultSources::Vpc) => {
+                let dualstack = d.ip_address_type == crate::options::IpAddressType::Dualstack;
+                let cidrs: Vec<ipnet::IpNet> = self
+                    .vpc_cidrs(vpc)
+                    .await?
+                    .into_iter()
+                    .filter(|c| dualstack || matches!(c, ipnet::IpNet::V4(_)))
+                    .collect();
+                crate::desired::ingress_rules(&d.listeners, &cidrs)?
+            }
+            _ => d.ingress.clone(),
+        };
+        let changes = rule_changes(&wanted, &have);
         if !changes.add.is_empty() {
             self.clients
                 .call(
@@ -189,6 +202,62 @@ impl AwsProvider {
     }
 
     /// Creates the group with its tags; `None` when one of that name exists.
+    /// The CIDR blocks associated with `vpc` (IPv4 and IPv6), asked once
+    /// per VPC.
+    async fn vpc_cidrs(&self, vpc: &str) -> Result<Vec<ipnet::IpNet>, ProviderError> {
+        if let Some(c) = self.vpc_cidrs.lock().expect("vpc cidr cache").get(vpc) {
+            return Ok(c.clone());
+        }
+        let out = self
+            .clients
+            .call(
+                CallKind::Ec2Describe,
+                "ec2:DescribeVpcs",
+                self.clients.ec2.describe_vpcs().vpc_ids(vpc).send(),
+            )
+            .await?;
+        let mut cidrs = Vec::new();
+        for v in out.vpcs() {
+            let v4 = v
+                .cidr_block_association_set()
+                .iter()
+                .filter(|a| {
+                    a.cidr_block_state()
+                        .and_then(|s| s.state())
+                        .is_none_or(|s| s.as_str() == "associated")
+                })
+                .filter_map(|a| a.cidr_block());
+            let v6 = v
+                .ipv6_cidr_block_association_set()
+                .iter()
+                .filter(|a| {
+                    a.ipv6_cidr_block_state()
+                        .and_then(|s| s.state())
+                        .is_none_or(|s| s.as_str() == "associated")
+                })
+                .filter_map(|a| a.ipv6_cidr_block());
+            cidrs.extend(v4.chain(v6).filter_map(|c| c.parse::<ipnet::IpNet>().ok()));
+            if cidrs.is_empty()
+                && let Some(c) = v.cidr_block().and_then(|c| c.parse().ok())
+            {
+                cidrs.push(c);
+            }
+        }
+        cidrs.sort();
+        cidrs.dedup();
+        if cidrs.is_empty() {
+            return Err(ProviderError::transient(
+                reason::AWS_UNAVAILABLE,
+                format!("VPC {vpc} has no CIDR block to admit clients from (ec2:DescribeVpcs)"),
+            ));
+        }
+        self.vpc_cidrs
+            .lock()
+            .expect("vpc cidr cache")
+            .insert(vpc.to_owned(), cidrs.clone());
+        Ok(cidrs)
+    }
+
     async fn create_security_group(
         &self,
         d: &Desired,

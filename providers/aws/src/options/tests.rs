@@ -112,3 +112,23 @@ fn unknown_annotations_of_the_family_are_reported_not_ignored() {
     assert_eq!(o.warnings.len(), 1);
     assert!(o.warnings[0].message.contains("eip-allocations"));
 }
+
+#[test]
+fn external_without_a_scheme_is_internal_as_the_load_balancer_controller_documents() {
+    assert_eq!(parse(&[(TYPE, "external")]).unwrap().scheme, Scheme::Internal);
+    assert_eq!(parse(&[(TYPE, "nlb")]).unwrap().scheme, Scheme::InternetFacing);
+    assert_eq!(
+        parse(&[(TYPE, "external"), (SCHEME, "internet-facing")]).unwrap().scheme,
+        Scheme::InternetFacing
+    );
+    assert_eq!(
+        parse(&[(TYPE, "external"), (INTERNAL, "false")]).unwrap().scheme,
+        Scheme::InternetFacing
+    );
+}
+
+#[test]
+fn an_invalid_subnet_entry_is_named() {
+    let e = parse(&[(SUBNETS, "subnet-1, bad subnet!, subnet-3")]).unwrap_err();
+    assert!(e.message.contains("entry \"bad subnet!\" is not valid"), "{e}");
+}
