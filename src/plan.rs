@@ -378,7 +378,13 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
             )
         };
         let many: Vec<String> = (1..=61)
-            .map(|i| format!("{{name: p{i}, port: {}, nodePort: {}}}", 1000 + i, 30000 + i))
+            .map(|i| {
+                format!(
+                    "{{name: p{i}, port: {}, nodePort: {}}}",
+                    1000 + i,
+                    30000 + i
+                )
+            })
             .collect();
         let text = [
             node.to_owned(),

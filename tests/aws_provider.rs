@@ -622,3 +622,82 @@ async fn readiness_comes_from_the_calls_made_anyway() {
     assert_eq!(err.reason, "AwsUnavailable", "{err:?}");
     assert_eq!(q.calls().snapshot().total(), before, "no probe: {err:?}");
 }
+
+/// `aws-load-balancer-ssl-cert` takes a comma-separated list, as the AWS
+/// Load Balancer Controller documents: the first is the TLS listener's
+/// default certificate, the others are added to it, and a change of the list
+/// adds and removes only the difference.
+#[tokio::test]
+async fn several_certificates_go_on_the_tls_listener_the_first_as_its_default() {
+    let account = aws::fresh_account_id();
+    let conf = aws::sdk_config_for_account(env::shared(), &account).await;
+    let seed = aws::seed(&conf, 1).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "certs", 1);
+    let certs: Vec<String> = (0..5)
+        .map(|n| {
+            aws::request_certificate(
+                &env::shared().aws_endpoint(),
+                &account,
+                &format!("c{n}.example.com"),
+            )
+        })
+        .collect();
+    let arn = |n: usize| certs[n].clone();
+    let annotate = |spec: &mut LoadBalancerSpec, certs: &[String]| {
+        spec.annotations.insert(
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-cert".into(),
+            certs.join(","),
+        );
+        spec.annotations.insert(
+            "service.beta.kubernetes.io/aws-load-balancer-ssl-ports".into(),
+            "443".into(),
+        );
+    };
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    let certificates = || async {
+        let lb = aws::inventory(&conf, &seed).await.load_balancers[0]
+            .load_balancer_arn()
+            .unwrap()
+            .to_owned();
+        let listeners = elb
+            .describe_listeners()
+            .load_balancer_arn(lb)
+            .send()
+            .await
+            .unwrap();
+        let tls = listeners
+            .listeners()
+            .iter()
+            .find(|l| l.port() == Some(443))
+            .unwrap()
+            .clone();
+        let all = elb
+            .describe_listener_certificates()
+            .listener_arn(tls.listener_arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let mut extra: Vec<String> = all
+            .certificates()
+            .iter()
+            .filter(|c| c.is_default() != Some(true))
+            .filter_map(|c| c.certificate_arn().map(str::to_owned))
+            .collect();
+        extra.sort();
+        let default = tls.certificates()[0].certificate_arn().unwrap().to_owned();
+        (default, extra)
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    annotate(&mut spec, &[arn(1), arn(2), arn(3)]);
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(certificates().await, (arn(1), sorted(vec![arn(2), arn(3)])));
+    annotate(&mut spec, &[arn(1), arn(3), arn(4)]);
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(certificates().await, (arn(1), sorted(vec![arn(3), arn(4)])));
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}

@@ -71,7 +71,14 @@ fn listener(out: &mut String, l: &DesiredListener) {
         tg.name
     );
     let _ = match &l.tls {
-        Some((cert, policy)) => writeln!(out, " (certificate {cert}, policy {policy})"),
+        Some((cert, policy)) if l.extra_certificates.is_empty() => {
+            writeln!(out, " (certificate {cert}, policy {policy})")
+        }
+        Some((cert, policy)) => writeln!(
+            out,
+            " (certificate {cert}, also {}, policy {policy})",
+            l.extra_certificates.join(", ")
+        ),
         None => writeln!(out),
     };
     let _ = writeln!(

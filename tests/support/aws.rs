@@ -356,3 +356,26 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for CrashAfter {
         Ok(())
     }
 }
+
+/// An ACM certificate in moto for `domain`, in `account`: its ARN. (ACM's
+/// JSON API through curl, so the tests need no ACM SDK crate.)
+pub fn request_certificate(endpoint: &str, account: &str, domain: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-X", "POST", endpoint])
+        .args(["-H", "X-Amz-Target: CertificateManager.RequestCertificate"])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .arg("-H")
+        .arg(format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential={account}/20260101/us-east-1/acm/aws4_request, SignedHeaders=host, Signature=0"
+        ))
+        .arg("-d")
+        .arg(format!("{{\"DomainName\":\"{domain}\"}}"))
+        .output()
+        .expect("running curl");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ACM RequestCertificate: {e}: {out:?}"));
+    body["CertificateArn"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no CertificateArn in {body}"))
+        .to_owned()
+}

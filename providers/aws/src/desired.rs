@@ -79,14 +79,20 @@ impl Health {
             HealthProtocol::Tcp => None,
             _ => o.path.clone().or(path).or_else(|| Some("/".to_owned())),
         };
+        // For `externalTrafficPolicy: Local` (kube-proxy's health check
+        // node port), the AWS Load Balancer Controller's documented timings:
+        // 10 s apart, 6 s to answer, 2 to turn healthy or unhealthy, so a
+        // node without a ready pod leaves within about 20 s.
+        let local = matches!(spec, HealthCheck::Http { .. });
+        let or_local = |v: Option<i32>, local_default: i32| v.or(local.then_some(local_default));
         Health {
             protocol,
             port: o.port.unwrap_or(port),
             path,
-            interval: o.interval,
-            timeout: o.timeout,
-            healthy_threshold: o.healthy_threshold,
-            unhealthy_threshold: o.unhealthy_threshold,
+            interval: or_local(o.interval, 10),
+            timeout: or_local(o.timeout, 6),
+            healthy_threshold: or_local(o.healthy_threshold, 2),
+            unhealthy_threshold: or_local(o.unhealthy_threshold, 2),
         }
     }
 
@@ -130,6 +136,8 @@ pub struct DesiredListener {
     pub protocol: ElbProtocol,
     /// Certificate ARN and policy for TLS listeners.
     pub tls: Option<(String, String)>,
+    /// Certificates added to a TLS listener beside its default.
+    pub extra_certificates: Vec<String>,
     pub target_group: DesiredTargetGroup,
 }
 
@@ -311,7 +319,10 @@ pub enum DefaultSources {
 /// balancer (the rule would admit nobody).
 fn source_ranges(spec: &LoadBalancerSpec, o: &AwsOptions) -> Result<Vec<IpNet>, ProviderError> {
     if o.ip_address_type != IpAddressType::Dualstack
-        && let Some(v6) = spec.source_ranges.iter().find(|n| matches!(n, IpNet::V6(_)))
+        && let Some(v6) = spec
+            .source_ranges
+            .iter()
+            .find(|n| matches!(n, IpNet::V6(_)))
     {
         return Err(ProviderError::invalid(
             "spec.loadBalancerSourceRanges",
@@ -414,6 +425,10 @@ impl Desired {
                 DesiredListener {
                     port,
                     protocol,
+                    extra_certificates: match (&tls, &o.tls) {
+                        (Some(_), Some(t)) => t.extra_certificates.clone(),
+                        _ => Vec::new(),
+                    },
                     tls,
                     target_group,
                 },

@@ -139,7 +139,10 @@ pub struct HealthOverrides {
 /// A TLS listener configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tls {
+    /// The listener's default certificate (the first in the annotation).
     pub certificate_arn: String,
+    /// The others, added to the listener (SNI picks among them).
+    pub extra_certificates: Vec<String>,
     /// Port numbers or names; `None` means every TCP port.
     pub ports: Option<BTreeSet<String>>,
     pub policy: String,

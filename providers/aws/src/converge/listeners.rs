@@ -29,7 +29,7 @@ pub(super) enum ListenerAction<'a> {
     /// The listener of that ARN differs (protocol, target group,
     /// certificate or policy).
     Modify(&'a str),
-    Keep,
+    Keep(&'a str),
 }
 
 /// Whether `x` already is the listener `l` forwarding to `tg_arn`.
@@ -60,7 +60,7 @@ pub(super) fn listener_action<'a>(
         Some(x) if !listener_matches(x, l, tg_arn) => {
             ListenerAction::Modify(x.listener_arn().unwrap_or_default())
         }
-        Some(_) => ListenerAction::Keep,
+        Some(x) => ListenerAction::Keep(x.listener_arn().unwrap_or_default()),
     }
 }
 
@@ -153,10 +153,19 @@ impl AwsProvider {
                 ),
             };
             self.sync_targets(&tg_arn, &targets, &tg.targets).await?;
-            match listener_action(&listeners, l, &tg_arn) {
+            let arn = match listener_action(&listeners, l, &tg_arn) {
                 ListenerAction::Create => self.create_listener(nlb.arn, l, &tg_arn).await?,
-                ListenerAction::Modify(arn) => self.modify_listener(arn, l, &tg_arn).await?,
-                ListenerAction::Keep => {}
+                ListenerAction::Modify(arn) => {
+                    self.modify_listener(arn, l, &tg_arn).await?;
+                    arn.to_owned()
+                }
+                ListenerAction::Keep(arn) => arn.to_owned(),
+            };
+            // Extra certificates are not in DescribeListeners' answer: asked
+            // for only where some are wanted, and at a resync (one removed
+            // from the annotation is taken off then).
+            if l.tls.is_some() && (!l.extra_certificates.is_empty() || resync) {
+                self.converge_extra_certificates(&arn, l).await?;
             }
             result.insert(tg.name.clone(), (tg_arn, tg.targets.clone()));
         }
@@ -178,16 +187,17 @@ impl AwsProvider {
         Ok(result)
     }
 
-    /// Creates `l`'s listener. Not retried by the SDK: some endpoints accept
-    /// a second listener on the same port.
+    /// Creates `l`'s listener; its ARN. Not retried by the SDK: some
+    /// endpoints accept a second listener on the same port.
     async fn create_listener(
         &self,
         lb_arn: &str,
         l: &DesiredListener,
         tg_arn: &str,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<String, ProviderError> {
         let (certs, policy) = tls_parts(l);
-        self.clients
+        let out = self
+            .clients
             .call(
                 CallKind::ElbMutate,
                 "elasticloadbalancing:CreateListener",
@@ -205,6 +215,69 @@ impl AwsProvider {
                     .send(),
             )
             .await?;
+        Ok(out
+            .listeners()
+            .first()
+            .and_then(|x| x.listener_arn())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Makes the listener's certificates beside its default exactly `l`'s.
+    async fn converge_extra_certificates(
+        &self,
+        arn: &str,
+        l: &DesiredListener,
+    ) -> Result<(), ProviderError> {
+        let have: BTreeSet<String> = self
+            .clients
+            .call(
+                CallKind::ElbDescribe,
+                "elasticloadbalancing:DescribeListenerCertificates",
+                self.clients
+                    .elb
+                    .describe_listener_certificates()
+                    .listener_arn(arn)
+                    .send(),
+            )
+            .await?
+            .certificates()
+            .iter()
+            .filter(|c| c.is_default() != Some(true))
+            .filter_map(|c| c.certificate_arn().map(str::to_owned))
+            .collect();
+        let want: BTreeSet<String> = l.extra_certificates.iter().cloned().collect();
+        let cert = |c: &String| Certificate::builder().certificate_arn(c).build();
+        let add: Vec<Certificate> = want.difference(&have).map(cert).collect();
+        if !add.is_empty() {
+            self.clients
+                .call(
+                    CallKind::ElbMutate,
+                    "elasticloadbalancing:AddListenerCertificates",
+                    self.clients
+                        .elb
+                        .add_listener_certificates()
+                        .listener_arn(arn)
+                        .set_certificates(Some(add))
+                        .send(),
+                )
+                .await?;
+        }
+        let remove: Vec<Certificate> = have.difference(&want).map(cert).collect();
+        if !remove.is_empty() {
+            self.clients
+                .call(
+                    CallKind::ElbMutate,
+                    "elasticloadbalancing:RemoveListenerCertificates",
+                    self.clients
+                        .elb
+                        .remove_listener_certificates()
+                        .listener_arn(arn)
+                        .set_certificates(Some(remove))
+                        .send(),
+                )
+                .await?;
+        }
         Ok(())
     }
 

@@ -252,7 +252,10 @@ fn a_listener_is_created_kept_or_modified_by_what_differs() {
     let l = &d.listeners[&80];
     assert_eq!(listener_action(&[], l, "tg"), ListenerAction::Create);
     let same = [existing_listener(80, ProtocolEnum::Tcp, "tg")];
-    assert_eq!(listener_action(&same, l, "tg"), ListenerAction::Keep);
+    assert_eq!(
+        listener_action(&same, l, "tg"),
+        ListenerAction::Keep("arn:l80")
+    );
     // Another target group (a nodePort changed) or protocol.
     assert_eq!(
         listener_action(&same, l, "tg2"),
@@ -275,7 +278,7 @@ fn a_listener_is_created_kept_or_modified_by_what_differs() {
     let policy = o::DEFAULT_SSL_POLICY;
     assert_eq!(
         listener_action(&with_cert("arn:cert", policy), tl, "tg"),
-        ListenerAction::Keep
+        ListenerAction::Keep("arn:l80")
     );
     assert!(matches!(
         listener_action(&with_cert("arn:old", policy), tl, "tg"),

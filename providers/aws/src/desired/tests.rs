@@ -61,6 +61,7 @@ fn tls_applies_to_the_named_ports_only() {
     let o = AwsOptions {
         tls: Some(crate::options::Tls {
             certificate_arn: "arn:aws:acm:x".into(),
+            extra_certificates: vec![],
             ports: Some(["p443".to_owned()].into_iter().collect()),
             policy: "P".into(),
         }),
@@ -95,4 +96,33 @@ fn ownership_tags_carry_cluster_and_service() {
     assert_eq!(d.tags[TAG_SERVICE], "shop/web");
     assert_eq!(d.tags[TAG_SERVICE_UID], "u1");
     assert_eq!(d.tags["kubernetes.io/cluster/prod"], "owned");
+}
+
+#[test]
+fn local_traffic_policy_gets_the_load_balancer_controllers_health_timings() {
+    let local = HealthCheck::Http {
+        port: 32100,
+        path: "/healthz".into(),
+    };
+    let h = Health::resolve(&local, &crate::options::HealthOverrides::default());
+    assert_eq!(
+        (
+            h.interval,
+            h.timeout,
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        ),
+        (Some(10), Some(6), Some(2), Some(2))
+    );
+    // Annotated values win; Cluster leaves AWS's defaults.
+    let o = crate::options::HealthOverrides {
+        interval: Some(30),
+        ..Default::default()
+    };
+    assert_eq!(Health::resolve(&local, &o).interval, Some(30));
+    let cluster = Health::resolve(
+        &HealthCheck::TrafficPort,
+        &crate::options::HealthOverrides::default(),
+    );
+    assert_eq!((cluster.interval, cluster.timeout), (None, None));
 }

@@ -179,6 +179,10 @@ pub(super) fn parse_tags(v: Option<&str>) -> Result<BTreeMap<String, String>, Pr
     Ok(tags)
 }
 
+/// Certificates a listener holds (AWS's default quota, "Certificates per
+/// Network Load Balancer" listener).
+const MAX_CERTIFICATES: usize = 25;
+
 pub(super) fn parse_tls(a: &Ann<'_>) -> Result<Option<Tls>, ProviderError> {
     let Some(cert) = a.get(SSL_CERT) else {
         for key in [SSL_PORTS, SSL_POLICY] {
@@ -193,11 +197,16 @@ pub(super) fn parse_tls(a: &Ann<'_>) -> Result<Option<Tls>, ProviderError> {
         return Ok(None);
     };
     let certs = split_list(cert);
-    if certs.len() != 1 || !certs[0].starts_with("arn:") {
+    let what = "a comma-separated list of certificate ARNs (arn:aws:acm:… or arn:aws:iam:…); \
+                the first is the listener's default, at most 25";
+    if certs.is_empty() || certs.len() > MAX_CERTIFICATES {
+        return Err(ProviderError::invalid(SSL_CERT, cert, what));
+    }
+    if let Some(bad) = certs.iter().find(|c| !c.starts_with("arn:")) {
         return Err(ProviderError::invalid(
             SSL_CERT,
             cert,
-            "exactly one certificate ARN (arn:aws:acm:… or arn:aws:iam:…)",
+            &format!("entry {bad:?} is not an ARN: {what}"),
         ));
     }
     let ports = match a.get(SSL_PORTS) {
@@ -231,8 +240,13 @@ pub(super) fn parse_tls(a: &Ann<'_>) -> Result<Option<Tls>, ProviderError> {
             ));
         }
     };
+    let mut extra: Vec<String> = certs[1..].to_vec();
+    extra.sort();
+    extra.dedup();
+    extra.retain(|c| *c != certs[0]);
     Ok(Some(Tls {
         certificate_arn: certs[0].clone(),
+        extra_certificates: extra,
         ports,
         policy,
     }))

@@ -115,14 +115,24 @@ fn unknown_annotations_of_the_family_are_reported_not_ignored() {
 
 #[test]
 fn external_without_a_scheme_is_internal_as_the_load_balancer_controller_documents() {
-    assert_eq!(parse(&[(TYPE, "external")]).unwrap().scheme, Scheme::Internal);
-    assert_eq!(parse(&[(TYPE, "nlb")]).unwrap().scheme, Scheme::InternetFacing);
     assert_eq!(
-        parse(&[(TYPE, "external"), (SCHEME, "internet-facing")]).unwrap().scheme,
+        parse(&[(TYPE, "external")]).unwrap().scheme,
+        Scheme::Internal
+    );
+    assert_eq!(
+        parse(&[(TYPE, "nlb")]).unwrap().scheme,
         Scheme::InternetFacing
     );
     assert_eq!(
-        parse(&[(TYPE, "external"), (INTERNAL, "false")]).unwrap().scheme,
+        parse(&[(TYPE, "external"), (SCHEME, "internet-facing")])
+            .unwrap()
+            .scheme,
+        Scheme::InternetFacing
+    );
+    assert_eq!(
+        parse(&[(TYPE, "external"), (INTERNAL, "false")])
+            .unwrap()
+            .scheme,
         Scheme::InternetFacing
     );
 }
@@ -130,5 +140,26 @@ fn external_without_a_scheme_is_internal_as_the_load_balancer_controller_documen
 #[test]
 fn an_invalid_subnet_entry_is_named() {
     let e = parse(&[(SUBNETS, "subnet-1, bad subnet!, subnet-3")]).unwrap_err();
-    assert!(e.message.contains("entry \"bad subnet!\" is not valid"), "{e}");
+    assert!(
+        e.message.contains("entry \"bad subnet!\" is not valid"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ssl_cert_takes_a_list_the_first_as_the_default() {
+    let t = parse(&[(SSL_CERT, "arn:aws:acm:x:1:certificate/b, arn:aws:acm:x:1:certificate/a, arn:aws:acm:x:1:certificate/c")])
+        .unwrap()
+        .tls
+        .unwrap();
+    assert_eq!(t.certificate_arn, "arn:aws:acm:x:1:certificate/b");
+    assert_eq!(
+        t.extra_certificates,
+        [
+            "arn:aws:acm:x:1:certificate/a",
+            "arn:aws:acm:x:1:certificate/c"
+        ]
+    );
+    let e = parse(&[(SSL_CERT, "arn:aws:acm:x:1:certificate/b,oops")]).unwrap_err();
+    assert!(e.message.contains("entry \"oops\" is not an ARN"), "{e}");
 }
