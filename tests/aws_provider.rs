@@ -701,3 +701,114 @@ async fn several_certificates_go_on_the_tls_listener_the_first_as_its_default() 
     p.ensure_deleted(&spec.lb).await.unwrap();
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
+
+/// No credentials at all: a reason of its own that says what to configure,
+/// and the provider is not ready.
+#[tokio::test]
+async fn no_credentials_say_what_to_configure() {
+    use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError, future};
+    #[derive(Debug)]
+    struct Nothing;
+    impl ProvideCredentials for Nothing {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            )))
+        }
+    }
+    let base = aws::sdk_config(env::shared()).await;
+    let conf = base
+        .into_builder()
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(Nothing),
+        )
+        .build();
+    let seed_conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&seed_conf, 1).await;
+    let p = aws::provider(&conf, &seed);
+    let e = p
+        .ensure(&two_port_spec(&seed, "nocreds", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.reason, "AwsCredentialsMissing", "{e}");
+    assert!(
+        e.message.contains("IRSA") && e.message.contains("AWS_ACCESS_KEY_ID"),
+        "{e}"
+    );
+    assert!(p.check().await.is_err());
+}
+
+/// An endpoint that takes connections and never answers: the call fails
+/// within about 10 s, naming the call, and the provider is not ready.
+#[tokio::test]
+async fn a_hung_endpoint_is_named_within_ten_seconds() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let seed_conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&seed_conf, 1).await;
+    let conf = aws::sdk_config_at(&endpoint, &aws::fresh_account_id()).await;
+    let p = aws::provider(&conf, &seed);
+    let started = std::time::Instant::now();
+    let e = p
+        .ensure(&two_port_spec(&seed, "hung", 1))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.reason, "AwsUnavailable", "{e}");
+    assert!(
+        e.message.starts_with("ec2:")
+            || e.message.starts_with("elasticloadbalancing:")
+            || e.message.starts_with("tag:"),
+        "names the call: {e}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "took {took:?}: {e}"
+    );
+    let started = std::time::Instant::now();
+    assert!(p.check().await.is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
+
+/// The network rebuilt with new ids while the subnets were cached: the
+/// next Service's NotFound drops the cache and the lookup is done again at
+/// once, in the same attempt.
+#[tokio::test]
+async fn subnets_gone_from_the_cache_are_looked_up_again_at_once() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let old = aws::seed(&conf, 1).await;
+    let mut settings = aws::settings(&old);
+    settings.vpc_id = None;
+    let p = ferrylb_aws::AwsProvider::new(&conf, settings);
+    let a = two_port_spec(&old, "before", 1);
+    p.ensure(&a).await.unwrap();
+    p.ensure_deleted(&a.lb).await.unwrap();
+    // Rebuilt: the old subnets and VPC deleted, new ones for the cluster.
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let ids: Vec<String> = old.instances.iter().map(|(id, _)| id.clone()).collect();
+    ec2.terminate_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .unwrap();
+    for s in &old.subnets {
+        ec2.delete_subnet().subnet_id(s).send().await.unwrap();
+    }
+    let new = aws::seed_cluster(&conf, &old.cluster, 1).await;
+    let b = two_port_spec(&new, "after", 1);
+    let status = p.ensure(&b).await.unwrap();
+    assert!(!status.ingress.is_empty());
+    let inv = aws::inventory(&conf, &new).await;
+    assert_eq!(inv.load_balancers.len(), 1);
+    assert_eq!(inv.load_balancers[0].vpc_id(), Some(new.vpc.as_str()));
+    p.ensure_deleted(&b.lb).await.unwrap();
+}

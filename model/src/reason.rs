@@ -53,6 +53,11 @@ pub const AWS_UNAVAILABLE: &str = "AwsUnavailable";
 /// AWS refused a request for another reason; the message has its code.
 pub const AWS_REJECTED: &str = "AwsRejected";
 pub const SUBNETS_NOT_FOUND: &str = "SubnetsNotFound";
+/// AWS no longer knows a subnet or VPC FerryLB had found (the network was
+/// rebuilt): the lookup is done again.
+pub const SUBNET_GONE: &str = "SubnetGone";
+/// The AWS SDK found no credentials at all.
+pub const AWS_CREDENTIALS_MISSING: &str = "AwsCredentialsMissing";
 /// A resource with FerryLB's name exists but is not tagged for the Service.
 pub const SECURITY_GROUP_CONFLICT: &str = "SecurityGroupConflict";
 pub const TARGET_GROUP_CONFLICT: &str = "TargetGroupConflict";

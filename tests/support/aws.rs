@@ -73,7 +73,11 @@ impl Seed {
 
 /// Creates the VPC, subnets and `instances` instances (spread over zones).
 pub async fn seed(conf: &SdkConfig, instances: usize) -> Seed {
-    let cluster = &format!("test-{}", fresh_account_id());
+    seed_cluster(conf, &format!("test-{}", fresh_account_id()), instances).await
+}
+
+/// [`seed`] for `cluster`: a new VPC with subnets tagged for it.
+pub async fn seed_cluster(conf: &SdkConfig, cluster: &str, instances: usize) -> Seed {
     use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
     let ec2 = aws_sdk_ec2::Client::new(conf);
     let vpc = ec2
@@ -146,7 +150,7 @@ pub async fn seed(conf: &SdkConfig, instances: usize) -> Seed {
         out.push((id, zones[z].to_owned()));
     }
     Seed {
-        cluster: cluster.clone(),
+        cluster: cluster.to_owned(),
         vpc,
         subnets,
         instances: out,

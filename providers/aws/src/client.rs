@@ -50,14 +50,16 @@ pub async fn load_sdk_config(region: Option<&str>, endpoint: Option<&str>) -> Sd
     loader.load().await
 }
 
-/// Every AWS call's time limits: 3 s to connect, 20 s per attempt, 90 s for
+/// Every AWS call's time limits: 3 s to connect, 5 s per attempt, 10 s for
 /// the call with its retries; then it fails as a transient error naming the
-/// operation, and the Service is retried with backoff.
+/// operation, and the Service is retried with backoff. ELBv2 and EC2 answer
+/// in well under a second; an endpoint that takes a connection and never
+/// answers is named within 10 s, before the controller's own limit.
 pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
     aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .operation_attempt_timeout(Duration::from_secs(20))
-        .operation_timeout(Duration::from_secs(90))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(10))
         .build()
 }
 
@@ -265,11 +267,16 @@ impl Clients {
     /// inject faults this way) after the call counter.
     pub fn new(sdk: &SdkConfig, limits: RateLimits, extra: &[SharedInterceptor]) -> Self {
         let counter = CallCounter::default();
-        let mut elb =
-            aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk).interceptor(counter.clone());
-        let mut ec2 = aws_sdk_ec2::config::Builder::from(sdk).interceptor(counter.clone());
-        let mut tagging =
-            aws_sdk_resourcegroupstagging::config::Builder::from(sdk).interceptor(counter.clone());
+        // FerryLB's time limits whatever configuration it was given.
+        let mut elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .timeout_config(timeouts());
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .timeout_config(timeouts());
+        let mut tagging = aws_sdk_resourcegroupstagging::config::Builder::from(sdk)
+            .interceptor(counter.clone())
+            .timeout_config(timeouts());
         for i in extra {
             elb.push_interceptor(i.clone());
             ec2.push_interceptor(i.clone());
@@ -347,7 +354,7 @@ mod tests {
         let sdk = load_sdk_config(Some("us-east-1"), Some("http://127.0.0.1:9")).await;
         let t = sdk.timeout_config().expect("a timeout config");
         assert_eq!(t.connect_timeout(), Some(Duration::from_secs(3)));
-        assert_eq!(t.operation_attempt_timeout(), Some(Duration::from_secs(20)));
-        assert_eq!(t.operation_timeout(), Some(Duration::from_secs(90)));
+        assert_eq!(t.operation_attempt_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(t.operation_timeout(), Some(Duration::from_secs(10)));
     }
 }

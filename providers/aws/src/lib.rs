@@ -167,7 +167,18 @@ impl LoadBalancerProvider for AwsProvider {
     }
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
-        let result = self.converge(spec).await;
+        let mut result = self.converge(spec).await;
+        if result
+            .as_ref()
+            .is_err_and(|e| e.reason == reason::SUBNET_GONE)
+        {
+            // A subnet or VPC found earlier is gone (the network was
+            // rebuilt): look them up again, at once.
+            tracing::info!(service = %spec.lb.key, "a cached subnet or VPC is gone; looking the subnets up again");
+            self.subnets.lock().expect("subnet cache lock").clear();
+            self.vpc_cidrs.lock().expect("vpc cidr cache").clear();
+            result = self.converge(spec).await;
+        }
         if result.is_err() {
             self.forget(&spec.lb.key.uid);
         }

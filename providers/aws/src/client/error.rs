@@ -17,7 +17,24 @@ pub struct CallError {
     pub message: String,
     /// No answer from AWS (timeout, connection failure) or a 5xx.
     pub unavailable: bool,
+    /// The SDK found no credentials to sign the request with.
+    pub no_credentials: bool,
 }
+
+/// What the SDK's credential chain says when it finds nothing.
+const NO_CREDENTIALS: &[&str] = &[
+    "no providers in chain provided credentials",
+    "CredentialsNotLoaded",
+    "the credential provider was not enabled",
+];
+
+/// Codes for a subnet or VPC AWS no longer knows.
+const NETWORK_GONE: &[&str] = &[
+    "SubnetNotFound",
+    "InvalidSubnetID.NotFound",
+    "InvalidSubnet",
+    "InvalidVpcID.NotFound",
+];
 
 const THROTTLING: &[&str] = &[
     "Throttling",
@@ -53,14 +70,19 @@ impl CallError {
                         .map(str::to_owned)
                         .unwrap_or_else(|| e.to_string()),
                     unavailable: e.code().is_none() && status.contains("status: 5"),
+                    no_credentials: false,
                 }
             }
-            other => Self {
-                action,
-                code: other.code().map(str::to_owned),
-                message: display_chain(other),
-                unavailable: true,
-            },
+            other => {
+                let message = display_chain(other);
+                Self {
+                    action,
+                    code: other.code().map(str::to_owned),
+                    no_credentials: NO_CREDENTIALS.iter().any(|m| message.contains(m)),
+                    message,
+                    unavailable: true,
+                }
+            }
         }
     }
 
@@ -108,7 +130,17 @@ fn display_chain(e: &dyn std::error::Error) -> String {
 impl From<CallError> for ProviderError {
     fn from(e: CallError) -> Self {
         let code = e.code.as_deref().unwrap_or("");
-        if e.is_throttling() {
+        if e.no_credentials {
+            ProviderError::transient(
+                reason::AWS_CREDENTIALS_MISSING,
+                "FerryLB found no AWS credentials: give its ServiceAccount an IAM role \
+                 (IRSA: the eks.amazonaws.com/role-arn annotation, the chart's aws.roleArn), \
+                 or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run \
+                 it where instance metadata serves a role",
+            )
+        } else if NETWORK_GONE.contains(&code) {
+            ProviderError::transient(reason::SUBNET_GONE, e.to_string())
+        } else if e.is_throttling() {
             ProviderError::retry_after(
                 Duration::from_secs(10),
                 reason::THROTTLED,
