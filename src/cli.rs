@@ -170,6 +170,12 @@ pub struct AwsArgs {
     #[arg(long, env = "FERRYLB_AWS_VPC_ID")]
     pub aws_vpc_id: Option<String>,
 
+    /// Targets an NLB holds per zone (AWS's quota, 500 by default; each
+    /// target group, one per port, counts). Past it each Service registers
+    /// a stable subset of the nodes in each zone.
+    #[arg(long, env = "FERRYLB_AWS_TARGETS_PER_ZONE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub aws_targets_per_zone: u32,
+
     /// Multiplies FerryLB's client-side AWS rate limits (1 keeps inside
     /// AWS's published buckets; raise it only for local endpoints).
     #[arg(long, env = "FERRYLB_AWS_API_RATE_SCALE", default_value_t = 1.0)]
@@ -212,6 +218,7 @@ impl AwsArgs {
         );
         let mut s = AwsSettings::new(cluster);
         s.vpc_id = self.aws_vpc_id.clone();
+        s.targets_per_zone = self.aws_targets_per_zone as usize;
         s.limits = RateLimits {
             scale: self.aws_api_rate_scale,
             resync_share: self.aws_resync_describe_share,

@@ -812,3 +812,52 @@ async fn subnets_gone_from_the_cache_are_looked_up_again_at_once() {
     assert_eq!(inv.load_balancers[0].vpc_id(), Some(new.vpc.as_str()));
     p.ensure_deleted(&b.lb).await.unwrap();
 }
+
+/// An NLB that holds fewer targets than the cluster has nodes (here 4 per
+/// zone, so 2 per zone for each of two ports): each zone registers a stable
+/// subset, the Service says so, and a node added or removed changes at
+/// most one registration per target group.
+#[tokio::test]
+async fn past_the_target_quota_a_stable_subset_per_zone_is_registered() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 11).await;
+    let mut settings = aws::settings(&seed);
+    settings.targets_per_zone = 4;
+    let p = ferrylb_aws::AwsProvider::new(&conf, settings);
+    let mut spec = two_port_spec(&seed, "subset", 10);
+    let status = p.ensure(&spec).await.unwrap();
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.reason == "TargetSubset"
+                && w.message.starts_with("4 of 10 nodes are targets")),
+        "{:?}",
+        status.warnings
+    );
+    let registered = |inv: &aws::Inventory| -> Vec<std::collections::BTreeSet<String>> {
+        inv.target_groups
+            .iter()
+            .map(|t| {
+                inv.targets_of(t.target_group_name().unwrap())
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect()
+    };
+    let before = registered(&aws::inventory(&conf, &seed).await);
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|t| t.len() == 4), "{before:?}");
+    assert_eq!(before[0], before[1], "both ports register the same nodes");
+    // One node more: at most one registration moves in each group.
+    spec.targets = (0..11).map(|i| target(&seed, i)).collect();
+    p.update_targets(&spec).await.unwrap();
+    let after = registered(&aws::inventory(&conf, &seed).await);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.len(), 4);
+        assert!(b.difference(a).count() <= 1, "{b:?} -> {a:?}");
+    }
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}

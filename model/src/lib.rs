@@ -9,6 +9,7 @@ mod provider;
 pub mod reason;
 mod spec;
 mod status;
+pub mod subset;
 
 pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError, excerpt};
 pub use spec::{

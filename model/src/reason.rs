@@ -56,6 +56,11 @@ pub const SUBNETS_NOT_FOUND: &str = "SubnetsNotFound";
 /// AWS no longer knows a subnet or VPC FerryLB had found (the network was
 /// rebuilt): the lookup is done again.
 pub const SUBNET_GONE: &str = "SubnetGone";
+/// More targets than the load balancer holds: a subset of the nodes is
+/// registered.
+pub const TARGET_SUBSET: &str = "TargetSubset";
+/// Not even a subset fits the load balancer's target quota.
+pub const TOO_MANY_TARGETS: &str = "TooManyTargets";
 /// The AWS SDK found no credentials at all.
 pub const AWS_CREDENTIALS_MISSING: &str = "AwsCredentialsMissing";
 /// A resource with FerryLB's name exists but is not tagged for the Service.

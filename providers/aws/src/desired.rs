@@ -174,13 +174,17 @@ pub struct Desired {
     pub warnings: Vec<Warning>,
 }
 
+/// A node's target: its id (instance id or IPv4 address), the node's
+/// name and its zone (from the providerID).
+type NodeTarget<'a> = (String, &'a str, Option<&'a str>);
+
 /// The target ids for `spec`'s nodes (instance ids or IPv4 addresses), and
 /// a warning naming the nodes that have none.
 fn target_ids(
     spec: &LoadBalancerSpec,
     target_type: TargetType,
-) -> (BTreeSet<String>, Option<Warning>) {
-    let mut ids = BTreeSet::new();
+) -> (Vec<NodeTarget<'_>>, Option<Warning>) {
+    let mut ids = Vec::new();
     let mut skipped = Vec::new();
     for t in spec.targets.iter() {
         let id = match target_type {
@@ -196,9 +200,11 @@ fn target_ids(
                 .map(ToString::to_string),
         };
         match id {
-            Some(id) => {
-                ids.insert(id);
-            }
+            Some(id) => ids.push((
+                id,
+                t.node.as_str(),
+                t.provider_id.as_deref().and_then(zone_of),
+            )),
             None => skipped.push(t.node.as_str()),
         }
     }
@@ -216,6 +222,62 @@ fn target_ids(
         }
     });
     (ids, warning)
+}
+
+/// The zone in an AWS providerID (`aws:///us-east-1a/i-…`).
+fn zone_of(provider_id: &str) -> Option<&str> {
+    let rest = provider_id.strip_prefix("aws:///")?;
+    let (zone, _) = rest.split_once('/')?;
+    (!zone.is_empty()).then_some(zone)
+}
+
+/// Targets an NLB holds per zone (AWS's quota, "Targets per Availability
+/// Zone per Network Load Balancer"); each target group counts separately.
+pub const TARGETS_PER_ZONE: usize = 500;
+
+/// The targets of `nodes` within `targets_per_zone` shared by `groups`
+/// target groups: all of them when they fit, else a stable subset per
+/// zone ([`ferrylb_model::subset`]), with a warning saying so.
+///
+/// # Errors
+/// When not even one target per zone fits.
+fn within_budget(
+    spec: &LoadBalancerSpec,
+    nodes: Vec<NodeTarget<'_>>,
+    groups: usize,
+    targets_per_zone: usize,
+) -> Result<(BTreeSet<String>, Option<Warning>), ProviderError> {
+    let per_zone = targets_per_zone / groups.max(1);
+    if per_zone == 0 {
+        return Err(ProviderError::permanent(
+            reason::TOO_MANY_TARGETS,
+            format!(
+                "{groups} target groups cannot share an NLB's {targets_per_zone} targets per zone: \
+                 use fewer ports"
+            ),
+        ));
+    }
+    let total = nodes.len();
+    let service = spec.lb.key.to_string();
+    let kept: BTreeSet<&str> =
+        ferrylb_model::subset::subset(nodes.iter().map(|(_, n, z)| (*n, *z)), &service, per_zone)
+            .into_iter()
+            .collect();
+    let ids: BTreeSet<String> = nodes
+        .iter()
+        .filter(|(_, n, _)| kept.contains(n))
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    let warning = (kept.len() < total).then(|| Warning {
+        reason: reason::TARGET_SUBSET.into(),
+        message: format!(
+            "{} of {total} nodes are targets: an NLB holds {targets_per_zone} targets per zone and \
+             each of its {groups} target groups counts, so each zone gets at most {per_zone} \
+             (chosen per Service, stable as nodes come and go)",
+            kept.len()
+        ),
+    });
+    Ok((ids, warning))
 }
 
 /// The Service's ports grouped by port number (TCP and UDP on one port
@@ -387,11 +449,26 @@ impl Desired {
         o: &AwsOptions,
         cluster: &str,
     ) -> Result<Desired, ProviderError> {
+        Self::build_with(spec, o, cluster, TARGETS_PER_ZONE)
+    }
+
+    /// [`Desired::build`] with an NLB that holds `targets_per_zone`.
+    ///
+    /// # Errors
+    /// As [`Desired::build`].
+    pub fn build_with(
+        spec: &LoadBalancerSpec,
+        o: &AwsOptions,
+        cluster: &str,
+        targets_per_zone: usize,
+    ) -> Result<Desired, ProviderError> {
         let name = nlb_name(&spec.lb.name, o.scheme, o.ip_address_type);
         let mut warnings = o.warnings.clone();
-        let (targets, skipped) = target_ids(spec, o.target_type);
+        let (nodes, skipped) = target_ids(spec, o.target_type);
         warnings.extend(skipped);
         let (by_port, unsupported) = ports_by_number(spec);
+        let (targets, subset) = within_budget(spec, nodes, by_port.len(), targets_per_zone)?;
+        warnings.extend(subset);
         warnings.extend(unsupported);
         if by_port.is_empty() {
             return Err(ProviderError::permanent(

@@ -60,6 +60,9 @@ pub struct AwsSettings {
     pub limits: RateLimits,
     /// How long discovered subnets are reused before asking EC2 again.
     pub subnet_cache_ttl: Duration,
+    /// Targets an NLB holds per zone; each target group counts. Past it a
+    /// stable subset of the nodes is registered per zone.
+    pub targets_per_zone: usize,
 }
 
 impl AwsSettings {
@@ -70,6 +73,7 @@ impl AwsSettings {
             vpc_id: None,
             limits: RateLimits::default(),
             subnet_cache_ttl: Duration::from_secs(600),
+            targets_per_zone: desired::TARGETS_PER_ZONE,
         }
     }
 }
@@ -159,7 +163,8 @@ impl LoadBalancerProvider for AwsProvider {
     /// The annotations parsed and the resources computed, as every call
     /// does first.
     fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        converge::desired(spec, &self.settings.cluster).map(drop)
+        converge::desired_with(spec, &self.settings.cluster, self.settings.targets_per_zone)
+            .map(drop)
     }
 
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {

@@ -111,9 +111,19 @@ fn replacing(d: &Desired, stale: &[&LoadBalancer]) -> Warning {
 /// Parses the Service's options and computes its resources: pure, so
 /// [`validate`](ferrylb_model::LoadBalancerProvider::validate) runs it
 /// before any call, and every entry point runs the same.
+#[cfg(test)]
 pub(crate) fn desired(spec: &LoadBalancerSpec, cluster: &str) -> Result<Desired, ProviderError> {
+    desired_with(spec, cluster, crate::desired::TARGETS_PER_ZONE)
+}
+
+/// [`desired`] for an NLB that holds `targets_per_zone`.
+pub(crate) fn desired_with(
+    spec: &LoadBalancerSpec,
+    cluster: &str,
+    targets_per_zone: usize,
+) -> Result<Desired, ProviderError> {
     let opts = AwsOptions::parse(&spec.annotations)?;
-    Desired::build(spec, &opts, cluster)
+    Desired::build_with(spec, &opts, cluster, targets_per_zone)
 }
 
 impl AwsProvider {
@@ -139,7 +149,7 @@ impl AwsProvider {
         &self,
         spec: &LoadBalancerSpec,
     ) -> Result<LoadBalancerStatus, ProviderError> {
-        let d = desired(spec, &self.settings.cluster)?;
+        let d = desired_with(spec, &self.settings.cluster, self.settings.targets_per_zone)?;
         let uid = &spec.lb.key.uid;
         // Nothing changed since the last converge: this is a drift check,
         // paced by the resync share of the describe budget.
@@ -239,7 +249,7 @@ impl AwsProvider {
         &self,
         spec: &LoadBalancerSpec,
     ) -> Result<Vec<Warning>, ProviderError> {
-        let d = desired(spec, &self.settings.cluster)?;
+        let d = desired_with(spec, &self.settings.cluster, self.settings.targets_per_zone)?;
         let known = self
             .known
             .lock()

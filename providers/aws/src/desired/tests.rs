@@ -126,3 +126,65 @@ fn local_traffic_policy_gets_the_load_balancer_controllers_health_timings() {
     );
     assert_eq!((cluster.interval, cluster.timeout), (None, None));
 }
+
+/// Past TooManyTargets (kubernetes issue 86441): 1,000 nodes in three zones
+/// and two ports is 2,000 registrations counted against 500 per zone; each
+/// zone gets 250 of its nodes, the same for both ports, and one node added
+/// moves at most one target.
+#[test]
+fn a_thousand_nodes_and_two_ports_fit_the_target_quota_by_a_stable_subset() {
+    let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
+    let nodes: Vec<_> = (0..1000)
+        .map(|i| {
+            node(
+                &format!("n{i:04}"),
+                Some(&format!("aws:///{}/i-{i:08x}", zones[i % 3])),
+            )
+        })
+        .collect();
+    let ports = vec![
+        listener(Protocol::Tcp, 80, 30080),
+        listener(Protocol::Tcp, 443, 30443),
+    ];
+    let s = spec(ports.clone(), nodes.clone());
+    let d = Desired::build(&s, &AwsOptions::default(), "c").unwrap();
+    let t80: BTreeSet<&String> = d.listeners[&80]
+        .target_group
+        .targets
+        .iter()
+        .map(|(id, _)| id)
+        .collect();
+    let t443: BTreeSet<&String> = d.listeners[&443]
+        .target_group
+        .targets
+        .iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(t80.len(), 750);
+    assert_eq!(t80, t443);
+    assert!(
+        d.warnings.iter().any(|w| w.reason == "TargetSubset"
+            && w.message.starts_with("750 of 1000 nodes are targets"))
+    );
+    let mut grown = nodes.clone();
+    grown.push(node("n-new", Some("aws:///us-east-1b/i-ffffffff")));
+    let d2 = Desired::build(&spec(ports.clone(), grown), &AwsOptions::default(), "c").unwrap();
+    let after: BTreeSet<&String> = d2.listeners[&80]
+        .target_group
+        .targets
+        .iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(t80.difference(&after).count() <= 1);
+    // Under the quota: every node, no warning.
+    let few = spec(ports, nodes[..30].to_vec());
+    let d3 = Desired::build(&few, &AwsOptions::default(), "c").unwrap();
+    assert_eq!(d3.listeners[&80].target_group.targets.len(), 30);
+    assert!(d3.warnings.iter().all(|w| w.reason != "TargetSubset"));
+    // No subset fits: a permanent error, not a retry loop.
+    let e = Desired::build_with(&s, &AwsOptions::default(), "c", 1).unwrap_err();
+    assert_eq!(
+        (e.reason.as_str(), e.kind),
+        ("TooManyTargets", ferrylb_model::ErrorKind::Permanent)
+    );
+}
