@@ -2,6 +2,7 @@
 //! Load Balancers) and bare metal (HAProxy).
 #![forbid(unsafe_code)]
 
+pub mod bgp_events;
 pub mod cli;
 pub mod controller;
 pub mod gc;

@@ -188,7 +188,20 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let mut side_tasks = Vec::new();
     if let Some(h) = &haproxy {
-        side_tasks.push(tokio::spawn(report_haproxy(h.clone(), telemetry.clone())));
+        let events = h.bird().is_some().then(|| {
+            (
+                ferrylb::bgp_events::recorder(client.clone(), args.instance.clone()),
+                ferrylb::bgp_events::pod_ref(
+                    &args.leader.leader_election_namespace,
+                    args.instance.as_deref().unwrap_or("ferrylb"),
+                ),
+            )
+        });
+        side_tasks.push(tokio::spawn(report_haproxy(
+            h.clone(),
+            telemetry.clone(),
+            events,
+        )));
         if let Some(k) = h.keepalived().cloned() {
             // A replica going away hands its VIPs over first, before it
             // finishes in-flight work, while its HAProxy still serves.
@@ -332,7 +345,15 @@ async fn check_providers(providers: Vec<Arc<dyn LoadBalancerProvider>>, telemetr
 
 /// Copies what the HAProxy provider serves, and keepalived's state, into
 /// the metrics once a second.
-async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
+async fn report_haproxy(
+    h: Arc<HaproxyProvider>,
+    telemetry: Arc<Telemetry>,
+    events: Option<(
+        kube::runtime::events::Recorder,
+        k8s_openapi::api::core::v1::ObjectReference,
+    )>,
+) {
+    let mut sessions = BTreeMap::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -348,6 +369,13 @@ async fn report_haproxy(h: Arc<HaproxyProvider>, telemetry: Arc<Telemetry>) {
         if let Some(b) = h.bird() {
             let status = b.status().await;
             telemetry.set_bgp(&status);
+            if let Some((recorder, pod)) = &events {
+                let changed = ferrylb::bgp_events::changes(&sessions, &status.sessions);
+                ferrylb::bgp_events::publish(recorder, pod, &changed).await;
+            }
+            if status.running {
+                sessions = status.sessions;
+            }
         }
     }
 }
