@@ -24,6 +24,8 @@ pub const ANNOTATION_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-bala
 pub const LABEL_EXCLUDE_FROM_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// The cluster autoscaler's taint on a node it is about to remove.
 pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+/// Karpenter's taint on a node it is disrupting (draining to remove).
+pub const TAINT_KARPENTER_DISRUPTED: &str = "karpenter.sh/disrupted";
 
 /// Annotation prefixes handed through to providers, which parse their own.
 const PROVIDER_ANNOTATION_PREFIXES: &[&str] = &[
@@ -56,8 +58,11 @@ impl SpecError {
 /// except those being deleted, labelled
 /// `node.kubernetes.io/exclude-from-external-load-balancers` (any value but
 /// one that reads as false, as Kubernetes' own service controller decides),
-/// or tainted `ToBeDeletedByClusterAutoscaler`. Readiness is the health
-/// check's job, so a node flapping Ready rewrites nothing.
+/// or tainted for removal (`ToBeDeletedByClusterAutoscaler`, Karpenter's
+/// `karpenter.sh/disrupted`). Cordoning alone is no signal (Kubernetes'
+/// own service controller stopped treating it as one): a cordoned node
+/// still serves. Readiness is the health check's job, so a node flapping
+/// Ready rewrites nothing.
 pub fn is_eligible(node: &Node) -> bool {
     if node.metadata.deletion_timestamp.is_some() {
         return false;
@@ -75,7 +80,10 @@ pub fn is_eligible(node: &Node) -> bool {
         .spec
         .as_ref()
         .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.key == TAINT_TO_BE_DELETED || t.key == TAINT_KARPENTER_DISRUPTED)
+        });
     !tainted
 }
 

@@ -370,6 +370,16 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
             json!({"spec": {"taints": [{"key": TAINT_TO_BE_DELETED, "effect": "NoSchedule"}]}}),
         ),
         node(
+            "karpenter",
+            "127.0.0.23",
+            json!({"spec": {"taints": [{"key": TAINT_KARPENTER_DISRUPTED, "effect": "NoSchedule"}]}}),
+        ),
+        node(
+            "cordoned",
+            "127.0.0.24",
+            json!({"spec": {"unschedulable": true, "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}}),
+        ),
+        node(
             "other-taint",
             "127.0.0.17",
             json!({"spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}),
@@ -385,6 +395,7 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
     assert_eq!(
         names,
         vec![
+            "cordoned",
             "kept-false",
             "kept-zero",
             "n1",
@@ -393,7 +404,7 @@ fn eligible_targets_exclude_labelled_deleting_and_autoscaler_tainted_nodes() {
             "other-taint"
         ]
     );
-    let n1 = &t[2];
+    let n1 = &t[3];
     assert_eq!(n1.addresses, vec!["127.0.0.11".parse::<IpAddr>().unwrap()]);
     assert_eq!(n1.provider_id.as_deref(), Some("aws:///us-east-1a/i-n1"));
 }
