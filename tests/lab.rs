@@ -1305,11 +1305,13 @@ async fn install_bgp(lab: &Lab, client: &kube::Client) {
         lab,
         &[
             "replicaCount=3",
-            "haproxy.pool=10.252.0.1-10.252.0.14",
+            "haproxy.pool=10.252.0.1-10.252.0.14\\,fd52::1-fd52::e",
             "haproxy.vipInterface=",
             "haproxy.bgp.enabled=true",
             "haproxy.bgp.peers[0].address=10.250.0.254",
             "haproxy.bgp.peers[0].asn=64500",
+            "haproxy.bgp.peers[1].address=fd51::fe",
+            "haproxy.bgp.peers[1].asn=64500",
         ],
     );
     leader(client).await;
@@ -1317,7 +1319,8 @@ async fn install_bgp(lab: &Lab, client: &kube::Client) {
 
 /// The addresses the router's kernel routes `vip` through (its ECMP set).
 fn router_nexthops(lab: &Lab, vip: &str) -> BTreeSet<String> {
-    let out = lab.in_ns(lab::ROUTER_NS, &["ip", "route", "show", vip]);
+    let family = if vip.contains(':') { "-6" } else { "-4" };
+    let out = lab.in_ns(lab::ROUTER_NS, &["ip", family, "route", "show", vip]);
     let text = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = text.split_whitespace().collect();
     words
@@ -1421,6 +1424,7 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
             || async {
                 let m = replica_metrics(lab, node);
                 (m.contains("ferrylb_bgp_session_up{peer=\"10.250.0.254\"} 1")
+                    && m.contains("ferrylb_bgp_session_up{peer=\"fd51::fe\"} 1")
                     && m.contains("ferrylb_bgp_routes_announced 1"))
                 .then_some(())
             },
@@ -1458,6 +1462,35 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
             .all(|n| spread.get(*n).is_some_and(|c| *c > 0)),
         "every node takes new connections: {spread:?}"
     );
+
+    // IPv6: a dual-stack Service's IPv6 VIP is announced over the IPv6
+    // sessions and answers a client behind the router.
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: six, namespace: {ns}}}\n\
+         spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], \
+         selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    ));
+    let six = addresses_of(&client, &ns, "six", 2).await;
+    let v6 = six[1].clone();
+    assert!(v6.starts_with("fd52::"), "{six:?}");
+    nexthops_become(
+        lab,
+        &v6,
+        &["fd51::11", "fd51::12", "fd51::13"],
+        Duration::from_secs(60),
+    )
+    .await;
+    wait::until(
+        "the IPv6 VIP to answer the client behind the router",
+        Duration::from_secs(60),
+        || async {
+            let url = format!("http://[{v6}]/");
+            let out = lab.in_ns(lab::OUTSIDE_NS, &["curl", "-g", "-sS", "-m", "2", &url]);
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+    eprintln!("lab: bgp: the IPv6 VIP {v6} routed over three nodes and answered");
 
     // A planned move: the replica on node3 is deleted. It drops new
     // handshakes for a moment, withdraws, and only then stops.

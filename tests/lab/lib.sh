@@ -16,13 +16,16 @@
 #                       on the nodes' network; the VIP pool
 #                       10.250.0.200-10.250.0.219 is on that network and
 #                       answered by whichever node holds a VIP
-#   ferrylb-lab-router  eth0 10.250.0.254/24 on the nodes' network, eth1
-#                       10.251.0.1/24: the users' router, a BIRD of its own
-#                       (AS 64500) that takes BGP sessions from the nodes
-#                       (AS 64512) with BFD and routes what they announce
-#                       (the BGP pool 10.252.0.0/28, on no link) over every
-#                       announcing node (ECMP, hashed on the 4-tuple)
-#   ferrylb-lab-outside eth0 10.251.0.100/24: a client behind the router
+#   ferrylb-lab-router  eth0 10.250.0.254/24 and fd51::fe on the nodes'
+#                       network, eth1 10.251.0.1/24 and fd53::1/64: the
+#                       users' router, a BIRD of its own (AS 64500) that
+#                       takes BGP sessions from the nodes (AS 64512, over
+#                       IPv4 and IPv6) with BFD and routes what they
+#                       announce (the BGP pool 10.252.0.0/28 and
+#                       fd52::/124, on no link) over every announcing node
+#                       (ECMP, hashed on the 4-tuple)
+#   ferrylb-lab-outside eth0 10.251.0.100/24 and fd53::100/64: a client
+#                       behind the router
 #
 # Control plane in the root namespace, on 127.0.0.1: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler.
@@ -46,6 +49,8 @@ lab_router_ip=10.250.0.254
 lab_outside_net=10.251.0.0/24
 lab_outside_ip=10.251.0.100
 lab_bgp_pool=10.252.0.0/28
+lab_bgp_pool6=fd52::/124
+lab_router_ip6=fd51::fe
 lab_router_asn=64500
 lab_node_asn=64512
 
@@ -147,17 +152,24 @@ make_router() {
   in_ns "$host" ip link set vrouter master br0 up
   in_ns "$router" ip link add eth1 type veth peer name eth0 netns "$outside"
   in_ns "$router" ip addr add "$lab_router_ip/24" dev eth0
+  in_ns "$router" ip addr add "$lab_router_ip6/64" dev eth0 nodad
   in_ns "$router" ip addr add 10.251.0.1/24 dev eth1
+  in_ns "$router" ip addr add fd53::1/64 dev eth1 nodad
   in_ns "$router" ip link set eth0 up
   in_ns "$router" ip link set eth1 up
   in_ns "$router" sysctl -qw net.ipv4.ip_forward=1
   # ECMP hashed on the 4-tuple, so that connections spread over the nodes.
   in_ns "$router" sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+  in_ns "$router" sysctl -qw net.ipv6.conf.all.forwarding=1
+  in_ns "$router" sysctl -qw net.ipv6.fib_multipath_hash_policy=1
   in_ns "$outside" ip addr add "$lab_outside_ip/24" dev eth0
   in_ns "$outside" ip link set eth0 up
   in_ns "$outside" ip route add default via 10.251.0.1
+  in_ns "$outside" ip addr add fd53::100/64 dev eth0 nodad
+  in_ns "$outside" ip -6 route add default via fd53::1
   for n in "${lab_nodes[@]}"; do
     in_ns "$(ns "$n")" ip route add "$lab_outside_net" via "$lab_router_ip"
+    in_ns "$(ns "$n")" ip -6 route add fd53::/64 via "$lab_router_ip6"
   done
 }
 
@@ -169,10 +181,13 @@ start_router() {
     echo "router id $lab_router_ip;"
     echo "protocol device { }"
     echo "protocol kernel { ipv4 { import none; export all; }; merge paths yes; }"
+    echo "protocol kernel { ipv6 { import none; export all; }; merge paths yes; }"
     echo "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"
     for n in "${lab_nodes[@]}"; do
       echo "protocol bgp $n { local as $lab_router_asn; neighbor $(node_ip "$n") as $lab_node_asn; passive on; bfd on;"
       echo "  ipv4 { import where net ~ [ $lab_bgp_pool{32,32} ]; export none; }; }"
+      echo "protocol bgp ${n}_v6 { local as $lab_router_asn; neighbor ${lab_v6_prefix}:1$(node_index "$n") as $lab_node_asn; passive on; bfd on;"
+      echo "  ipv6 { import where net ~ [ $lab_bgp_pool6{128,128} ]; export none; }; }"
     done
   } >"$dir/router-bird.conf"
   spawn "$dir" router-bird nsenter --net="/var/run/netns/$(ns router)" \
