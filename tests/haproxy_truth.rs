@@ -417,3 +417,94 @@ async fn addresses_follow_the_services_ip_families_and_policy() {
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }
+
+/// A network namespace of the test's own, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip is not installed")
+            .success();
+        assert!(ok, "creating a network namespace needs root");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// In BGP mode, a configuration BIRD itself refuses (here a link-local
+/// peer without an interface, which only BIRD's own check catches) keeps
+/// the Service from being published and says why, naming BIRD's complaint;
+/// BIRD is never started with it. (The VIPs that would go on `lo` go on a
+/// network namespace's `lo` here.)
+#[tokio::test]
+async fn a_configuration_bird_refuses_is_reported_naming_its_cause() {
+    use ferrylb_haproxy::bgp::{BgpSettings, BirdConfig, Peer};
+    let ns = Netns::new("ferrylb-bgp-refused");
+    let dir = env::tempdir("haproxy-bgp");
+    let ip = dir.join("ip");
+    std::fs::write(
+        &ip,
+        format!("#!/bin/sh\nexec ip netns exec {} ip \"$@\"\n", ns.0),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&ip)
+        .status()
+        .unwrap();
+    let bird = require_program("bird", ".ci/run installs it with `apt-get install bird2`");
+    let mut settings = HaproxySettings::in_dir("127.0.0.188/32".parse().unwrap(), &dir);
+    settings.process.binary = require_program("haproxy", ".ci/run installs it");
+    settings.hard_stop_after = Duration::from_secs(5);
+    settings.bgp = Some(BgpSettings {
+        birdc: bird.with_file_name("birdc"),
+        bird,
+        ip,
+        config_path: dir.join("bird.conf"),
+        config: BirdConfig {
+            router_id: "127.0.0.1".parse().unwrap(),
+            local_asn: 64512,
+            peers: vec!["address=fe80::1,asn=64500".parse::<Peer>().unwrap()],
+            communities: vec![],
+            bfd_interval: Duration::from_millis(100),
+            bfd_multiplier: 3,
+        },
+        master_socket: None,
+        withdraw_pause: Duration::ZERO,
+        handover_pause: Duration::ZERO,
+        nft: "nft".into(),
+    });
+    let mut h = Harness::new("hx-bgp", |_| HaproxyProvider::new(settings)).await;
+    h.node("n1", "127.0.0.11").await;
+    let _ctl = h.start(false);
+    create(&h, k::lb_service("announced", &[80])).await;
+    let svc = h
+        .wait_service("InvalidBirdConfiguration", "announced", |s| {
+            condition(s).is_some_and(|c| c.1 == "InvalidBirdConfiguration")
+        })
+        .await;
+    let message = condition(&svc).unwrap().2;
+    assert!(message.contains("bird rejected"), "{message}");
+    assert!(
+        message.to_lowercase().contains("link-local"),
+        "names BIRD's complaint: {message}"
+    );
+    assert!(vip(&svc).is_none(), "published although not announced");
+    assert!(
+        !dir.join("bird.conf.pid").exists(),
+        "BIRD was started with a configuration it refused"
+    );
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}
