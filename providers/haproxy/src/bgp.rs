@@ -32,6 +32,12 @@ use crate::process::sibling;
 use crate::vip::VipBinder;
 
 pub mod config;
+mod handover;
+mod show;
+mod supervise;
+
+use show::{bfd_states, bird_said, session_state};
+use supervise::{relay, supervise, watch_haproxy};
 
 pub use config::{BirdConfig, Community, Password, Peer};
 
@@ -411,151 +417,12 @@ impl Bird {
     }
 }
 
-impl Bird {
-    /// Drops new handshakes to the announced VIPs and waits
-    /// `handover_pause`; `true` when the pause is in place (and must be
-    /// cleared).
-    async fn pause_before_withdrawal(&self, inner: &Inner) -> bool {
-        let pause = self.settings.handover_pause;
-        if pause.is_zero() || inner.announced == 0 {
-            return false;
-        }
-        if let Err(e) = self.nft().pause(&inner.vips).await {
-            tracing::warn!(error = %e, "pausing new connections before withdrawing failed; withdrawing at once");
-            return false;
-        }
-        tracing::info!(
-            ?pause,
-            "new connections to the VIPs paused; withdrawing the routes once the accepted ones finish"
-        );
-        tokio::time::sleep(pause).await;
-        true
-    }
-
-    fn nft(&self) -> crate::vrrp::handover::Nft {
-        crate::vrrp::handover::Nft::new(self.settings.nft.clone())
-    }
-
-    /// Removes a pause (this process's, or one a replica killed while
-    /// stopping left behind).
-    async fn clear_pause(&self) {
-        if self.settings.handover_pause.is_zero() {
-            return;
-        }
-        if let Err(e) = self.nft().resume().await {
-            tracing::warn!(error = %e, "clearing the pause failed; new connections to this host's VIPs stay dropped");
-        }
-    }
-}
-
-/// The state BIRD's `show protocols` gives the protocol `name`: its last
-/// column (`Established`, `Active` …), or its state (`down`) when that is
-/// empty.
-fn session_state(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let mut words = l.split_whitespace();
-        if words.next()? != name {
-            return None;
-        }
-        let words: Vec<&str> = words.collect();
-        // name proto table state since [info]: info follows the time.
-        let info = words.get(4..).map(|w| w.join(" ")).unwrap_or_default();
-        Some(if info.is_empty() {
-            (*words.get(2)?).to_owned()
-        } else {
-            info
-        })
-    })
-}
-
-/// The state of each session BIRD's `show bfd sessions` lists, by address.
-fn bfd_states(text: &str) -> BTreeMap<IpAddr, String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            let _interface = words.next()?;
-            Some((ip, words.next()?.to_owned()))
-        })
-        .collect()
-}
-
 fn control_socket(s: &BgpSettings) -> PathBuf {
     sibling(&s.config_path, "ctl")
 }
 
 fn is_bird(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bird")
-}
-
-/// Starts BIRD again when it exited on its own.
-async fn supervise(b: std::sync::Weak<Bird>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some(b) = b.upgrade() else { return };
-        let mut inner = b.inner.lock().await;
-        let exited = match inner.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status),
-            _ => None,
-        };
-        if let Some(status) = exited {
-            tracing::warn!(%status, "BIRD exited; starting it again");
-            inner.child = None;
-            if inner.applied.is_some() && !inner.stopped {
-                match b.spawn().await {
-                    Ok(c) => inner.child = Some(c),
-                    Err(e) => tracing::warn!(error = %e, "starting BIRD again failed"),
-                }
-            }
-        }
-    }
-}
-
-/// Asks the local HAProxy once a second whether a worker serves; two
-/// answers in a row that differ from what BIRD announces change it.
-async fn watch_haproxy(b: std::sync::Weak<Bird>) {
-    let mut streak = crate::process::Streak::default();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some(b) = b.upgrade() else { return };
-        let Some(socket) = &b.settings.master_socket else {
-            return;
-        };
-        let serving = crate::process::serving(socket)
-            .await
-            .inspect_err(|e| tracing::debug!(error = %e, "haproxy check failed"))
-            .is_ok();
-        if streak.settled(serving)
-            && let Err(e) = b.set_serving(serving).await
-        {
-            tracing::warn!(error = %e, "following the local haproxy's health failed");
-        }
-    }
-}
-
-/// Passes BIRD's log to FerryLB's: session changes at info.
-async fn relay(stream: impl tokio::io::AsyncRead + Unpin) {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.contains("Established") || line.contains("changed state") || line.contains("BFD") {
-            tracing::info!(target: "bird", "{line}");
-        } else {
-            tracing::debug!(target: "bird", "{line}");
-        }
-    }
-}
-
-/// What BIRD said: its first five lines, 300 bytes each at most.
-fn bird_said(stdout: &[u8], stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .chain(String::from_utf8_lossy(stdout).lines())
-        .filter(|l| !l.trim().is_empty())
-        .take(5)
-        .map(|l| l.chars().take(300).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -1,0 +1,48 @@
+//! Reading what BIRD says: `birdc` answers and its complaints.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The state BIRD's `show protocols` gives the protocol `name`: its last
+/// column (`Established`, `Active` …), or its state (`down`) when that is
+/// empty.
+pub(super) fn session_state(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next()? != name {
+            return None;
+        }
+        let words: Vec<&str> = words.collect();
+        // name proto table state since [info]: info follows the time.
+        let info = words.get(4..).map(|w| w.join(" ")).unwrap_or_default();
+        Some(if info.is_empty() {
+            (*words.get(2)?).to_owned()
+        } else {
+            info
+        })
+    })
+}
+
+/// The state of each session BIRD's `show bfd sessions` lists, by address.
+pub(super) fn bfd_states(text: &str) -> BTreeMap<IpAddr, String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            let _interface = words.next()?;
+            Some((ip, words.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// What BIRD said: its first five lines, 300 bytes each at most.
+pub(super) fn bird_said(stdout: &[u8], stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(stdout).lines())
+        .filter(|l| !l.trim().is_empty())
+        .take(5)
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
