@@ -861,3 +861,111 @@ async fn past_the_target_quota_a_stable_subset_per_zone_is_registered() {
     p.ensure_deleted(&spec.lb).await.unwrap();
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
+
+/// About 1,000 nodes and two ports against an NLB's quota of 500 targets per
+/// zone (enforced in front of moto as AWS enforces it): the Service is
+/// served with no TooManyTargets, 250 nodes per zone, the same for both
+/// ports; a node added moves at most one registration.
+#[tokio::test]
+async fn a_thousand_nodes_and_two_ports_are_served_within_the_target_quota() {
+    use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 0).await;
+    // IP targets: moto checks instance targets against instances, and
+    // a thousand instances in the shared moto race its tagging API.
+    let mut nodes = Vec::new();
+    let mut zone_of = std::collections::HashMap::new();
+    for n in 0..1000u32 {
+        let zone = ["us-east-1a", "us-east-1b"][(n % 2) as usize];
+        let ip = format!("10.0.{}.{}", 100 + n / 250, n % 250 + 1);
+        zone_of.insert(ip.clone(), zone.to_owned());
+        nodes.push(Target {
+            node: format!("node-{n:04}"),
+            addresses: vec![ip.parse().unwrap()],
+            provider_id: Some(format!("aws:///{zone}/i-{n:017x}")),
+        });
+    }
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let added = nodes.pop().unwrap();
+    assert_eq!(nodes.len(), 999);
+    // The quota bites: a provider told the NLB holds more is refused.
+    let strict = std::sync::Arc::new(aws::TargetQuota::new(500, zone_of.clone()));
+    let mut unaware = aws::settings(&seed);
+    unaware.targets_per_zone = 100_000;
+    let unaware = AwsProvider::with_interceptors(
+        &conf,
+        unaware,
+        &[SharedInterceptor::new(Quota(strict.clone()))],
+    );
+    let ip_targets = |mut spec: LoadBalancerSpec| {
+        spec.annotations.insert(
+            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type".into(),
+            "ip".into(),
+        );
+        spec
+    };
+    let mut over = ip_targets(two_port_spec(&seed, "over", 0));
+    over.targets = nodes.clone().into();
+    assert!(unaware.ensure(&over).await.is_err());
+    assert!(strict.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    unaware.ensure_deleted(&over.lb).await.unwrap();
+
+    let quota = std::sync::Arc::new(aws::TargetQuota::new(500, zone_of));
+    let p = AwsProvider::with_interceptors(
+        &conf,
+        aws::settings(&seed),
+        &[SharedInterceptor::new(Quota(quota.clone()))],
+    );
+    let mut spec = ip_targets(two_port_spec(&seed, "thousand", 0));
+    spec.targets = nodes.clone().into();
+    let status = p.ensure(&spec).await.unwrap();
+    assert!(
+        status.warnings.iter().any(|w| w.reason == "TargetSubset"),
+        "{:?}",
+        status.warnings
+    );
+    assert_eq!(quota.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let registered = |inv: &aws::Inventory| -> Vec<std::collections::BTreeSet<String>> {
+        inv.target_groups
+            .iter()
+            .map(|t| {
+                inv.targets_of(t.target_group_name().unwrap())
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect()
+    };
+    let before = registered(&aws::inventory(&conf, &seed).await);
+    assert_eq!(before.len(), 2);
+    assert_eq!(before[0].len(), 500);
+    assert_eq!(before[0], before[1]);
+    nodes.push(added);
+    spec.targets = nodes.into();
+    p.update_targets(&spec).await.unwrap();
+    let after = registered(&aws::inventory(&conf, &seed).await);
+    let moved = before[0].difference(&after[0]).count();
+    eprintln!("aws: 999 -> 1,000 nodes, two ports: {moved} target(s) moved per target group");
+    assert!(moved <= 1);
+    assert_eq!(quota.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+    p.ensure_deleted(&spec.lb).await.unwrap();
+}
+
+/// The shared quota as an interceptor.
+#[derive(Debug)]
+struct Quota(std::sync::Arc<aws::TargetQuota>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Quota {
+    fn name(&self) -> &'static str {
+        "Quota"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        self.0.read_before_transmit(ctx, rc, cfg)
+    }
+}

@@ -383,3 +383,117 @@ pub fn request_certificate(endpoint: &str, account: &str, domain: &str) -> Strin
         .unwrap_or_else(|| panic!("no CertificateArn in {body}"))
         .to_owned()
 }
+
+/// AWS's target quota for a Network Load Balancer, enforced in front of
+/// moto (which has none): targets registered per zone, summed over the
+/// load balancer's target groups (each counts), may not pass `per_zone`. A
+/// RegisterTargets that would is refused before it is sent, as AWS refuses
+/// it with TooManyTargets, and counted.
+#[derive(Debug)]
+pub struct TargetQuota {
+    per_zone: usize,
+    zone_of: std::collections::HashMap<String, String>,
+    registered:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
+    pub refused: std::sync::atomic::AtomicUsize,
+}
+
+impl TargetQuota {
+    /// A quota of `per_zone` for instances whose zones `zone_of` gives.
+    pub fn new(per_zone: usize, zone_of: std::collections::HashMap<String, String>) -> Self {
+        Self {
+            per_zone,
+            zone_of,
+            registered: std::sync::Mutex::default(),
+            refused: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+/// `%XX` decoding of a form value.
+fn form_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for TargetQuota {
+    fn name(&self) -> &'static str {
+        "TargetQuota"
+    }
+
+    fn read_before_transmit(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let Some(body) = ctx.request().body().bytes() else {
+            return Ok(());
+        };
+        let form: Vec<(String, String)> = String::from_utf8_lossy(body)
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (form_decode(k), form_decode(v)))
+            .collect();
+        let get = |k: &str| {
+            form.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let action = get("Action").unwrap_or_default();
+        if action != "RegisterTargets" && action != "DeregisterTargets" {
+            return Ok(());
+        }
+        let tg = get("TargetGroupArn").unwrap_or_default();
+        let ids: Vec<String> = form
+            .iter()
+            .filter(|(k, _)| k.starts_with("Targets.member.") && k.ends_with(".Id"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut registered = self.registered.lock().unwrap();
+        let mut next = registered.clone();
+        let set = next.entry(tg).or_default();
+        for id in ids {
+            if action == "RegisterTargets" {
+                set.insert(id);
+            } else {
+                set.remove(&id);
+            }
+        }
+        let mut per_zone: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for id in next.values().flatten() {
+            let zone = self.zone_of.get(id).map(String::as_str).unwrap_or("?");
+            *per_zone.entry(zone).or_default() += 1;
+        }
+        if let Some((zone, n)) = per_zone.iter().find(|(_, n)| **n > self.per_zone) {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(format!(
+                "TooManyTargets: {n} targets in {zone} would pass the quota of {}",
+                self.per_zone
+            )
+            .into());
+        }
+        *registered = next;
+        Ok(())
+    }
+}

@@ -279,7 +279,8 @@ impl AwsProvider {
         Ok((arn, registered(health.target_health_descriptions())))
     }
 
-    /// Registers and deregisters the difference between `have` and `want`.
+    /// Deregisters, then registers, the difference between `have` and
+    /// `want`.
     pub(super) async fn sync_targets(
         &self,
         arn: &str,
@@ -287,20 +288,9 @@ impl AwsProvider {
         want: &BTreeSet<TargetKey>,
     ) -> Result<(), CallError> {
         let (add, remove) = target_changes(have, want);
-        for chunk in add.chunks(TARGETS_PER_CALL) {
-            self.clients
-                .call(
-                    CallKind::ElbTargets,
-                    "elasticloadbalancing:RegisterTargets",
-                    self.clients
-                        .elb
-                        .register_targets()
-                        .target_group_arn(arn)
-                        .set_targets(Some(descriptions(chunk)))
-                        .send(),
-                )
-                .await?;
-        }
+        // Deregistrations first: at the target quota (a subset swapping one
+        // node for another), registering first would pass it for a moment,
+        // and AWS refuses that with TooManyTargets.
         for chunk in remove.chunks(TARGETS_PER_CALL) {
             self.clients
                 .call(
@@ -309,6 +299,20 @@ impl AwsProvider {
                     self.clients
                         .elb
                         .deregister_targets()
+                        .target_group_arn(arn)
+                        .set_targets(Some(descriptions(chunk)))
+                        .send(),
+                )
+                .await?;
+        }
+        for chunk in add.chunks(TARGETS_PER_CALL) {
+            self.clients
+                .call(
+                    CallKind::ElbTargets,
+                    "elasticloadbalancing:RegisterTargets",
+                    self.clients
+                        .elb
+                        .register_targets()
                         .target_group_arn(arn)
                         .set_targets(Some(descriptions(chunk)))
                         .send(),
