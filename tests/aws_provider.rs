@@ -835,25 +835,14 @@ async fn past_the_target_quota_a_stable_subset_per_zone_is_registered() {
         "{:?}",
         status.warnings
     );
-    let registered = |inv: &aws::Inventory| -> Vec<std::collections::BTreeSet<String>> {
-        inv.target_groups
-            .iter()
-            .map(|t| {
-                inv.targets_of(t.target_group_name().unwrap())
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect()
-            })
-            .collect()
-    };
-    let before = registered(&aws::inventory(&conf, &seed).await);
+    let before = aws::inventory(&conf, &seed).await.registered_ids();
     assert_eq!(before.len(), 2);
     assert!(before.iter().all(|t| t.len() == 4), "{before:?}");
     assert_eq!(before[0], before[1], "both ports register the same nodes");
     // One node more: at most one registration moves in each group.
     spec.targets = (0..11).map(|i| target(&seed, i)).collect();
     p.update_targets(&spec).await.unwrap();
-    let after = registered(&aws::inventory(&conf, &seed).await);
+    let after = aws::inventory(&conf, &seed).await.registered_ids();
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.len(), 4);
         assert!(b.difference(a).count() <= 1, "{b:?} -> {a:?}");
@@ -925,25 +914,14 @@ async fn a_thousand_nodes_and_two_ports_are_served_within_the_target_quota() {
         status.warnings
     );
     assert_eq!(quota.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
-    let registered = |inv: &aws::Inventory| -> Vec<std::collections::BTreeSet<String>> {
-        inv.target_groups
-            .iter()
-            .map(|t| {
-                inv.targets_of(t.target_group_name().unwrap())
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect()
-            })
-            .collect()
-    };
-    let before = registered(&aws::inventory(&conf, &seed).await);
+    let before = aws::inventory(&conf, &seed).await.registered_ids();
     assert_eq!(before.len(), 2);
     assert_eq!(before[0].len(), 500);
     assert_eq!(before[0], before[1]);
     nodes.push(added);
     spec.targets = nodes.into();
     p.update_targets(&spec).await.unwrap();
-    let after = registered(&aws::inventory(&conf, &seed).await);
+    let after = aws::inventory(&conf, &seed).await.registered_ids();
     let moved = before[0].difference(&after[0]).count();
     eprintln!("aws: 999 -> 1,000 nodes, two ports: {moved} target(s) moved per target group");
     assert!(moved <= 1);

@@ -50,6 +50,11 @@ async fn ensure_installed(lab: &Lab, client: &kube::Client) {
 /// `helm upgrade --install` of FerryLB's release with the lab's values and
 /// each of `sets` as a `--set`, waiting until it is rolled out.
 fn upgrade_release(lab: &Lab, sets: &[&str]) {
+    helm_ok(lab, &upgrade_args(sets));
+}
+
+/// The `helm` arguments of [`upgrade_release`].
+fn upgrade_args<'a>(sets: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "upgrade",
         "--install",
@@ -65,7 +70,7 @@ fn upgrade_release(lab: &Lab, sets: &[&str]) {
         args.extend(["--set", set]);
     }
     args.extend(["--wait", "--timeout", "3m"]);
-    helm_ok(lab, &args);
+    args
 }
 
 /// The pod holding FerryLB's Lease (waits for one).
@@ -1581,20 +1586,7 @@ impl Drop for RestoreRelease {
                 .unwrap_or_default()
         };
         kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
-        let out = self.lab.helm(&[
-            "upgrade",
-            "--install",
-            RELEASE,
-            "charts/ferrylb",
-            "-n",
-            RELEASE_NS,
-            "--create-namespace",
-            "-f",
-            "tests/lab/values.yaml",
-            "--wait",
-            "--timeout",
-            "3m",
-        ]);
+        let out = self.lab.helm(&upgrade_args(&[]));
         if !out.status.success() {
             eprintln!(
                 "restoring the release failed: {}",

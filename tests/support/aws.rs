@@ -194,6 +194,19 @@ impl Inventory {
     }
 
     /// Target group name → (protocol, port) and sorted targets.
+    /// The target ids registered in each target group, in order.
+    pub fn registered_ids(&self) -> Vec<std::collections::BTreeSet<String>> {
+        self.target_groups
+            .iter()
+            .map(|t| {
+                self.targets_of(t.target_group_name().unwrap())
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn targets_of(&self, tg_name: &str) -> Vec<(String, u16)> {
         self.targets
             .iter()

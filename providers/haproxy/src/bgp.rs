@@ -99,9 +99,7 @@ struct Inner {
 
 impl Inner {
     fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        crate::process::still_running(self.child.as_mut())
     }
 }
 

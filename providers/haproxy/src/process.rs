@@ -520,6 +520,11 @@ pub fn signal(name: &str, pid: u32) -> Result<(), String> {
     kill_process(target, sig).map_err(|e| format!("kill -{name} {pid}: {e}"))
 }
 
+/// Whether `child` (a daemon FerryLB started) still runs.
+pub(crate) fn still_running(child: Option<&mut tokio::process::Child>) -> bool {
+    child.is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
 /// Two equal answers in a row: how a health follower tells a change from a
 /// blip.
 #[derive(Debug, Default)]

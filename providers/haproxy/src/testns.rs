@@ -51,3 +51,50 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+impl Netns {
+    /// A wrapper script in `dir`, named as `program`, that runs `program`
+    /// inside this namespace (for settings that take a binary's path).
+    pub fn wrapper(&self, dir: &std::path::Path, program: &str) -> std::path::PathBuf {
+        let name = std::path::Path::new(program).file_name().unwrap();
+        let wrapper = dir.join(name);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n",
+                self.0
+            ),
+        )
+        .unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .unwrap();
+        wrapper
+    }
+}
+
+/// The path of the installed program `name` (Debian puts daemons in
+/// /usr/sbin, which a non-login PATH may lack).
+pub fn program(name: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; tests/run installs it from Debian");
+}
+
+/// Waits until `ok` holds, checking every 100 ms for `within`.
+pub async fn until(what: &str, within: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok(), "{what} within {within:?}");
+}

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
-use crate::testns::Netns;
+use crate::testns::{Netns, program, until};
 
 fn peer(address: &str, asn: u32) -> Peer {
     Peer {
@@ -122,34 +122,7 @@ fn session_states_are_read_from_show_protocols() {
     assert_eq!(states[&"fd00::1".parse::<IpAddr>().unwrap()], "Down");
 }
 
-fn program(name: &str) -> String {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = format!("{dir}/{name}");
-        if Path::new(&p).exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed; tests/run installs it from Debian (bird2, iproute2)");
-}
-
 use std::path::Path;
-
-/// A wrapper script in `dir` that runs `program` inside `ns`.
-fn inside(ns: &Netns, dir: &Path, program: &str) -> PathBuf {
-    let name = Path::new(program).file_name().unwrap();
-    let wrapper = dir.join(name);
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n", ns.0),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .unwrap();
-    wrapper
-}
 
 #[test]
 fn bird_accepts_what_is_rendered() {
@@ -222,16 +195,6 @@ fn routes(ns: &Netns) -> String {
     String::from_utf8_lossy(&ns.ip(&["route", "show", "proto", "bird"]).stdout).into_owned()
 }
 
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} within 30s");
-}
-
 /// A real BIRD announcing to a real router BIRD (each in a network
 /// namespace of its own; root and bird2, as CI has): the VIPs it is given
 /// reach the router's kernel table and sit on the host's `lo`; a changed
@@ -256,24 +219,28 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
     let _router_bird = start_router(&router, &dir);
 
     let settings = BgpSettings {
-        bird: inside(&host, &dir, &program("bird")),
-        birdc: inside(&host, &dir, &program("birdc")),
-        ip: inside(&host, &dir, &program("ip")),
+        bird: host.wrapper(&dir, &program("bird")),
+        birdc: host.wrapper(&dir, &program("birdc")),
+        ip: host.wrapper(&dir, &program("ip")),
         config_path: dir.join("bird.conf"),
         config: bird_config(vec![peer("10.0.0.1", 64500)]),
         master_socket: None,
         withdraw_pause: Duration::from_millis(500),
         handover_pause: Duration::ZERO,
-        nft: inside(&host, &dir, &program("nft")),
+        nft: host.wrapper(&dir, &program("nft")),
     };
     let bird = Bird::new(settings.clone());
     bird.set_vips(ips(&["10.252.0.5", "10.252.0.6"]))
         .await
         .unwrap();
-    until("both VIPs routed by the router", || {
-        let r = routes(&router);
-        r.contains("10.252.0.5 via 10.0.0.11") && r.contains("10.252.0.6 via 10.0.0.11")
-    })
+    until(
+        "both VIPs routed by the router",
+        Duration::from_secs(30),
+        || {
+            let r = routes(&router);
+            r.contains("10.252.0.5 via 10.0.0.11") && r.contains("10.252.0.6 via 10.0.0.11")
+        },
+    )
     .await;
     let lo =
         String::from_utf8_lossy(&host.ip(&["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
@@ -305,7 +272,7 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
     bird.set_vips(ips(&["10.252.0.6", "10.252.0.7"]))
         .await
         .unwrap();
-    until("the changed set routed", || {
+    until("the changed set routed", Duration::from_secs(30), || {
         let r = routes(&router);
         !r.contains("10.252.0.5 ") && r.contains("10.252.0.7 via 10.0.0.11")
     })
@@ -336,12 +303,12 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
 
     // The local HAProxy stops serving (none answers here): withdrawn.
     bird.set_serving(false).await.unwrap();
-    until("the routes withdrawn", || {
+    until("the routes withdrawn", Duration::from_secs(30), || {
         !routes(&router).contains("10.252.0.")
     })
     .await;
     bird.set_serving(true).await.unwrap();
-    until("the routes back", || {
+    until("the routes back", Duration::from_secs(30), || {
         routes(&router).contains("10.252.0.7 via")
     })
     .await;
@@ -353,18 +320,24 @@ async fn bird_announces_what_it_is_given_to_a_real_router_and_withdraws_it() {
         .parse()
         .unwrap();
     let _ = crate::process::signal("KILL", pid);
-    until("the routes back after BIRD was killed", || {
-        std::fs::read_to_string(dir.join("bird.conf.pid"))
-            .is_ok_and(|p| p.trim() != pid.to_string())
-            && routes(&router).contains("10.252.0.7 via")
-    })
+    until(
+        "the routes back after BIRD was killed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(dir.join("bird.conf.pid"))
+                .is_ok_and(|p| p.trim() != pid.to_string())
+                && routes(&router).contains("10.252.0.7 via")
+        },
+    )
     .await;
 
     // A planned stop: withdrawn first, then BIRD stops, then lo is clean.
     bird.stop().await;
-    until("the routes gone after stop", || {
-        !routes(&router).contains("10.252.0.")
-    })
+    until(
+        "the routes gone after stop",
+        Duration::from_secs(30),
+        || !routes(&router).contains("10.252.0."),
+    )
     .await;
     let lo =
         String::from_utf8_lossy(&host.ip(&["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();

@@ -1,5 +1,5 @@
 use super::*;
-use crate::testns::Netns;
+use crate::testns::{Netns, program, until};
 
 fn settings() -> VrrpSettings {
     VrrpSettings {
@@ -151,7 +151,7 @@ fn keepalived_accepts_what_is_rendered() {
     std::fs::write(&path, &cfg).unwrap();
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.0])
-        .arg(binary())
+        .arg(program("keepalived"))
         .arg("-t")
         .arg("-f")
         .arg(&path)
@@ -166,44 +166,9 @@ fn keepalived_accepts_what_is_rendered() {
     );
 }
 
-fn binary() -> &'static str {
-    if Path::new("/usr/sbin/keepalived").exists() {
-        "/usr/sbin/keepalived"
-    } else {
-        "keepalived"
-    }
-}
-
-/// A wrapper script in `dir` that runs `program` inside `ns`.
-fn inside(ns: &Netns, dir: &Path, program: &str) -> PathBuf {
-    let name = Path::new(program).file_name().unwrap();
-    let wrapper = dir.join(name);
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n", ns.0),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .unwrap();
-    wrapper
-}
-
 /// The addresses on `eth0` in `ns`.
 fn addresses(ns: &Netns) -> String {
     String::from_utf8_lossy(&ns.ip(&["-o", "addr", "show", "dev", "eth0"]).stdout).into_owned()
-}
-
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} within 10s");
 }
 
 /// A real keepalived, alone on its network (so it becomes MASTER): the VIPs
@@ -219,18 +184,18 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
     let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-run-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut s = settings();
-    s.binary = inside(&ns, &dir, binary());
+    s.binary = ns.wrapper(&dir, &program("keepalived"));
     s.config_path = dir.join("keepalived.conf");
     s.master_socket = dir.join("master.sock");
     let k = Keepalived::new(s);
 
     k.set_vips(ips(&["10.0.0.200"])).await.unwrap();
-    until("MASTER with the first VIP", || {
+    until("MASTER with the first VIP", Duration::from_secs(10), || {
         k.status().state == "MASTER" && addresses(&ns).contains("10.0.0.200/32")
     })
     .await;
     k.set_vips(ips(&["10.0.0.201", "fd00::201"])).await.unwrap();
-    until("the changed set applied", || {
+    until("the changed set applied", Duration::from_secs(10), || {
         let a = addresses(&ns);
         a.contains("10.0.0.201/32") && a.contains("fd00::201/128") && !a.contains("10.0.0.200/")
     })
@@ -242,7 +207,7 @@ async fn keepalived_holds_the_vips_it_is_given_and_follows_changes() {
         k.status()
     );
     k.stop().await;
-    until("the VIPs released on stop", || {
+    until("the VIPs released on stop", Duration::from_secs(10), || {
         !addresses(&ns).contains("10.0.0.201/")
     })
     .await;
@@ -263,14 +228,6 @@ fn the_handover_pause_drops_only_new_handshakes_to_the_vips() {
         "{script}"
     );
     assert_eq!(handover::pause_script(&BTreeSet::new()), None);
-}
-
-fn nft_binary() -> &'static str {
-    if Path::new("/usr/sbin/nft").exists() {
-        "/usr/sbin/nft"
-    } else {
-        "nft"
-    }
 }
 
 /// A client in the namespace: connects to VIP:8080 (served by a listener in
@@ -310,14 +267,14 @@ async fn a_stopping_master_pauses_new_handshakes_then_hands_over_and_clears_the_
     let dir = std::env::temp_dir().join(format!("ferrylb-vrrp-pause-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut s = settings();
-    s.binary = inside(&ns, &dir, binary());
-    s.nft_binary = inside(&ns, &dir, nft_binary());
+    s.binary = ns.wrapper(&dir, &program("keepalived"));
+    s.nft_binary = ns.wrapper(&dir, &program("nft"));
     s.config_path = dir.join("keepalived.conf");
     s.master_socket = dir.join("master.sock");
     s.handover_pause = Duration::from_secs(2);
     let tables = |ns: &Netns| {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.0, nft_binary(), "list", "tables"])
+            .args(["netns", "exec", &ns.0, &program("nft"), "list", "tables"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -330,7 +287,7 @@ async fn a_stopping_master_pauses_new_handshakes_then_hands_over_and_clears_the_
     assert!(tables(&ns).contains(handover::TABLE));
     let k = Keepalived::new(s);
     k.set_vips(ips(&["10.0.0.200"])).await.unwrap();
-    until("MASTER with the VIP", || {
+    until("MASTER with the VIP", Duration::from_secs(10), || {
         k.status().state == "MASTER" && addresses(&ns).contains("10.0.0.200/32")
     })
     .await;
@@ -351,7 +308,7 @@ async fn a_stopping_master_pauses_new_handshakes_then_hands_over_and_clears_the_
         let k = k.clone();
         async move { k.stop().await }
     });
-    until("the pause in place", || {
+    until("the pause in place", Duration::from_secs(10), || {
         tables(&ns).contains(handover::TABLE)
     })
     .await;
