@@ -1436,7 +1436,13 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
                 let m = replica_metrics(lab, node);
                 (m.contains("ferrylb_bgp_session_up{peer=\"10.250.0.254\"} 1")
                     && m.contains("ferrylb_bgp_session_up{peer=\"fd51::fe\"} 1")
-                    && m.contains("ferrylb_bgp_routes_announced 1"))
+                    // At least this Service's (other tests' Services
+                    // stay in the lab and are announced too).
+                    && m.lines().any(|l| {
+                        l.strip_prefix("ferrylb_bgp_routes_announced ")
+                            .and_then(|n| n.trim().parse::<u64>().ok())
+                            .is_some_and(|n| n >= 1)
+                    }))
                 .then_some(())
             },
         )
