@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferrylb_model::{
-    HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey,
-    Target, split_list,
+    Endpoint, HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol,
+    ServiceKey, Target, split_list,
 };
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Addresses a Service asks for, comma-separated.
 pub const ANNOTATION_LOAD_BALANCER_IPS: &str = "ferrylb.io/load-balancer-ips";
@@ -272,8 +273,63 @@ pub fn build(svc: &Service, targets: &Arc<[Target]>) -> Result<LoadBalancerSpec,
             .collect(),
         require_dual_stack: spec.ip_family_policy.as_deref() == Some("RequireDualStack"),
         status_ips,
+        endpoints: None,
         annotations: provider_annotations,
     })
+}
+
+/// The label on an EndpointSlice naming the Service it belongs to.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// A Service's endpoints from its EndpointSlices, one per address and
+/// port, sorted. Only the first address of an endpoint counts (the API
+/// says they are fungible); FQDN slices, ports without a number and
+/// addresses that do not parse are left out.
+pub fn endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Arc<[Endpoint]> {
+    let mut out = Vec::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let ports: Vec<(String, Protocol, u16)> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    "SCTP" => Protocol::Sctp,
+                    _ => return None,
+                };
+                let port = u16::try_from(p.port?).ok().filter(|&p| p > 0)?;
+                Some((p.name.clone().unwrap_or_default(), protocol, port))
+            })
+            .collect();
+        for e in &slice.endpoints {
+            let Some(address) = e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let conditions = e.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            for (name, protocol, port) in &ports {
+                out.push(Endpoint {
+                    port_name: name.clone(),
+                    protocol: *protocol,
+                    address,
+                    port: *port,
+                    ready,
+                    terminating,
+                    node: e.node_name.clone(),
+                    zone: e.zone.clone(),
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out.into()
 }
 
 fn source_ranges(

@@ -477,3 +477,127 @@ async fn an_endpoint_that_never_answers_fails_the_reconcile_within_the_limit_and
     let ctl = h.start(false);
     delete_and_stop(&h, ctl, &conf, &seed, &["good1", "good2"]).await;
 }
+
+/// The targets registered in every target group, by (id, port).
+async fn registered(conf: &aws_config::SdkConfig, seed: &Seed) -> BTreeSet<(String, u16)> {
+    aws::inventory(conf, seed)
+        .await
+        .targets
+        .into_iter()
+        .map(|(_, id, port)| (id, port))
+        .collect()
+}
+
+fn pods(targets: &[(&str, u16)]) -> BTreeSet<(String, u16)> {
+    targets.iter().map(|(a, p)| ((*a).to_owned(), *p)).collect()
+}
+
+/// `nlb-target-type: ip` registers the Service's ready pods on their own
+/// port, straight from its EndpointSlices; a slice change registers and
+/// deregisters only the difference (a terminating pod leaves, so the NLB
+/// drains it), with no describe.
+#[tokio::test]
+async fn ip_targets_are_the_services_ready_pods_and_follow_its_endpoint_slices() {
+    let (conf, seed, mut h) = world("aws-ip", 2).await;
+    for i in 0..2 {
+        h.cloud_node(
+            &format!("n{i}"),
+            &format!("127.0.3.{}", i + 11),
+            &seed.provider_id(i),
+        )
+        .await;
+    }
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        kube::Api::namespaced(h.client.clone(), &h.ns);
+    let pp = kube::api::PostParams::default();
+    slices
+        .create(
+            &pp,
+            &k::endpoint_slice("web-a", "web", 80, 8080, &["10.0.9.5", "10.0.9.6"], &[]),
+        )
+        .await
+        .unwrap();
+    let ctl = h.start(false);
+    let mut svc = k::lb_service("web", &[80]);
+    svc.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type".to_owned(),
+            "ip".to_owned(),
+        )]
+        .into(),
+    );
+    svc.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
+    h.services().create(&pp, &svc).await.unwrap();
+    h.wait_service("a hostname in the status", "web", |s| {
+        ingress_hostname(s).is_some()
+    })
+    .await;
+    let inv = aws::inventory(&conf, &seed).await;
+    assert_eq!(inv.target_groups.len(), 1);
+    assert_eq!(
+        inv.target_groups[0].target_type().map(|t| t.as_str()),
+        Some("ip")
+    );
+    assert_eq!(
+        registered(&conf, &seed).await,
+        pods(&[("10.0.9.5", 8080), ("10.0.9.6", 8080)]),
+        "the pods on their own port, not the nodes"
+    );
+
+    // One pod terminating, one new: one Deregister, one Register, nothing else.
+    let before = h.provider.calls().snapshot();
+    slices
+        .replace("web-a", &pp, &{
+            let mut s = k::endpoint_slice("web-a", "web", 80, 8080, &["10.0.9.5"], &["10.0.9.6"]);
+            s.metadata.resource_version =
+                slices.get("web-a").await.unwrap().metadata.resource_version;
+            s
+        })
+        .await
+        .unwrap();
+    slices
+        .create(
+            &pp,
+            &k::endpoint_slice("web-b", "web", 80, 8081, &["10.0.9.7"], &[]),
+        )
+        .await
+        .unwrap();
+    wait::until("the terminating pod out, the new one in", WAIT, || async {
+        (registered(&conf, &seed).await == pods(&[("10.0.9.5", 8080), ("10.0.9.7", 8081)]))
+            .then_some(())
+    })
+    .await;
+    let after = h.provider.calls().snapshot();
+    assert_eq!(
+        after.describes(),
+        before.describes(),
+        "no describe for a slice change"
+    );
+    assert_eq!(
+        after.count("DeregisterTargets") - before.count("DeregisterTargets"),
+        1
+    );
+    assert!(after.count("RegisterTargets") - before.count("RegisterTargets") <= 2);
+    assert_eq!(
+        after.total() - before.total(),
+        after.count("RegisterTargets") - before.count("RegisterTargets") + 1,
+        "only registrations: {after:?}"
+    );
+
+    // The Service's last pod gone: nothing registered, and the Service says why.
+    slices
+        .delete("web-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    slices
+        .delete("web-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.wait_service("the condition says no pod is ready", "web", |s| {
+        condition(s).is_some_and(|(_, _, m)| m.contains("EndpointsNotRegistered"))
+    })
+    .await;
+    assert!(registered(&conf, &seed).await.is_empty());
+
+    delete_and_stop(&h, ctl, &conf, &seed, &["web"]).await;
+}

@@ -858,22 +858,53 @@ async fn past_the_target_quota_a_stable_subset_per_zone_is_registered() {
 #[tokio::test]
 async fn a_thousand_nodes_and_two_ports_are_served_within_the_target_quota() {
     use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
-    let conf = aws::sdk_config(env::shared()).await;
+    // A moto of its own: creating a thousand instances races the tagging
+    // API that the other tests call on the shared one.
+    let private = env::TestEnv::start_private(&["aws"]);
+    let conf = aws::sdk_config(&private).await;
     let seed = aws::seed(&conf, 0).await;
-    // IP targets: moto checks instance targets against instances, and
-    // a thousand instances in the shared moto race its tagging API.
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
     let mut nodes = Vec::new();
     let mut zone_of = std::collections::HashMap::new();
-    for n in 0..1000u32 {
-        let zone = ["us-east-1a", "us-east-1b"][(n % 2) as usize];
-        let ip = format!("10.0.{}.{}", 100 + n / 250, n % 250 + 1);
-        zone_of.insert(ip.clone(), zone.to_owned());
-        nodes.push(Target {
-            node: format!("node-{n:04}"),
-            addresses: vec![ip.parse().unwrap()],
-            provider_id: Some(format!("aws:///{zone}/i-{n:017x}")),
-        });
+    for (cidr, zone) in [
+        ("10.0.8.0/22", "us-east-1a"),
+        ("10.0.12.0/22", "us-east-1b"),
+    ] {
+        // Room for 500 instances (the seed's subnets are /24s).
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&seed.vpc)
+            .cidr_block(cidr)
+            .availability_zone(zone)
+            .send()
+            .await
+            .expect("CreateSubnet");
+        let run = ec2
+            .run_instances()
+            .image_id("ami-12345678")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .subnet_id(subnet.subnet().and_then(|s| s.subnet_id()).unwrap())
+            .min_count(500)
+            .max_count(500)
+            .send()
+            .await
+            .expect("RunInstances");
+        for i in run.instances() {
+            let id = i.instance_id().unwrap().to_owned();
+            zone_of.insert(id.clone(), zone.to_owned());
+            nodes.push(Target {
+                node: format!("node-{id}"),
+                addresses: vec![
+                    i.private_ip_address()
+                        .unwrap_or("10.0.1.1")
+                        .parse()
+                        .unwrap(),
+                ],
+                provider_id: Some(format!("aws:///{zone}/{id}")),
+            });
+        }
     }
+    assert_eq!(nodes.len(), 1000);
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     let added = nodes.pop().unwrap();
     assert_eq!(nodes.len(), 999);
@@ -886,14 +917,7 @@ async fn a_thousand_nodes_and_two_ports_are_served_within_the_target_quota() {
         unaware,
         &[SharedInterceptor::new(Quota(strict.clone()))],
     );
-    let ip_targets = |mut spec: LoadBalancerSpec| {
-        spec.annotations.insert(
-            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type".into(),
-            "ip".into(),
-        );
-        spec
-    };
-    let mut over = ip_targets(two_port_spec(&seed, "over", 0));
+    let mut over = two_port_spec(&seed, "over", 0);
     over.targets = nodes.clone().into();
     assert!(unaware.ensure(&over).await.is_err());
     assert!(strict.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
@@ -905,7 +929,7 @@ async fn a_thousand_nodes_and_two_ports_are_served_within_the_target_quota() {
         aws::settings(&seed),
         &[SharedInterceptor::new(Quota(quota.clone()))],
     );
-    let mut spec = ip_targets(two_port_spec(&seed, "thousand", 0));
+    let mut spec = two_port_spec(&seed, "thousand", 0);
     spec.targets = nodes.clone().into();
     let status = p.ensure(&spec).await.unwrap();
     assert!(

@@ -357,12 +357,25 @@ async fn installed_chart_grants_exactly_what_a_service_lifecycle_needs() {
     .env("AWS_EC2_METADATA_DISABLED", "true");
     let _ctl = ChildGuard::spawn("ferrylb", &mut cmd, &dir.join("ferrylb.log"));
 
-    // A whole lifecycle under exactly those permissions.
+    // A whole lifecycle under exactly those permissions, pod targets (and
+    // so the EndpointSlice watch) included.
     let services = Api::<Service>::namespaced(admin.clone(), &ns);
-    services
-        .create(&PostParams::default(), &k::lb_service("web", &[80]))
+    Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(admin.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &k::endpoint_slice("web-a", "web", 80, 8080, &["10.0.9.5"], &[]),
+        )
         .await
         .unwrap();
+    let mut web = k::lb_service("web", &[80]);
+    web.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type".to_owned(),
+            "ip".to_owned(),
+        )]
+        .into(),
+    );
+    services.create(&PostParams::default(), &web).await.unwrap();
     let log = dir.join("ferrylb.log");
     let within = Duration::from_secs(40);
     wait::until("web has a hostname", within, || async {
@@ -374,6 +387,15 @@ async fn installed_chart_grants_exactly_what_a_service_lifecycle_needs() {
             .and_then(|s| ingress_hostname(&s))
     })
     .await;
+    let targets = aws::inventory(&conf, &seed).await.targets;
+    assert_eq!(
+        targets
+            .iter()
+            .map(|(_, id, port)| (id.as_str(), *port))
+            .collect::<Vec<_>>(),
+        [("10.0.9.5", 8080)],
+        "the pod is the target"
+    );
     services
         .delete("web", &DeleteParams::default())
         .await

@@ -58,6 +58,7 @@ pub fn sample_spec(
         ip_families: vec![],
         require_dual_stack: false,
         status_ips: vec![],
+        endpoints: None,
         annotations: BTreeMap::new(),
     }
 }

@@ -13,7 +13,7 @@ pub mod subset;
 
 pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError, excerpt};
 pub use spec::{
-    HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol, ServiceKey,
-    Target, load_balancer_name, split_list,
+    Endpoint, HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol,
+    ServiceKey, Target, load_balancer_name, split_list,
 };
 pub use status::{Address, Ingress, IpMode, LoadBalancerStatus, PortStatus, Warning};

@@ -33,6 +33,15 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether this spec's load balancer needs the Service's endpoints
+    /// (pods as targets, or nodes chosen by the pods they run): the
+    /// controller watches a Service's EndpointSlices only while its
+    /// provider says so, and hands them over in
+    /// [`LoadBalancerSpec::endpoints`]. The default says no.
+    fn needs_endpoints(&self, _spec: &LoadBalancerSpec) -> bool {
+        false
+    }
+
     /// The load balancer's current status, or `None` when it does not exist.
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError>;
 

@@ -44,6 +44,11 @@ pub const UNSUPPORTED_PORTS: &str = "UnsupportedPorts";
 // AWS.
 /// Nodes left out of the targets (no providerID or no IPv4 address).
 pub const NODES_NOT_REGISTERED: &str = "NodesNotRegistered";
+/// Pods that are not registered as targets (none ready, or an address
+/// the target groups cannot take), or no endpoints known at all.
+pub const ENDPOINTS_NOT_REGISTERED: &str = "EndpointsNotRegistered";
+/// The Service's EndpointSlices cannot be watched (RBAC, say).
+pub const ENDPOINTS_UNAVAILABLE: &str = "EndpointsUnavailable";
 /// The scheme or address type changed: a new NLB replaces the old one.
 pub const REPLACING_LOAD_BALANCER: &str = "ReplacingLoadBalancer";
 pub const THROTTLED: &str = "Throttled";

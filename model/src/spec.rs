@@ -134,6 +134,36 @@ pub struct Target {
     pub provider_id: Option<String>,
 }
 
+/// One ready-or-not address of a Service's endpoint on one of its ports,
+/// from the Service's EndpointSlices: what a provider registers when it
+/// targets pods rather than nodes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// The Service port this is for: its name (empty for a single unnamed
+    /// port) and protocol, as the EndpointSlice's port names it.
+    pub port_name: String,
+    pub protocol: Protocol,
+    /// The pod's address and the port it serves on.
+    pub address: IpAddr,
+    pub port: u16,
+    /// `conditions.ready` (absent reads as ready, as the API says).
+    pub ready: bool,
+    /// `conditions.terminating`: the pod is going away; it gets no new
+    /// connections.
+    pub terminating: bool,
+    /// `nodeName`: the node the pod runs on.
+    pub node: Option<String>,
+    /// `zone`: the endpoint's zone.
+    pub zone: Option<String>,
+}
+
+impl Endpoint {
+    /// Whether this serves `listener`'s port.
+    pub fn serves(&self, listener: &Listener) -> bool {
+        self.port_name == listener.name && self.protocol == listener.protocol
+    }
+}
+
 /// How the load balancer decides a node can take traffic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HealthCheck {
@@ -178,6 +208,11 @@ pub struct LoadBalancerSpec {
     /// their own. Not part of what the load balancer should look like; see
     /// [`LoadBalancerSpec::same_desired_state`].
     pub status_ips: Vec<IpAddr>,
+    /// The Service's endpoints, sorted, for providers that target pods or
+    /// prefer nodes running them: `None` unless the provider asked for them
+    /// ([`crate::LoadBalancerProvider::needs_endpoints`]) and the
+    /// controller has listed them.
+    pub endpoints: Option<Arc<[Endpoint]>>,
     /// The Service's annotations that belong to providers
     /// (`service.beta.kubernetes.io/aws-load-balancer-*`, `ferrylb.io/*`):
     /// each provider parses its own into typed options and rejects bad
@@ -223,6 +258,7 @@ impl LoadBalancerSpec {
         self.lb == other.lb
             && self.listeners == other.listeners
             && self.targets == other.targets
+            && self.endpoints == other.endpoints
             && self.health_check == other.health_check
             && self.source_ranges == other.source_ranges
             && self.requested_ips == other.requested_ips
@@ -232,12 +268,16 @@ impl LoadBalancerSpec {
             && self.annotations == other.annotations
     }
 
-    /// Whether `other` differs from this spec in its targets alone, so a
-    /// provider's cheap target-only path can carry the change.
+    /// Whether `other` differs from this spec in its targets (nodes or
+    /// endpoints) alone, so a provider's cheap target-only path can carry
+    /// the change. A spec that starts or stops carrying endpoints is more
+    /// than a target change (the provider asked for them for a reason).
     pub fn differs_only_in_targets(&self, other: &LoadBalancerSpec) -> bool {
-        self.targets != other.targets
+        (self.targets != other.targets || self.endpoints != other.endpoints)
+            && self.endpoints.is_some() == other.endpoints.is_some()
             && LoadBalancerSpec {
                 targets: other.targets.clone(),
+                endpoints: other.endpoints.clone(),
                 ..self.clone()
             }
             .same_desired_state(other)
@@ -277,6 +317,31 @@ mod tests {
             a.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         );
+    }
+
+    #[test]
+    fn an_endpoint_change_is_a_target_change_and_starting_to_carry_them_is_not() {
+        let base = crate::conformance::sample_spec("ns", "web", 30080, vec![]);
+        let ep = |ready| Endpoint {
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            address: "10.1.0.5".parse().unwrap(),
+            port: 8080,
+            ready,
+            terminating: !ready,
+            node: None,
+            zone: None,
+        };
+        let with = |eps: Vec<Endpoint>| LoadBalancerSpec {
+            endpoints: Some(eps.into()),
+            ..base.clone()
+        };
+        assert!(with(vec![ep(true)]).differs_only_in_targets(&with(vec![ep(false)])));
+        assert!(!with(vec![ep(true)]).same_desired_state(&with(vec![ep(false)])));
+        assert!(with(vec![ep(true)]).same_desired_state(&with(vec![ep(true)])));
+        assert!(!base.differs_only_in_targets(&with(vec![ep(true)])));
+        assert!(!with(vec![]).differs_only_in_targets(&base));
+        assert!(ep(true).serves(&base.listeners[0]));
     }
 
     #[test]

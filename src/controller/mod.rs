@@ -4,8 +4,12 @@
 //! One kube-runtime [`Controller`] over all Services. Nodes feed a reflector
 //! store; whenever the set of eligible targets changes, every Service is
 //! reconciled again, and a Service whose spec did not change makes no
-//! provider call (so a node flapping Ready costs nothing).
+//! provider call (so a node flapping Ready costs nothing). The
+//! EndpointSlices of the Services whose provider needs them (pods as
+//! targets) are watched too, and a change reconciles only their Service
+//! (see [`endpoints`]).
 
+pub mod endpoints;
 mod error;
 pub mod events;
 mod reconcile;
@@ -82,6 +86,8 @@ pub struct Context {
     /// `None` until the initial Node listing is complete.
     targets: tokio::sync::watch::Receiver<Option<Arc<[Target]>>>,
     services: Mutex<HashMap<ObjectRef<Service>, ServiceState>>,
+    /// The EndpointSlices of Services whose provider needs them.
+    endpoints: Arc<endpoints::Endpoints>,
     /// Asks for every Service to be reconciled again: after a load balancer
     /// is deleted, Services waiting for an address or port may get one.
     retry_all: tokio::sync::mpsc::Sender<()>,
@@ -187,7 +193,15 @@ pub async fn run(
         instance: config.instance.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
+    let endpoints = Arc::new(endpoints::Endpoints::default());
+    let (endpoints_tx, endpoints_rx) = tokio::sync::mpsc::channel(256);
+    let endpoint_task = tokio::spawn(endpoints.clone().run(
+        client.clone(),
+        config.namespace.clone(),
+        endpoints_tx,
+    ));
     let ctx = Arc::new(Context {
+        endpoints,
         background_events: events::Background::start(recorder.clone()),
         recorder,
         client: client.clone(),
@@ -211,6 +225,7 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .reconcile_all_on(target_changes)
         .reconcile_on(applied_changes(&ctx))
+        .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(endpoints_rx))
         .graceful_shutdown_on(shutdown.clone());
 
     // Reconciling before the Node cache is filled would strip every load
@@ -226,6 +241,7 @@ pub async fn run(
         () = shutdown.clone() => {
             tracing::info!("stopped before the caches were synced");
             node_task.abort();
+            endpoint_task.abort();
             return Ok(());
         }
     }
@@ -243,6 +259,7 @@ pub async fn run(
         .await;
     config.telemetry.set_caches_synced(false);
     node_task.abort();
+    endpoint_task.abort();
     Ok(())
 }
 

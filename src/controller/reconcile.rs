@@ -33,6 +33,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
+use super::endpoints::Lookup;
 use super::events::{self, svc_name};
 use super::status::{self, Readiness};
 use super::{Context, Error};
@@ -77,7 +78,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
 async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Error> {
     let provider = ctx.config.classes[class].clone();
     let key = ObjectRef::from_obj(svc);
-    let spec = match crate::spec::build(svc, &ctx.targets()) {
+    let mut spec = match crate::spec::build(svc, &ctx.targets()) {
         Ok(spec) => spec,
         Err(source) => {
             let err = Error::InvalidService {
@@ -88,6 +89,28 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             return Err(err);
         }
     };
+    let (ns, svc_name_only) = (&spec.lb.key.namespace, &spec.lb.key.name);
+    if provider.needs_endpoints(&spec) {
+        match ctx.endpoints.lookup(ns, svc_name_only) {
+            Lookup::Listed(endpoints) => spec.endpoints = Some(endpoints),
+            Lookup::Listing(Some(failure)) => {
+                let source = ProviderError::transient(
+                    reason::ENDPOINTS_UNAVAILABLE,
+                    format!(
+                        "the Service's EndpointSlices (discovery.k8s.io) cannot be watched: {failure}"
+                    ),
+                );
+                return Err(ensure_failed(svc, &*provider, source, ctx).await);
+            }
+            // The end of the listing asks again; this is only a fallback.
+            Lookup::Listing(None) => {
+                tracing::debug!(service = %svc_name(svc), "waiting for the Service's EndpointSlices to be listed");
+                return Ok(Action::requeue(ENDPOINTS_LISTING_RETRY));
+            }
+        }
+    } else {
+        ctx.endpoints.release(ns, svc_name_only);
+    }
     let last = ctx
         .services
         .lock()
@@ -126,7 +149,7 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         .as_ref()
         .is_some_and(|(l, _)| l.spec.differs_only_in_targets(&spec));
     let result = if target_only {
-        tracing::info!(service = %name, provider = provider.name(), targets = spec.targets.len(), "updating load balancer targets");
+        tracing::info!(service = %name, provider = provider.name(), targets = spec.targets.len(), endpoints = spec.endpoints.as_ref().map(|e| e.len()), "updating load balancer targets");
         let previous = last
             .as_ref()
             .map(|(l, _)| l.status.clone())
@@ -194,10 +217,17 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
         .await;
     }
     if target_only {
-        let note = format!(
-            "Updated load balancer with new hosts ({} targets)",
-            spec.targets.len()
-        );
+        let note = match &spec.endpoints {
+            None => format!(
+                "Updated load balancer with new hosts ({} targets)",
+                spec.targets.len()
+            ),
+            Some(e) => format!(
+                "Updated load balancer with new hosts or endpoints ({} nodes, {} ready endpoint ports)",
+                spec.targets.len(),
+                e.iter().filter(|e| e.ready).count()
+            ),
+        };
         ctx.background_events.normal(svc, events::UPDATED, note);
         // A node change can bring news (a node that cannot be a target):
         // said once, when it is new.
@@ -406,8 +436,16 @@ fn remember(
     first
 }
 
+/// Asks again this long after a Service waited for its EndpointSlices'
+/// listing, should the listing's own signal be lost.
+const ENDPOINTS_LISTING_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Forgets a Service; `true` when it had a load balancer ensured.
 fn forget(ctx: &Context, svc: &Service) -> bool {
+    ctx.endpoints.release(
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default(),
+    );
     ctx.services
         .lock()
         .expect("service state lock")

@@ -453,3 +453,80 @@ fn spec_comparison_ignores_status_ips_and_spots_target_only_changes() {
     assert!(!a.differs_only_in_targets(&c));
     assert!(!a.differs_only_in_targets(&a));
 }
+
+fn slice(
+    address_type: &str,
+    ports: serde_json::Value,
+    endpoints: serde_json::Value,
+) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "ns", "labels": {LABEL_SERVICE_NAME: "web"}},
+        "addressType": address_type,
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn endpoints_carry_each_address_on_each_port_with_its_conditions() {
+    let a = slice(
+        "IPv4",
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+        json!([
+            {"addresses": ["10.1.0.5", "10.1.0.99"], "conditions": {"ready": true}, "nodeName": "n1", "zone": "z1"},
+            {"addresses": ["10.1.0.6"], "conditions": {"ready": false, "terminating": true}, "nodeName": "n2"},
+            {"addresses": ["10.1.0.7"]},
+        ]),
+    );
+    let eps = endpoints([&a]);
+    assert_eq!(eps.len(), 6);
+    let first = eps
+        .iter()
+        .find(|e| e.address.to_string() == "10.1.0.5" && e.port == 8080)
+        .unwrap();
+    assert_eq!(first.port_name, "http");
+    assert_eq!(first.protocol, Protocol::Tcp);
+    assert!(first.ready && !first.terminating);
+    assert_eq!(first.node.as_deref(), Some("n1"));
+    assert_eq!(first.zone.as_deref(), Some("z1"));
+    // Only the first address of an endpoint counts.
+    assert!(!eps.iter().any(|e| e.address.to_string() == "10.1.0.99"));
+    let going = eps
+        .iter()
+        .find(|e| e.address.to_string() == "10.1.0.6" && e.protocol == Protocol::Udp)
+        .unwrap();
+    assert!(!going.ready && going.terminating);
+    assert_eq!(going.port, 5353);
+    // No conditions at all reads as ready, as the API says.
+    assert!(
+        eps.iter()
+            .filter(|e| e.address.to_string() == "10.1.0.7")
+            .all(|e| e.ready && !e.terminating)
+    );
+}
+
+#[test]
+fn endpoints_skip_fqdn_slices_portless_slices_and_bad_addresses() {
+    let fqdn = slice(
+        "FQDN",
+        json!([{"name": "", "port": 80}]),
+        json!([{"addresses": ["db.example.com"]}]),
+    );
+    let portless = slice(
+        "IPv4",
+        json!([{"name": ""}]),
+        json!([{"addresses": ["10.1.0.5"]}]),
+    );
+    let bad = slice(
+        "IPv6",
+        json!([{"name": "", "port": 80}]),
+        json!([{"addresses": ["not-an-ip"]}, {"addresses": ["fd00::5"]}]),
+    );
+    let eps = endpoints([&fqdn, &portless, &bad]);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(eps[0].address.to_string(), "fd00::5");
+    assert_eq!(eps[0].protocol, Protocol::Tcp, "protocol defaults to TCP");
+}

@@ -134,6 +134,32 @@ pub fn lb_service(name: &str, ports: &[i32]) -> Service {
     }
 }
 
+/// An EndpointSlice of Service `service` named `name`, for port `p<port>`
+/// (as [`lb_service`] names them) served on `target_port` by each address
+/// in `ready` (ready) and `terminating` (terminating, not ready).
+pub fn endpoint_slice(
+    name: &str,
+    service: &str,
+    port: i32,
+    target_port: i32,
+    ready: &[&str],
+    terminating: &[&str],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": format!("p{port}"), "port": target_port, "protocol": "TCP"}],
+        "endpoints": ready.iter().map(|a| serde_json::json!({
+            "addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false},
+        })).chain(terminating.iter().map(|a| serde_json::json!({
+            "addresses": [a], "conditions": {"ready": false, "serving": true, "terminating": true},
+        }))).collect::<Vec<_>>(),
+    }))
+    .expect("an EndpointSlice")
+}
+
 /// The reasons of the Events about one object in `namespace`, oldest first.
 pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<String> {
     events(client, namespace, name)

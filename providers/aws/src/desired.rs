@@ -4,7 +4,6 @@
 
 use crate::options::IP_ADDRESS_TYPE;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ferrylb_model::reason;
 use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol, ProviderError, Warning};
@@ -174,54 +173,153 @@ pub struct Desired {
     pub warnings: Vec<Warning>,
 }
 
-/// A node's target: its id (instance id or IPv4 address), the node's
-/// name and its zone (from the providerID).
+/// A candidate target: its id (instance id or IPv4 address), the name
+/// its weight is drawn from (the node's, or the pod's address) and its zone.
 type NodeTarget<'a> = (String, &'a str, Option<&'a str>);
 
-/// The target ids for `spec`'s nodes (instance ids or IPv4 addresses), and
-/// a warning naming the nodes that have none.
-fn target_ids(
-    spec: &LoadBalancerSpec,
-    target_type: TargetType,
-) -> (Vec<NodeTarget<'_>>, Option<Warning>) {
+/// The instance ids of `spec`'s nodes, and a warning naming the nodes that
+/// have none.
+fn target_ids(spec: &LoadBalancerSpec) -> (Vec<NodeTarget<'_>>, Option<Warning>) {
     let mut ids = Vec::new();
     let mut skipped = Vec::new();
     for t in spec.targets.iter() {
-        let id = match target_type {
-            TargetType::Instance => t
-                .provider_id
-                .as_deref()
-                .and_then(instance_id)
-                .map(str::to_owned),
-            TargetType::Ip => t
-                .addresses
-                .iter()
-                .find(|a| matches!(a, IpAddr::V4(_)))
-                .map(ToString::to_string),
-        };
-        match id {
+        match t.provider_id.as_deref().and_then(instance_id) {
             Some(id) => ids.push((
-                id,
+                id.to_owned(),
                 t.node.as_str(),
                 t.provider_id.as_deref().and_then(zone_of),
             )),
             None => skipped.push(t.node.as_str()),
         }
     }
-    let warning = (!skipped.is_empty()).then(|| {
-        let what = match target_type {
-            TargetType::Instance => "an AWS providerID (aws:///<zone>/i-…)",
-            TargetType::Ip => "an IPv4 InternalIP",
-        };
-        Warning {
-            reason: reason::NODES_NOT_REGISTERED.into(),
-            message: format!(
-                "nodes without {what} are not registered as targets: {}",
-                skipped.join(", ")
-            ),
-        }
+    let warning = (!skipped.is_empty()).then(|| Warning {
+        reason: reason::NODES_NOT_REGISTERED.into(),
+        message: format!(
+            "nodes without an AWS providerID (aws:///<zone>/i-…) are not registered as \
+             targets: {}",
+            skipped.join(", ")
+        ),
     });
     (ids, warning)
+}
+
+/// For `nlb-target-type: ip`: the Service's ready pods with an IPv4
+/// address, by address (each pod once, whatever its ports), and a warning
+/// when there are none to register or some cannot be (IPv6 only: the
+/// target groups are IPv4). Terminating and unready pods are left out, so
+/// the NLB deregisters them and drains their connections for its
+/// deregistration delay.
+fn pod_targets(spec: &LoadBalancerSpec) -> (Vec<NodeTarget<'_>>, Option<Warning>) {
+    let Some(endpoints) = spec.endpoints.as_deref() else {
+        return (
+            Vec::new(),
+            Some(Warning {
+                reason: reason::ENDPOINTS_NOT_REGISTERED.into(),
+                message: "nlb-target-type ip registers the Service's pods from its \
+                          EndpointSlices, and none are known"
+                    .into(),
+            }),
+        );
+    };
+    let mut by_address: BTreeMap<String, NodeTarget<'_>> = BTreeMap::new();
+    let mut ipv6 = 0usize;
+    for e in endpoints.iter().filter(|e| e.ready) {
+        if e.address.is_ipv4() {
+            let id = e.address.to_string();
+            by_address
+                .entry(id.clone())
+                .or_insert_with(|| (id, "", e.zone.as_deref()));
+        } else {
+            ipv6 += 1;
+        }
+    }
+    let warning = if ipv6 > 0 {
+        Some(Warning {
+            reason: reason::ENDPOINTS_NOT_REGISTERED.into(),
+            message: format!(
+                "{ipv6} ready endpoint port(s) with an IPv6 address are not registered: \
+                 the target groups take IPv4 pod addresses"
+            ),
+        })
+    } else if by_address.is_empty() {
+        Some(Warning {
+            reason: reason::ENDPOINTS_NOT_REGISTERED.into(),
+            message: "the Service has no ready pod to register as a target".into(),
+        })
+    } else {
+        None
+    };
+    (by_address.into_values().collect(), warning)
+}
+
+/// For `externalTrafficPolicy: Local` when the nodes exceed what a zone
+/// holds: only the nodes running a ready endpoint can take traffic, so the
+/// subset is drawn from them (all nodes when the endpoints are not known).
+fn with_ready_endpoints<'a>(
+    spec: &'a LoadBalancerSpec,
+    nodes: Vec<NodeTarget<'a>>,
+    per_zone: usize,
+) -> Vec<NodeTarget<'a>> {
+    let Some(endpoints) = spec.endpoints.as_deref() else {
+        return nodes;
+    };
+    if !matches!(spec.health_check, HealthCheck::Http { .. }) || !over_budget(&nodes, per_zone) {
+        return nodes;
+    }
+    let serving: BTreeSet<&str> = endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .filter_map(|e| e.node.as_deref())
+        .collect();
+    nodes
+        .into_iter()
+        .filter(|(_, node, _)| serving.contains(node))
+        .collect()
+}
+
+/// Whether some zone holds more of `nodes` than `per_zone`.
+fn over_budget(nodes: &[NodeTarget<'_>], per_zone: usize) -> bool {
+    let mut zones: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+    nodes.iter().any(|(_, _, z)| {
+        let n = zones.entry(*z).or_default();
+        *n += 1;
+        *n > per_zone
+    })
+}
+
+/// The pods among `kept` on the port each serves the first of `listeners`
+/// on (the listeners of one port number; TCP first when TCP and UDP share
+/// it).
+fn pod_ports(
+    spec: &LoadBalancerSpec,
+    listeners: &[&ferrylb_model::Listener],
+    kept: &BTreeSet<String>,
+) -> BTreeSet<TargetKey> {
+    let Some(first) = listeners.iter().min_by_key(|l| l.protocol) else {
+        return BTreeSet::new();
+    };
+    spec.endpoints
+        .iter()
+        .flat_map(|e| e.iter())
+        .filter(|e| e.ready && e.serves(first))
+        .map(|e| (e.address.to_string(), e.port))
+        .filter(|(a, _)| kept.contains(a))
+        .collect()
+}
+
+/// Whether a load balancer built from `spec` with options `o` needs the
+/// Service's endpoints: pod targets always; `externalTrafficPolicy: Local`
+/// only when the nodes may exceed what a zone holds, so that the subset is
+/// drawn from nodes running a ready pod.
+pub fn needs_endpoints(spec: &LoadBalancerSpec, o: &AwsOptions, targets_per_zone: usize) -> bool {
+    match o.target_type {
+        TargetType::Ip => true,
+        TargetType::Instance => {
+            let groups = ports_by_number(spec).0.len().max(1);
+            matches!(spec.health_check, HealthCheck::Http { .. })
+                && spec.targets.len() > targets_per_zone / groups
+        }
+    }
 }
 
 /// The zone in an AWS providerID (`aws:///us-east-1a/i-…`).
@@ -258,22 +356,38 @@ fn within_budget(
         ));
     }
     let total = nodes.len();
+    let what = if nodes.iter().all(|(_, n, _)| n.is_empty()) && total > 0 {
+        "pods"
+    } else {
+        "nodes"
+    };
     let service = spec.lb.key.to_string();
-    let kept: BTreeSet<&str> =
-        ferrylb_model::subset::subset(nodes.iter().map(|(_, n, z)| (*n, *z)), &service, per_zone)
-            .into_iter()
-            .collect();
+    let name = |(id, n, _): &NodeTarget<'_>| {
+        if n.is_empty() {
+            id.clone()
+        } else {
+            (*n).to_owned()
+        }
+    };
+    let names: Vec<(String, Option<&str>)> = nodes.iter().map(|t| (name(t), t.2)).collect();
+    let kept: BTreeSet<&str> = ferrylb_model::subset::subset(
+        names.iter().map(|(n, z)| (n.as_str(), *z)),
+        &service,
+        per_zone,
+    )
+    .into_iter()
+    .collect();
     let ids: BTreeSet<String> = nodes
         .iter()
-        .filter(|(_, n, _)| kept.contains(n))
+        .filter(|t| kept.contains(name(t).as_str()))
         .map(|(id, _, _)| id.clone())
         .collect();
     let warning = (kept.len() < total).then(|| Warning {
         reason: reason::TARGET_SUBSET.into(),
         message: format!(
-            "{} of {total} nodes are targets: an NLB holds {targets_per_zone} targets per zone and \
+            "{} of {total} {what} are targets: an NLB holds {targets_per_zone} targets per zone and \
              each of its {groups} target groups counts, so each zone gets at most {per_zone} \
-             (chosen per Service, stable as nodes come and go)",
+             (chosen per Service, stable as {what} come and go)",
             kept.len()
         ),
     });
@@ -464,10 +578,18 @@ impl Desired {
     ) -> Result<Desired, ProviderError> {
         let name = nlb_name(&spec.lb.name, o.scheme, o.ip_address_type);
         let mut warnings = o.warnings.clone();
-        let (nodes, skipped) = target_ids(spec, o.target_type);
-        warnings.extend(skipped);
         let (by_port, unsupported) = ports_by_number(spec);
-        let (targets, subset) = within_budget(spec, nodes, by_port.len(), targets_per_zone)?;
+        let groups = by_port.len().max(1);
+        let (candidates, skipped) = match o.target_type {
+            TargetType::Ip => pod_targets(spec),
+            TargetType::Instance => {
+                let (nodes, skipped) = target_ids(spec);
+                let nodes = with_ready_endpoints(spec, nodes, targets_per_zone / groups);
+                (nodes, skipped)
+            }
+        };
+        warnings.extend(skipped);
+        let (targets, subset) = within_budget(spec, candidates, by_port.len(), targets_per_zone)?;
         warnings.extend(subset);
         warnings.extend(unsupported);
         if by_port.is_empty() {
@@ -477,7 +599,12 @@ impl Desired {
             ));
         }
 
-        let health = Health::resolve(&spec.health_check, &o.health);
+        // Pods answer on their own port, never on kube-proxy's health check
+        // node port: pod targets are checked on the traffic port.
+        let health = match o.target_type {
+            TargetType::Ip => Health::resolve(&HealthCheck::TrafficPort, &o.health),
+            TargetType::Instance => Health::resolve(&spec.health_check, &o.health),
+        };
         let mut listeners = BTreeMap::new();
         for (port, ls) in by_port {
             let (protocol, node_port, names) = port_protocol(port, &ls)?;
@@ -495,7 +622,12 @@ impl Desired {
                 target_type: o.target_type,
                 health: health.clone(),
                 proxy_protocol: o.proxy_protocol,
-                targets: targets.iter().map(|id| (id.clone(), node_port)).collect(),
+                targets: match o.target_type {
+                    TargetType::Ip => pod_ports(spec, &ls, &targets),
+                    TargetType::Instance => {
+                        targets.iter().map(|id| (id.clone(), node_port)).collect()
+                    }
+                },
             };
             listeners.insert(
                 port,

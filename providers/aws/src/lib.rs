@@ -167,6 +167,15 @@ impl LoadBalancerProvider for AwsProvider {
             .map(drop)
     }
 
+    /// Pod targets (`nlb-target-type: ip`) come from the endpoints; so does
+    /// the node subset of an `externalTrafficPolicy: Local` Service with
+    /// more nodes than a zone holds. An invalid annotation needs nothing
+    /// (validation says what is wrong).
+    fn needs_endpoints(&self, spec: &LoadBalancerSpec) -> bool {
+        options::AwsOptions::parse(&spec.annotations)
+            .is_ok_and(|o| desired::needs_endpoints(spec, &o, self.settings.targets_per_zone))
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self.current_status(lb).await?)
     }

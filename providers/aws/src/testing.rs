@@ -24,6 +24,7 @@ pub fn spec(listeners: Vec<Listener>, targets: Vec<Target>) -> LoadBalancerSpec 
         ip_families: vec![],
         require_dual_stack: false,
         status_ips: vec![],
+        endpoints: None,
         annotations: BTreeMap::new(),
     }
 }

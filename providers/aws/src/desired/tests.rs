@@ -188,3 +188,176 @@ fn a_thousand_nodes_and_two_ports_fit_the_target_quota_by_a_stable_subset() {
         ("TooManyTargets", ferrylb_model::ErrorKind::Permanent)
     );
 }
+
+fn endpoint(
+    address: &str,
+    port_name: &str,
+    port: u16,
+    ready: bool,
+    node: &str,
+    zone: &str,
+) -> ferrylb_model::Endpoint {
+    ferrylb_model::Endpoint {
+        port_name: port_name.into(),
+        protocol: Protocol::Tcp,
+        address: address.parse().unwrap(),
+        port,
+        ready,
+        terminating: !ready,
+        node: Some(node.into()),
+        zone: Some(zone.into()),
+    }
+}
+
+fn ip_targets() -> AwsOptions {
+    let mut a = BTreeMap::new();
+    a.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type".to_owned(),
+        "ip".to_owned(),
+    );
+    AwsOptions::parse(&a).unwrap()
+}
+
+/// `nlb-target-type: ip` means the Service's pods, as the AWS Load
+/// Balancer Controller documents it: each ready pod on the port it serves
+/// the Service port on, no nodePort hop; terminating pods are not
+/// registered (so the NLB drains them), nor are IPv6-only ones.
+#[test]
+fn ip_targets_are_the_ready_pods_on_their_own_ports() {
+    let mut s = spec(
+        vec![
+            listener(Protocol::Tcp, 80, 30080),
+            listener(Protocol::Tcp, 443, 30443),
+        ],
+        vec![node("n1", Some("aws:///z/i-1"))],
+    );
+    s.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
+    s.endpoints = Some(
+        vec![
+            endpoint("10.1.0.5", "p80", 8080, true, "n1", "z"),
+            endpoint("10.1.0.5", "p443", 8443, true, "n1", "z"),
+            endpoint("10.1.0.6", "p80", 9090, true, "n2", "z"),
+            endpoint("10.1.0.7", "p80", 8080, false, "n1", "z"),
+            endpoint("fd00::8", "p80", 8080, true, "n1", "z"),
+        ]
+        .into(),
+    );
+    let d = Desired::build(&s, &ip_targets(), "c").unwrap();
+    let t = |port: u16| -> Vec<(String, u16)> {
+        d.listeners[&port]
+            .target_group
+            .targets
+            .iter()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        t(80),
+        [("10.1.0.5".into(), 8080), ("10.1.0.6".into(), 9090)]
+    );
+    assert_eq!(t(443), [("10.1.0.5".into(), 8443)]);
+    let tg = &d.listeners[&80].target_group;
+    assert_eq!(tg.target_type, TargetType::Ip);
+    // Pods answer on their own port, not on kube-proxy's health node port.
+    assert_eq!(tg.health.port, HealthPort::TrafficPort);
+    assert_eq!(tg.health.protocol, HealthProtocol::Tcp);
+    let w: Vec<&Warning> = d
+        .warnings
+        .iter()
+        .filter(|w| w.reason == "EndpointsNotRegistered")
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", d.warnings);
+    assert!(w[0].message.contains("IPv6"), "{}", w[0].message);
+
+    // No endpoints known, or none ready: nothing registered, and said.
+    s.endpoints = None;
+    let d = Desired::build(&s, &ip_targets(), "c").unwrap();
+    assert!(d.listeners[&80].target_group.targets.is_empty());
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.reason == "EndpointsNotRegistered")
+    );
+    s.endpoints = Some(vec![endpoint("10.1.0.7", "p80", 8080, false, "n1", "z")].into());
+    let d = Desired::build(&s, &ip_targets(), "c").unwrap();
+    assert!(d.listeners[&80].target_group.targets.is_empty());
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.message.contains("no ready pod")),
+        "{:?}",
+        d.warnings
+    );
+}
+
+#[test]
+fn endpoints_are_needed_for_pod_targets_and_for_local_services_past_a_zones_budget() {
+    let ports = vec![
+        listener(Protocol::Tcp, 80, 30080),
+        listener(Protocol::Tcp, 443, 30443),
+    ];
+    let nodes: Vec<_> = (0..300)
+        .map(|i| node(&format!("n{i}"), Some(&format!("aws:///z/i-{i:x}"))))
+        .collect();
+    let mut s = spec(ports.clone(), nodes[..10].to_vec());
+    let instance = AwsOptions::default();
+    assert!(needs_endpoints(&s, &ip_targets(), 500));
+    assert!(!needs_endpoints(&s, &instance, 500));
+    s.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
+    assert!(
+        !needs_endpoints(&s, &instance, 500),
+        "10 nodes fit anywhere"
+    );
+    let s = LoadBalancerSpec {
+        targets: nodes.into(),
+        ..s
+    };
+    // 300 nodes, two target groups: 250 per zone at most.
+    assert!(needs_endpoints(&s, &instance, 500));
+    assert!(!needs_endpoints(&s, &instance, 600));
+    let cluster = LoadBalancerSpec {
+        health_check: HealthCheck::TrafficPort,
+        ..s
+    };
+    assert!(!needs_endpoints(&cluster, &instance, 500));
+}
+
+/// `externalTrafficPolicy: Local` past a zone's budget: the subset is
+/// drawn from the nodes running a ready pod only (the others would fail
+/// the health check anyway); within the budget every node stays.
+#[test]
+fn a_local_service_past_the_budget_targets_only_nodes_with_ready_pods() {
+    let nodes: Vec<_> = (0..20)
+        .map(|i| node(&format!("n{i:02}"), Some(&format!("aws:///z/i-{i:x}"))))
+        .collect();
+    let mut s = spec(vec![listener(Protocol::Tcp, 80, 30080)], nodes);
+    s.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
+    s.endpoints = Some(
+        vec![
+            endpoint("10.1.0.5", "p80", 8080, true, "n03", "z"),
+            endpoint("10.1.0.6", "p80", 8080, true, "n11", "z"),
+            endpoint("10.1.0.7", "p80", 8080, false, "n12", "z"),
+        ]
+        .into(),
+    );
+    let d = Desired::build_with(&s, &AwsOptions::default(), "c", 5).unwrap();
+    let ids: Vec<&str> = d.listeners[&80]
+        .target_group
+        .targets
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(ids, ["i-3", "i-b"]);
+    // Within the budget: every node, the health check decides.
+    let d = Desired::build_with(&s, &AwsOptions::default(), "c", 500).unwrap();
+    assert_eq!(d.listeners[&80].target_group.targets.len(), 20);
+}
