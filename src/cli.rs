@@ -35,7 +35,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Watch Services and Nodes and provision load balancers.
     Controller(Box<ControllerArgs>),
-    /// Print what FerryLB would build for Service and Node manifests,
+    /// Print what FerryLB would build for Service, Node and EndpointSlice manifests,
     /// offline: HAProxy's address assignments and configuration, or AWS's
     /// NLBs, listeners, target groups, security group rules and tags.
     Plan(PlanArgs),

@@ -1,5 +1,5 @@
-//! `ferrylb plan`: what the HAProxy provider would do for a set of Service
-//! and Node manifests, without a cluster. The same spec builder, address
+//! `ferrylb plan`: what a provider would do for a set of Service, Node and
+//! EndpointSlice manifests, without a cluster. The same spec builder, address
 //! allocation and renderer as the controller, minus the I/O.
 
 use std::fmt::Write as _;
@@ -9,7 +9,11 @@ use anyhow::Context as _;
 use ferrylb_haproxy::pool::AddressPool;
 use ferrylb_haproxy::{HaproxyProvider, HaproxySettings, status_of};
 use ferrylb_model::LoadBalancerSpec;
+use std::sync::Arc;
+
+use ferrylb_model::Endpoint;
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 mod aws;
@@ -57,16 +61,46 @@ fn check_bounds(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The objects of a set of manifests that a plan reads.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// Sorted by namespace and name.
+    pub services: Vec<Service>,
+    pub nodes: Vec<Node>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+}
+
+impl Manifests {
+    /// The endpoints of Service `namespace/name` in the manifests' slices,
+    /// or `None` when they carry none for it.
+    fn endpoints_of(&self, namespace: &str, name: &str) -> Option<Arc<[Endpoint]>> {
+        let slices: Vec<&EndpointSlice> = self
+            .endpoint_slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(crate::spec::LABEL_SERVICE_NAME))
+                        .is_some_and(|n| n == name)
+            })
+            .collect();
+        (!slices.is_empty()).then(|| crate::spec::endpoints(slices))
+    }
+}
+
 /// Reads every object in a multi-document YAML (or JSON) text, flattening
 /// `kind: List`.
 ///
 /// # Errors
 /// Input over [`MAX_INPUT_BYTES`] or nested deeper than [`MAX_DEPTH`], and
-/// anything that is not YAML or not a valid Service or Node.
-pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> {
+/// anything that is not YAML or not a valid Service, Node or EndpointSlice.
+pub fn parse_manifests(text: &str) -> anyhow::Result<Manifests> {
     check_bounds(text)?;
     let mut services: Vec<Service> = Vec::new();
     let mut nodes = Vec::new();
+    let mut endpoint_slices = Vec::new();
     let mut pending: Vec<serde_json::Value> = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let value =
@@ -85,13 +119,20 @@ pub fn parse_manifests(text: &str) -> anyhow::Result<(Vec<Service>, Vec<Node>)> 
                 services.push(serde_json::from_value(v).context("reading a Service")?)
             }
             Some("Node") => nodes.push(serde_json::from_value(v).context("reading a Node")?),
+            Some("EndpointSlice") => {
+                endpoint_slices.push(serde_json::from_value(v).context("reading an EndpointSlice")?)
+            }
             _ => {}
         }
     }
     services.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
-    Ok((services, nodes))
+    Ok(Manifests {
+        services,
+        nodes,
+        endpoint_slices,
+    })
 }
 
 /// The eligible nodes' line that opens every plan.
@@ -164,7 +205,9 @@ fn specs(
 /// The HAProxy plan as text: assignments (or why a Service gets none), then
 /// the configuration.
 pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String> {
-    let (services, nodes) = parse_manifests(text)?;
+    let Manifests {
+        services, nodes, ..
+    } = parse_manifests(text)?;
     // Nothing is written or started: the directory only appears in the
     // rendered `stats socket` line.
     let provider =
@@ -213,10 +256,17 @@ pub fn plan(text: &str, class: &str, pool: AddressPool) -> anyhow::Result<String
 /// FerryLB would create for cluster `cluster`, or why it would create
 /// none. Offline: subnets are described, not looked up.
 pub fn plan_aws(text: &str, class: &str, cluster: &str) -> anyhow::Result<String> {
-    let (services, nodes) = parse_manifests(text)?;
-    let targets = crate::spec::targets(&nodes);
+    let manifests = parse_manifests(text)?;
+    let targets = crate::spec::targets(&manifests.nodes);
     let mut out = nodes_line(&targets);
-    let (specs, mut refused) = specs(&services, class, &targets);
+    let (mut specs, mut refused) = specs(&manifests.services, class, &targets);
+    // As the controller does: the endpoints of the Services that need them,
+    // from the manifests' EndpointSlices.
+    for (_, spec) in &mut specs {
+        if aws::needs_endpoints(spec) {
+            spec.endpoints = manifests.endpoints_of(&spec.lb.key.namespace, &spec.lb.key.name);
+        }
+    }
     if specs.iter().any(|(_, s)| s.lb.key.uid.starts_with(NO_UID)) {
         let _ = writeln!(
             out,
@@ -417,6 +467,66 @@ spec: {type: LoadBalancer, loadBalancerClass: example.com/other, ports: [{port: 
         assert!(
             out.contains("shop/many: not provisioned: the load balancer's security group would need 61 IPv4 inbound rules")
                 && out.contains("holds 60"),
+            "{out}"
+        );
+    }
+
+    /// `nlb-target-type: ip` targets the pods the manifests' EndpointSlices
+    /// list (ready ones, on their own port), as the controller would; with
+    /// no slice for the Service, the plan says none are known.
+    #[test]
+    fn plans_pod_targets_from_the_manifests_endpoint_slices() {
+        let text = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {providerID: "aws:///us-east-1a/i-0a1b2c3d4e5f60011"}
+status: {addresses: [{type: InternalIP, address: 10.0.1.11}]}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  annotations: {service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip}
+spec: {type: LoadBalancer, ports: [{name: http, port: 80, nodePort: 30080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.0.1.50], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.0.1.51], conditions: {ready: false, terminating: true}, nodeName: n1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-x2, namespace: other, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.9.9.9]}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+  annotations: {service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip}
+spec: {type: LoadBalancer, ports: [{name: http, port: 80, nodePort: 30081}]}
+"#;
+        let out = plan_aws(text, "ferrylb.io/aws", "prod").unwrap();
+        let web = out.split("shop/web:").nth(1).unwrap();
+        assert!(web.contains("targets: 10.0.1.50:8080\n"), "{out}");
+        assert!(web.contains("to each pod's own port, ip targets"), "{out}");
+        assert!(
+            !web.contains("10.0.1.51") && !web.contains("10.9.9.9"),
+            "{out}"
+        );
+        let api = out.split("shop/api:").nth(1).unwrap();
+        assert!(api.contains("targets: none"), "{out}");
+        assert!(
+            api.contains("warning: nlb-target-type ip registers the Service's pods"),
             "{out}"
         );
     }

@@ -3,8 +3,16 @@
 use std::fmt::Write as _;
 
 use ferrylb_aws::desired::{Desired, DesiredListener, Health};
-use ferrylb_aws::options::AwsOptions;
+use ferrylb_aws::options::{AwsOptions, TargetType};
 use ferrylb_model::{LoadBalancerSpec, ProviderError};
+
+/// Whether the AWS provider needs `spec`'s endpoints (as
+/// [`ferrylb_aws::desired::needs_endpoints`] decides with the default quota).
+pub fn needs_endpoints(spec: &LoadBalancerSpec) -> bool {
+    AwsOptions::parse(&spec.annotations).is_ok_and(|o| {
+        ferrylb_aws::desired::needs_endpoints(spec, &o, ferrylb_aws::desired::TARGETS_PER_ZONE)
+    })
+}
 
 /// `spec`'s resources, indented under its name.
 ///
@@ -83,10 +91,13 @@ fn listener(out: &mut String, l: &DesiredListener) {
     };
     let _ = writeln!(
         out,
-        "    target group {}: {} to nodePort {}, {} targets{}",
+        "    target group {}: {} to {}, {} targets{}",
         tg.name,
         tg.protocol.as_str(),
-        tg.node_port,
+        match tg.target_type {
+            TargetType::Instance => format!("nodePort {}", tg.node_port),
+            TargetType::Ip => "each pod's own port".to_owned(),
+        },
         tg.target_type.as_str(),
         if tg.proxy_protocol {
             ", proxy protocol v2"
