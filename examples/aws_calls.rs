@@ -130,7 +130,10 @@ async fn main() {
         for &s in services.iter().filter(|_| kinds.iter().any(|k| k == "ip")) {
             pods(&conf, &seed, s, k).await;
         }
-        for &s in services.iter().filter(|_| kinds.iter().any(|k| k == "instance")) {
+        for &s in services
+            .iter()
+            .filter(|_| kinds.iter().any(|k| k == "instance"))
+        {
             let owned = aws::provider(&conf, &seed);
             let p = &owned;
             let specs: Vec<_> = (0..s).map(|i| spec(&seed, i, k)).collect();

@@ -488,7 +488,9 @@ kind: Service
 metadata:
   name: web
   namespace: shop
-  annotations: {service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip}
+  annotations:
+    service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip
+    service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: deregistration_delay.timeout_seconds=30
 spec: {type: LoadBalancer, ports: [{name: http, port: 80, nodePort: 30080}]}
 ---
 apiVersion: discovery.k8s.io/v1
@@ -519,6 +521,10 @@ spec: {type: LoadBalancer, ports: [{name: http, port: 80, nodePort: 30081}]}
         let web = out.split("shop/web:").nth(1).unwrap();
         assert!(web.contains("targets: 10.0.1.50:8080\n"), "{out}");
         assert!(web.contains("to each pod's own port, ip targets"), "{out}");
+        assert!(
+            web.contains("attributes: deregistration_delay.timeout_seconds=30\n"),
+            "{out}"
+        );
         assert!(
             !web.contains("10.0.1.51") && !web.contains("10.9.9.9"),
             "{out}"

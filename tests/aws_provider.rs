@@ -583,6 +583,83 @@ async fn a_drift_check_needs_no_tag_lookup_and_rebuilds_what_was_deleted_by_hand
     assert!(aws::inventory(&conf, &seed).await.is_empty());
 }
 
+/// The deregistration delay (and the other `target-group-attributes`) is
+/// set on every target group in one call at creation, repaired by the drift
+/// check when changed by hand, and costs nothing when already right.
+#[tokio::test]
+async fn target_group_attributes_are_set_once_and_kept() {
+    let conf = aws::sdk_config(env::shared()).await;
+    let seed = aws::seed(&conf, 2).await;
+    let p = aws::provider(&conf, &seed);
+    let mut spec = two_port_spec(&seed, "attrs", 2);
+    spec.annotations.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes".into(),
+        "deregistration_delay.timeout_seconds=30,deregistration_delay.connection_termination.enabled=true".into(),
+    );
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(
+        p.calls().snapshot().count("ModifyTargetGroupAttributes"),
+        2,
+        "one call per target group"
+    );
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&conf);
+    let attribute = |arn: String, key: &'static str| {
+        let elb = elb.clone();
+        async move {
+            elb.describe_target_group_attributes()
+                .target_group_arn(arn)
+                .send()
+                .await
+                .unwrap()
+                .attributes()
+                .iter()
+                .find(|a| a.key() == Some(key))
+                .and_then(|a| a.value().map(str::to_owned))
+        }
+    };
+    let arns: Vec<String> = aws::inventory(&conf, &seed)
+        .await
+        .target_groups
+        .iter()
+        .map(|t| t.target_group_arn().unwrap().to_owned())
+        .collect();
+    for arn in &arns {
+        assert_eq!(
+            attribute(arn.clone(), "deregistration_delay.timeout_seconds")
+                .await
+                .as_deref(),
+            Some("30")
+        );
+    }
+    p.calls().reset();
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(p.calls().snapshot().count("ModifyTargetGroupAttributes"), 0);
+
+    // Changed by hand: the drift check puts it back.
+    elb.modify_target_group_attributes()
+        .target_group_arn(&arns[0])
+        .attributes(
+            aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                .key("deregistration_delay.timeout_seconds")
+                .value("300")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    p.calls().reset();
+    p.ensure(&spec).await.unwrap();
+    assert_eq!(p.calls().snapshot().count("ModifyTargetGroupAttributes"), 1);
+    assert_eq!(
+        attribute(arns[0].clone(), "deregistration_delay.timeout_seconds")
+            .await
+            .as_deref(),
+        Some("30")
+    );
+    p.ensure_deleted(&spec.lb).await.unwrap();
+    assert!(aws::inventory(&conf, &seed).await.is_empty());
+}
+
 /// Readiness comes from the calls the provider makes anyway: the first
 /// check with no call behind it asks AWS once; after that, checks cost
 /// nothing while calls are answered, and an unreachable endpoint fails them

@@ -99,13 +99,21 @@ fn listener(out: &mut String, l: &DesiredListener) {
             TargetType::Ip => "each pod's own port".to_owned(),
         },
         tg.target_type.as_str(),
-        if tg.proxy_protocol {
+        if tg.proxy_protocol() {
             ", proxy protocol v2"
         } else {
             ""
         }
     );
     let _ = writeln!(out, "    health check: {}", health(&tg.health));
+    let attributes: Vec<String> = tg
+        .attributes_to_set([])
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !attributes.is_empty() {
+        let _ = writeln!(out, "    attributes: {}", attributes.join(", "));
+    }
     let targets: Vec<String> = tg
         .targets
         .iter()

@@ -10,8 +10,8 @@ use ferrylb_model::{HealthCheck, LoadBalancerSpec, Protocol, ProviderError, Warn
 use ipnet::IpNet;
 
 use crate::options::{
-    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, SSL_PORTS, Scheme,
-    TargetType,
+    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, PROXY_PROTOCOL_V2,
+    SSL_PORTS, Scheme, TargetType,
 };
 
 mod names;
@@ -124,7 +124,9 @@ pub struct DesiredTargetGroup {
     pub node_port: u16,
     pub target_type: TargetType,
     pub health: Health,
-    pub proxy_protocol: bool,
+    /// The attributes FerryLB manages (PROXY protocol always, the
+    /// `target-group-attributes` ones when given); others are left alone.
+    pub attributes: BTreeMap<String, String>,
     pub targets: BTreeSet<TargetKey>,
 }
 
@@ -305,6 +307,47 @@ fn pod_ports(
         .map(|e| (e.address.to_string(), e.port))
         .filter(|(a, _)| kept.contains(a))
         .collect()
+}
+
+/// The target group attributes FerryLB manages: PROXY protocol v2 on or
+/// off as `proxy-protocol` says (so removing it turns it off), and every
+/// `target-group-attributes` entry.
+fn target_group_attributes(o: &AwsOptions) -> BTreeMap<String, String> {
+    let mut a = o.target_group_attributes.clone();
+    a.entry(PROXY_PROTOCOL_V2.to_owned())
+        .or_insert_with(|| o.proxy_protocol.to_string());
+    a
+}
+
+/// What a new NLB target group has, as AWS documents it.
+pub const TARGET_GROUP_DEFAULTS: &[(&str, &str)] = &[
+    (PROXY_PROTOCOL_V2, "false"),
+    (crate::options::DEREGISTRATION_DELAY, "300"),
+];
+
+impl DesiredTargetGroup {
+    /// Whether the targets get PROXY protocol v2.
+    pub fn proxy_protocol(&self) -> bool {
+        self.attributes
+            .get(PROXY_PROTOCOL_V2)
+            .is_some_and(|v| v == "true")
+    }
+
+    /// The managed attributes whose value differs from `current` (what AWS
+    /// reports; one it does not report has AWS's default, when FerryLB
+    /// knows it, and differs otherwise).
+    pub fn attributes_to_set<'a>(
+        &self,
+        current: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> BTreeMap<String, String> {
+        let mut now: BTreeMap<&str, &str> = TARGET_GROUP_DEFAULTS.iter().copied().collect();
+        now.extend(current);
+        self.attributes
+            .iter()
+            .filter(|(k, v)| now.get(k.as_str()) != Some(&v.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 /// Whether a load balancer built from `spec` with options `o` needs the
@@ -621,7 +664,7 @@ impl Desired {
                 node_port,
                 target_type: o.target_type,
                 health: health.clone(),
-                proxy_protocol: o.proxy_protocol,
+                attributes: target_group_attributes(o),
                 targets: match o.target_type {
                     TargetType::Ip => pod_ports(spec, &ls, &targets),
                     TargetType::Instance => {

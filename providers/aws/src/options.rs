@@ -13,7 +13,10 @@ use ferrylb_model::{ProviderError, Warning, split_list};
 
 mod parse;
 
-use parse::{Ann, parse_cross_zone, parse_health, parse_tags, parse_tls, valid_subnet_ref};
+use parse::{
+    Ann, parse_cross_zone, parse_health, parse_tags, parse_tg_attributes, parse_tls,
+    valid_subnet_ref,
+};
 
 /// Prefix shared by every annotation this module reads.
 pub const PREFIX: &str = "service.beta.kubernetes.io/aws-load-balancer-";
@@ -42,6 +45,13 @@ pub const SSL_CERT: &str = "service.beta.kubernetes.io/aws-load-balancer-ssl-cer
 pub const SSL_PORTS: &str = "service.beta.kubernetes.io/aws-load-balancer-ssl-ports";
 pub const SSL_POLICY: &str = "service.beta.kubernetes.io/aws-load-balancer-ssl-negotiation-policy";
 pub const PROXY_PROTOCOL: &str = "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol";
+pub const TARGET_GROUP_ATTRIBUTES_ANNOTATION: &str =
+    "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes";
+/// How long AWS keeps a deregistered target's connections (AWS's default
+/// 300 s).
+pub const DEREGISTRATION_DELAY: &str = "deregistration_delay.timeout_seconds";
+/// PROXY protocol v2 towards the targets.
+pub const PROXY_PROTOCOL_V2: &str = "proxy_protocol_v2.enabled";
 
 const CROSS_ZONE_ATTRIBUTE: &str = "load_balancing.cross_zone.enabled";
 /// TLS policy used when a certificate is set and no policy is named.
@@ -162,6 +172,8 @@ pub struct AwsOptions {
     pub extra_tags: BTreeMap<String, String>,
     pub tls: Option<Tls>,
     pub proxy_protocol: bool,
+    /// `target-group-attributes`, checked: set on every target group.
+    pub target_group_attributes: BTreeMap<String, String>,
     /// Annotations of the family that FerryLB does not implement.
     pub warnings: Vec<Warning>,
 }
@@ -188,6 +200,7 @@ const KNOWN: &[&str] = &[
     SSL_PORTS,
     SSL_POLICY,
     PROXY_PROTOCOL,
+    TARGET_GROUP_ATTRIBUTES_ANNOTATION,
 ];
 
 /// Tag keys FerryLB sets itself; additional tags may not override them.
@@ -299,6 +312,21 @@ impl AwsOptions {
                 ));
             }
             o.proxy_protocol = true;
+        }
+        o.target_group_attributes = parse_tg_attributes(a.get(TARGET_GROUP_ATTRIBUTES_ANNOTATION))?;
+        if o.proxy_protocol
+            && o.target_group_attributes
+                .get(PROXY_PROTOCOL_V2)
+                .is_some_and(|v| v == "false")
+        {
+            return Err(ProviderError::invalid(
+                TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+                a.get(TARGET_GROUP_ATTRIBUTES_ANNOTATION)
+                    .unwrap_or_default(),
+                &format!(
+                    "{PROXY_PROTOCOL_V2}=false conflicts with {PROXY_PROTOCOL}=\"*\"; set only one"
+                ),
+            ));
         }
         for key in annotations.keys() {
             if key.starts_with(PREFIX) && !KNOWN.contains(&key.as_str()) {

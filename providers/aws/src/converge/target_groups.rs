@@ -1,8 +1,9 @@
 //! Target groups, one per listener: created with their tags and health
-//! check, adopted after a lost answer, health check and proxy protocol kept
-//! as desired, targets registered and deregistered by difference.
+//! check, adopted after a lost answer, health check and managed attributes
+//! (PROXY protocol, `target-group-attributes`) kept as desired, targets
+//! registered and deregistered by difference.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_elasticloadbalancingv2::types::{
     ProtocolEnum, TargetDescription, TargetGroup, TargetGroupAttribute,
@@ -16,11 +17,9 @@ use crate::desired::{Desired, DesiredTargetGroup, Health, TargetKey};
 use crate::options::{HealthProtocol, IpAddressType};
 
 use super::elb_tags;
-use super::load_balancer::attribute_on;
 
 /// Targets per RegisterTargets/DeregisterTargets call.
 const TARGETS_PER_CALL: usize = 200;
-const PROXY_PROTOCOL_ATTRIBUTE: &str = "proxy_protocol_v2.enabled";
 
 /// Sets every health-check field of a CreateTargetGroup or ModifyTargetGroup
 /// request (two builder types with the same setters) from a [`Health`].
@@ -160,9 +159,9 @@ impl AwsProvider {
             }
             Err(e) => return Err(e.into()),
         };
-        if tg.proxy_protocol {
-            self.set_proxy_protocol(&arn, true).await?;
-        }
+        // A new target group has AWS's defaults: set what differs from
+        // them (nothing, unless an annotation asks).
+        self.set_attributes(&arn, &tg.attributes_to_set([])).await?;
         Ok(arn)
     }
 
@@ -195,7 +194,20 @@ impl AwsProvider {
         }
     }
 
-    async fn set_proxy_protocol(&self, arn: &str, on: bool) -> Result<(), ProviderError> {
+    /// Sets `attributes` on target group `arn` in one call (none when there
+    /// is nothing to set).
+    async fn set_attributes(
+        &self,
+        arn: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        let attrs = attributes
+            .iter()
+            .map(|(k, v)| TargetGroupAttribute::builder().key(k).value(v).build())
+            .collect();
         self.clients
             .call(
                 CallKind::ElbMutate,
@@ -204,12 +216,7 @@ impl AwsProvider {
                     .elb
                     .modify_target_group_attributes()
                     .target_group_arn(arn)
-                    .attributes(
-                        TargetGroupAttribute::builder()
-                            .key(PROXY_PROTOCOL_ATTRIBUTE)
-                            .value(on.to_string())
-                            .build(),
-                    )
+                    .set_attributes(Some(attrs))
                     .send(),
             )
             .await?;
@@ -256,13 +263,16 @@ impl AwsProvider {
                     .send(),
             )
             .await?;
-        let proxy = attribute_on(
-            attrs.attributes().iter().map(|a| (a.key(), a.value())),
-            PROXY_PROTOCOL_ATTRIBUTE,
+        let drifted = tg.attributes_to_set(
+            attrs
+                .attributes()
+                .iter()
+                .filter_map(|a| Some((a.key()?, a.value()?))),
         );
-        if proxy != tg.proxy_protocol {
-            self.set_proxy_protocol(&arn, tg.proxy_protocol).await?;
+        if !drifted.is_empty() {
+            tracing::info!(target_group = %tg.name, attributes = ?drifted, "target group attributes drifted");
         }
+        self.set_attributes(&arn, &drifted).await?;
         let health = self
             .clients
             .call_paced(

@@ -361,3 +361,47 @@ fn a_local_service_past_the_budget_targets_only_nodes_with_ready_pods() {
     let d = Desired::build_with(&s, &AwsOptions::default(), "c", 500).unwrap();
     assert_eq!(d.listeners[&80].target_group.targets.len(), 20);
 }
+
+/// The managed attributes: PROXY protocol always (so removing the
+/// annotation turns it off), the `target-group-attributes` ones when given;
+/// only those that differ from what AWS reports are set.
+#[test]
+fn target_group_attributes_set_only_what_differs() {
+    let s = spec(vec![listener(Protocol::Tcp, 80, 30080)], vec![]);
+    let d = Desired::build(&s, &AwsOptions::default(), "c").unwrap();
+    let tg = &d.listeners[&80].target_group;
+    assert!(!tg.proxy_protocol());
+    assert!(
+        tg.attributes_to_set([("proxy_protocol_v2.enabled", "false"), ("x", "y")])
+            .is_empty()
+    );
+    assert_eq!(
+        tg.attributes_to_set([("proxy_protocol_v2.enabled", "true")])
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("proxy_protocol_v2.enabled".to_owned(), "false".to_owned())]
+    );
+    let mut a = BTreeMap::new();
+    a.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes".to_owned(),
+        "deregistration_delay.timeout_seconds=30".to_owned(),
+    );
+    a.insert(
+        "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol".to_owned(),
+        "*".to_owned(),
+    );
+    let d = Desired::build(&s, &AwsOptions::parse(&a).unwrap(), "c").unwrap();
+    let tg = &d.listeners[&80].target_group;
+    assert!(tg.proxy_protocol());
+    let set = tg.attributes_to_set([
+        ("deregistration_delay.timeout_seconds", "300"),
+        ("proxy_protocol_v2.enabled", "true"),
+    ]);
+    assert_eq!(
+        set.into_iter().collect::<Vec<_>>(),
+        [(
+            "deregistration_delay.timeout_seconds".to_owned(),
+            "30".to_owned()
+        )]
+    );
+}

@@ -145,6 +145,91 @@ pub(super) fn parse_cross_zone(a: &Ann<'_>) -> Result<Option<bool>, ProviderErro
     }
 }
 
+/// The target group attributes FerryLB sets from
+/// `target-group-attributes`, each with what its value may be.
+const TARGET_GROUP_ATTRIBUTES: &[(&str, AttributeValue)] = &[
+    (DEREGISTRATION_DELAY, AttributeValue::Int(0, 3600)),
+    (
+        "deregistration_delay.connection_termination.enabled",
+        AttributeValue::Bool,
+    ),
+    ("preserve_client_ip.enabled", AttributeValue::Bool),
+    (PROXY_PROTOCOL_V2, AttributeValue::Bool),
+    ("stickiness.enabled", AttributeValue::Bool),
+    ("stickiness.type", AttributeValue::OneOf(&["source_ip"])),
+    (
+        "target_health_state.unhealthy.connection_termination.enabled",
+        AttributeValue::Bool,
+    ),
+    (
+        "target_health_state.unhealthy.draining_interval_seconds",
+        AttributeValue::Int(0, 360_000),
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum AttributeValue {
+    Bool,
+    Int(u32, u32),
+    OneOf(&'static [&'static str]),
+}
+
+impl AttributeValue {
+    fn accepts(self, v: &str) -> bool {
+        match self {
+            Self::Bool => matches!(v, "true" | "false"),
+            Self::Int(lo, hi) => {
+                v.bytes().all(|b| b.is_ascii_digit())
+                    && v.parse::<u32>().is_ok_and(|n| (lo..=hi).contains(&n))
+            }
+            Self::OneOf(values) => values.contains(&v),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Bool => "true or false".into(),
+            Self::Int(lo, hi) => format!("an integer {lo}-{hi}"),
+            Self::OneOf(values) => values.join(" or "),
+        }
+    }
+}
+
+/// `target-group-attributes` (`key=value,…`, the AWS Load Balancer
+/// Controller's annotation), checked key by key.
+pub(super) fn parse_tg_attributes(
+    v: Option<&str>,
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let mut out = BTreeMap::new();
+    let Some(v) = v else { return Ok(out) };
+    let keys: Vec<&str> = TARGET_GROUP_ATTRIBUTES.iter().map(|(k, _)| *k).collect();
+    for item in split_list(v) {
+        let Some((key, value)) = item.split_once('=').map(|(k, v)| (k.trim(), v.trim())) else {
+            return Err(ProviderError::invalid(
+                TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+                v,
+                &format!("entry {item:?} is not key=value; keys: {}", keys.join(", ")),
+            ));
+        };
+        let Some((_, kind)) = TARGET_GROUP_ATTRIBUTES.iter().find(|(k, _)| *k == key) else {
+            return Err(ProviderError::invalid(
+                TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+                v,
+                &format!("key {key:?} is not supported; keys: {}", keys.join(", ")),
+            ));
+        };
+        if !kind.accepts(value) {
+            return Err(ProviderError::invalid(
+                TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+                v,
+                &format!("{key} must be {}", kind.describe()),
+            ));
+        }
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(out)
+}
+
 pub(super) fn parse_tags(v: Option<&str>) -> Result<BTreeMap<String, String>, ProviderError> {
     let mut tags = BTreeMap::new();
     let Some(v) = v else { return Ok(tags) };

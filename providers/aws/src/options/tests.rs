@@ -163,3 +163,56 @@ fn ssl_cert_takes_a_list_the_first_as_the_default() {
     let e = parse(&[(SSL_CERT, "arn:aws:acm:x:1:certificate/b,oops")]).unwrap_err();
     assert!(e.message.contains("entry \"oops\" is not an ARN"), "{e}");
 }
+
+/// `target-group-attributes`, the AWS Load Balancer Controller's
+/// annotation: each key checked, with its allowed values named.
+#[test]
+fn target_group_attributes_are_checked_key_by_key() {
+    let o = parse(&[(
+        TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+        "deregistration_delay.timeout_seconds=30, preserve_client_ip.enabled=false,stickiness.type=source_ip",
+    )])
+    .unwrap();
+    assert_eq!(
+        o.target_group_attributes
+            .get(DEREGISTRATION_DELAY)
+            .map(String::as_str),
+        Some("30")
+    );
+    assert_eq!(o.target_group_attributes.len(), 3);
+    assert!(o.warnings.is_empty(), "a known annotation");
+    for (value, says) in [
+        (
+            "deregistration_delay.timeout_seconds=3601",
+            "an integer 0-3600",
+        ),
+        (
+            "deregistration_delay.timeout_seconds=-1",
+            "an integer 0-3600",
+        ),
+        ("preserve_client_ip.enabled=yes", "true or false"),
+        ("stickiness.type=lb_cookie", "source_ip"),
+        (
+            "slow_start.duration_seconds=30",
+            "key \"slow_start.duration_seconds\" is not supported",
+        ),
+        ("deregistration_delay.timeout_seconds", "is not key=value"),
+    ] {
+        let e = parse(&[(TARGET_GROUP_ATTRIBUTES_ANNOTATION, value)]).unwrap_err();
+        assert!(
+            e.message.starts_with(TARGET_GROUP_ATTRIBUTES_ANNOTATION),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains(says), "{value}: {}", e.message);
+    }
+    let e = parse(&[
+        (PROXY_PROTOCOL, "*"),
+        (
+            TARGET_GROUP_ATTRIBUTES_ANNOTATION,
+            "proxy_protocol_v2.enabled=false",
+        ),
+    ])
+    .unwrap_err();
+    assert!(e.message.contains("set only one"), "{}", e.message);
+}
