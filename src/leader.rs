@@ -1,28 +1,95 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that of several
-//! replicas only one reconciles.
+//! replicas only one reconciles (and, without VRRP or BGP, only one holds
+//! the VIPs), with the semantics client-go's leader election proved.
 //!
 //! # Expected flow
-//! 1. [`LeaseLock::acquire`] polls until the Lease is free (no holder, or the
-//!    holder stopped renewing for longer than the lease duration) and takes
-//!    it, or until shutdown.
-//! 2. [`LeaseLock::hold`] renews it every third of the lease duration and
-//!    returns when leadership is lost: another replica holds it, or no
-//!    renewal succeeded for a whole lease duration.
+//! 1. [`LeaseLock::acquire`] polls every retry period until the Lease is
+//!    free and takes it, or until shutdown. Free means: no holder, or a
+//!    record (holder, renew time, resourceVersion) this replica has seen
+//!    unchanged for a whole lease duration, timed by its own monotonic
+//!    clock from when it first saw that record (never from the timestamp
+//!    in it, which another host's clock wrote).
+//! 2. [`LeaseLock::hold`] renews every retry period and returns the moment
+//!    no renewal succeeded within the renew deadline (two thirds of the
+//!    lease duration, counted from the start of the last successful
+//!    renewal), or another replica holds the Lease.
 //! 3. [`LeaseLock::release`] hands it back on a clean shutdown, so a follower
 //!    takes over at once instead of waiting for the lease to expire.
 //!
 //! # Guarantees
-//! Every write is a replace with the Lease's resourceVersion: of two
-//! replicas racing for a free Lease exactly one wins (the other gets a
-//! conflict and stays a follower).
+//! - Every write is a replace with the Lease's resourceVersion: of two
+//!   replicas racing for a free Lease exactly one wins (the other gets a
+//!   conflict and stays a follower).
+//! - Every call has a time limit; a renewal never outlives the deadline.
+//! - A leader stops (and must stop acting) at least a third of the lease
+//!   duration before any follower may take over: the follower starts its
+//!   clock no earlier than the renewal the leader's deadline counts from.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
+
+/// What identifies one version of the Lease's record: a change of any part
+/// is a sign of life from its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec.and_then(|s| s.holder_identity.clone()),
+            renew_time: spec
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.to_string()),
+            resource_version: lease.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// When this replica first saw the Lease's current record.
+#[derive(Debug, Clone)]
+struct Observed {
+    record: Record,
+    at: Instant,
+}
+
+/// Whether a Lease whose record is `current` is free for the taking at
+/// `now`, given what was `observed` before (which this updates): no holder,
+/// or the same record seen for at least `held_for`.
+fn observe_expired(
+    observed: &mut Option<Observed>,
+    current: Record,
+    held_for: Duration,
+    now: Instant,
+) -> bool {
+    let free = current.holder.as_deref().is_none_or(str::is_empty);
+    match observed {
+        Some(o) if o.record == current => free || now.duration_since(o.at) >= held_for,
+        _ => {
+            *observed = Some(Observed {
+                record: current,
+                at: now,
+            });
+            free
+        }
+    }
+}
+
+/// The renew deadline for a lease of `duration`: two thirds of it (10 s of
+/// 15 s, client-go's defaults).
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
+}
 
 /// One replica's handle on the Lease.
 #[derive(Clone)]
@@ -31,6 +98,27 @@ pub struct LeaseLock {
     name: String,
     identity: String,
     duration: Duration,
+    observed: std::sync::Arc<Mutex<Option<Observed>>>,
+}
+
+/// A Lease call that failed or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// `call`, abandoned after `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaseError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(LeaseError::TimedOut(limit)),
+    }
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -51,6 +139,7 @@ impl LeaseLock {
             name: name.to_owned(),
             identity: identity.to_owned(),
             duration,
+            observed: std::sync::Arc::default(),
         }
     }
 
@@ -62,14 +151,17 @@ impl LeaseLock {
     }
 
     /// Takes the Lease if it is free or ours; `Ok(true)` when this replica
-    /// holds it afterwards.
+    /// holds it afterwards. No call takes longer than `limit`.
     ///
     /// # Errors
-    /// When the API server cannot be asked (a lost race is `Ok(false)`).
-    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+    /// When the API server cannot be asked, or does not answer within
+    /// `limit` (a lost race is `Ok(false)`).
+    async fn try_acquire_within(&self, limit: Duration) -> Result<bool, LeaseError> {
+        let started = Instant::now();
+        let left = || limit.saturating_sub(started.elapsed());
         let now = Timestamp::now();
         let secs = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let Some(current) = self.api.get_opt(&self.name).await? else {
+        let Some(current) = within(left(), self.api.get_opt(&self.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -84,27 +176,23 @@ impl LeaseLock {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match within(left(), self.api.create(&PostParams::default(), &lease)).await {
                 Ok(_) => Ok(true),
-                Err(e) if is_conflict(&e) => Ok(false),
+                Err(LeaseError::Api(e)) if is_conflict(&e) => Ok(false),
                 Err(e) => Err(e),
             };
         };
         let spec = current.spec.clone().unwrap_or_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = match (&spec.holder_identity, &spec.renew_time) {
-            (None, _) | (_, None) => true,
-            (Some(h), _) if h.is_empty() => true,
-            (Some(_), Some(renewed)) => {
-                let held_for = SignedDuration::from_secs(i64::from(
-                    spec.lease_duration_seconds.unwrap_or(secs),
-                ));
-                renewed
-                    .0
-                    .checked_add(held_for)
-                    .is_ok_and(|until| until < now)
-            }
-        };
+        let held_for = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(secs)).unwrap_or(0),
+        );
+        let expired = observe_expired(
+            &mut self.observed.lock().expect("observed lock"),
+            Record::of(&current),
+            held_for,
+            Instant::now(),
+        );
         if !mine && !expired {
             return Ok(false);
         }
@@ -123,15 +211,30 @@ impl LeaseLock {
                 ..spec
             }),
         };
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
+        match within(
+            left(),
+            self.api.replace(&self.name, &PostParams::default(), &lease),
+        )
+        .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if is_conflict(&e) => Ok(false),
+            Ok(written) => {
+                *self.observed.lock().expect("observed lock") = Some(Observed {
+                    record: Record::of(&written),
+                    at: Instant::now(),
+                });
+                Ok(true)
+            }
+            Err(LeaseError::Api(e)) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// [`Self::try_acquire_within`] one retry period.
+    ///
+    /// # Errors
+    /// As [`Self::try_acquire_within`].
+    pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
+        self.try_acquire_within(self.retry_period()).await
     }
 
     /// Waits until this replica holds the Lease.
@@ -153,19 +256,29 @@ impl LeaseLock {
         }
     }
 
-    /// Renews the Lease until leadership is lost, then returns.
+    /// The renew deadline: how long after the start of its last successful
+    /// renewal a leader stops leading.
+    pub fn renew_deadline(&self) -> Duration {
+        renew_deadline(self.duration)
+    }
+
+    /// Renews the Lease until leadership is lost, then returns at once:
+    /// when another replica holds it, or when no renewal succeeded within
+    /// the renew deadline (a renewal that hangs is abandoned at it).
     pub async fn hold(&self) {
-        let mut last_renewal = Instant::now();
+        let mut renewed_from = Instant::now();
         loop {
             tokio::time::sleep(self.retry_period()).await;
-            match self.try_acquire().await {
-                Ok(true) => last_renewal = Instant::now(),
+            let deadline = renewed_from + self.renew_deadline();
+            let attempt = Instant::now();
+            let Some(left) = deadline.checked_duration_since(attempt) else {
+                tracing::warn!(lease = %self.name, "no renewal of the Lease within the renew deadline; no longer leading");
+                return;
+            };
+            match self.try_acquire_within(left).await {
+                Ok(true) => renewed_from = attempt,
                 Ok(false) => {
                     tracing::warn!(lease = %self.name, "another replica took the Lease");
-                    return;
-                }
-                Err(e) if last_renewal.elapsed() >= self.duration => {
-                    tracing::warn!(lease = %self.name, error = %e, "could not renew the Lease for a whole lease duration");
                     return;
                 }
                 Err(e) => {
@@ -179,8 +292,9 @@ impl LeaseLock {
     ///
     /// # Errors
     /// When the API server cannot be asked.
-    pub async fn release(&self) -> Result<(), kube::Error> {
-        let Some(current) = self.api.get_opt(&self.name).await? else {
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let limit = self.retry_period();
+        let Some(current) = within(limit, self.api.get_opt(&self.name)).await? else {
             return Ok(());
         };
         let spec = current.spec.clone().unwrap_or_default();
@@ -196,17 +310,93 @@ impl LeaseLock {
                 ..spec
             }),
         };
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
+        match within(
+            limit,
+            self.api.replace(&self.name, &PostParams::default(), &lease),
+        )
+        .await
         {
             Ok(_) => {
                 tracing::info!(lease = %self.name, "released the leader Lease");
                 Ok(())
             }
-            Err(e) if is_conflict(&e) => Ok(()),
+            Err(LeaseError::Api(e)) if is_conflict(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: &str, rv: &str) -> Record {
+        Record {
+            holder: (!holder.is_empty()).then(|| holder.to_owned()),
+            renew_time: Some("2026-12-06T00:00:00Z".into()),
+            resource_version: Some(rv.into()),
+        }
+    }
+
+    const LEASE: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_lease_expires_a_whole_duration_after_this_replica_saw_its_record_change() {
+        let t0 = Instant::now();
+        let mut seen = None;
+        // First sight: not expired, whatever the timestamp inside says.
+        assert!(!observe_expired(&mut seen, record("a", "1"), LEASE, t0));
+        assert!(!observe_expired(
+            &mut seen,
+            record("a", "1"),
+            LEASE,
+            t0 + Duration::from_secs(14)
+        ));
+        // Renewed (a new resourceVersion): the clock starts again.
+        assert!(!observe_expired(
+            &mut seen,
+            record("a", "2"),
+            LEASE,
+            t0 + Duration::from_secs(14)
+        ));
+        assert!(!observe_expired(
+            &mut seen,
+            record("a", "2"),
+            LEASE,
+            t0 + Duration::from_secs(28)
+        ));
+        assert!(observe_expired(
+            &mut seen,
+            record("a", "2"),
+            LEASE,
+            t0 + Duration::from_secs(29)
+        ));
+        // A record with no holder is free at once.
+        let mut seen = None;
+        assert!(observe_expired(&mut seen, record("", "3"), LEASE, t0));
+    }
+
+    #[test]
+    fn a_leader_stops_a_third_of_the_lease_before_a_follower_may_take_over() {
+        assert_eq!(renew_deadline(LEASE), Duration::from_secs(10));
+        // The leader's deadline counts from the start of its last successful
+        // renewal; a follower's clock from when it saw that renewal, later.
+        let renewal_started = Instant::now();
+        let follower_saw_it = renewal_started + Duration::from_millis(300);
+        let leader_stops = renewal_started + renew_deadline(LEASE);
+        let follower_may_take = follower_saw_it + LEASE;
+        assert!(follower_may_take - leader_stops >= LEASE / 3);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_hangs_is_abandoned_at_its_limit() {
+        let started = Instant::now();
+        let r: Result<(), LeaseError> = within(
+            Duration::from_millis(50),
+            futures::future::pending::<Result<(), kube::Error>>(),
+        )
+        .await;
+        assert!(matches!(r, Err(LeaseError::TimedOut(_))));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -270,14 +270,24 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Stop on SIGTERM, or when leadership is lost.
+    // Stop gracefully on SIGTERM; at once when leadership is lost: the VIPs
+    // come off the interface first, then every reconcile in flight is
+    // dropped, so nothing is held or written after the renew deadline.
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
     let stop = {
-        let (lock, lost, rx) = (lock.clone(), lost.clone(), stop_rx.clone());
+        let (lock, lost, rx, haproxy) =
+            (lock.clone(), lost.clone(), stop_rx.clone(), haproxy.clone());
         async move {
             match lock {
                 Some(lock) => tokio::select! {
-                    () = lock.hold() => lost.store(true, std::sync::atomic::Ordering::SeqCst),
+                    () = lock.hold() => {
+                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                        if let Some(h) = &haproxy {
+                            h.stop_holding().await;
+                        }
+                        let _ = lost_tx.send(true);
+                    }
                     () = stopped(rx) => {}
                 },
                 None => stopped(rx).await,
@@ -292,7 +302,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         stop.await;
         let _ = halt_tx.send(true);
     });
-    controller::run(client, config, stopped(halt_rx)).await?;
+    tokio::select! {
+        r = controller::run(client, config, stopped(halt_rx)) => r?,
+        _ = lost_rx.wait_for(|l| *l) => {
+            tracing::warn!("lost the leader Lease: stopped holding VIPs and dropped the reconciles in flight");
+        }
+    }
     watchdog.abort();
     for t in gc_tasks {
         t.abort();

@@ -76,9 +76,12 @@ fn start_replica(
     let env = env::shared();
     let metrics = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrylb"));
-    cmd.args(["controller", "--providers", "aws"])
-        .args(["--kubeconfig", env.kubeconfig().to_str().unwrap()])
-        .args(["--namespace", ns])
+    let kubeconfig = env.kubeconfig();
+    cmd.args(["controller", "--providers", "aws"]);
+    if !extra.contains(&"--kubeconfig") {
+        cmd.args(["--kubeconfig", kubeconfig.to_str().unwrap()]);
+    }
+    cmd.args(["--namespace", ns])
         .args(["--node-selector", &format!("{label}=true")])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
         .args(["--leader-elect", "--leader-election-namespace", ns])
@@ -512,4 +515,149 @@ async fn readyz_fails_while_the_haproxy_binary_is_missing() {
         "{status} {body} / {status2} {body2}"
     );
     assert!(body2.contains("/nonexistent/haproxy"), "{body2}");
+}
+
+/// A TCP relay to the API server that can be cut: while cut, it relays
+/// nothing in either direction and new connections hang (what a dropped
+/// route does), so calls stall rather than fail fast.
+struct CuttableRelay {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableRelay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let mut open = rx.clone();
+                    if open.wait_for(|c| !*c).await.is_err() {
+                        return;
+                    }
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(pump(dr, uw, rx.clone()), pump(ur, dw, rx));
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+impl Drop for CuttableRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk back while the relay is cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if cut.wait_for(|c| !*c).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The leader cut off from the API server (its calls hang, nothing fails
+/// fast) stops leading at its renew deadline and exits, before the
+/// follower may take the Lease: never two leaders. The follower takes over
+/// within the lease duration plus a retry period and 2 s of the cut.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_a_follower_takes_over() {
+    let env = env::shared();
+    let client = k::client(env).await;
+    let conf = aws::sdk_config(env).await;
+    let seed = aws::seed(&conf, 1).await;
+    let ns = k::namespace(&client, "cut").await;
+    let label = format!("test.ferrylb.io/{ns}");
+    let dir = env::tempdir("ha-cut");
+    let text = std::fs::read_to_string(env.kubeconfig()).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .unwrap()
+        .to_owned();
+    let relay = CuttableRelay::start(server.parse().unwrap()).await;
+    let relayed = dir.join("relayed-kubeconfig");
+    std::fs::write(
+        &relayed,
+        text.replace(&server, &format!("127.0.0.1:{}", relay.port)),
+    )
+    .unwrap();
+
+    let mut a = start_replica(
+        "replica-a",
+        &ns,
+        &label,
+        &seed,
+        &["--kubeconfig", relayed.to_str().unwrap()],
+        &dir,
+    );
+    wait::until("replica-a leads", Duration::from_secs(30), || async {
+        holder(&client, &ns).await.filter(|h| h == "replica-a")
+    })
+    .await;
+    let _b = start_replica("replica-b", &ns, &label, &seed, &[], &dir);
+    // The follower has seen the leader's record at least once.
+    tokio::time::sleep(LEASE / 2).await;
+
+    relay.set_cut(true);
+    let cut_at = std::time::Instant::now();
+    let mut a_exited = None;
+    let taken = loop {
+        if a_exited.is_none() && !a.child.running() {
+            a_exited = Some(cut_at.elapsed());
+        }
+        if holder(&client, &ns).await.as_deref() == Some("replica-b") {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < LEASE * 4,
+            "no takeover within {:?}",
+            LEASE * 4
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let a_exited = a_exited.expect("the cut-off leader still ran when the follower took over");
+    eprintln!("cut-off leader exited after {a_exited:?}; follower took over after {taken:?}");
+    assert!(
+        a_exited < taken,
+        "the old leader stopped at {a_exited:?}, after the takeover at {taken:?}"
+    );
+    let retry = (LEASE / 3).min(Duration::from_secs(2));
+    assert!(
+        taken <= LEASE + retry + Duration::from_secs(2),
+        "takeover {taken:?} after the cut, with a {LEASE:?} lease"
+    );
+    let log = std::fs::read_to_string(dir.join("replica-a.log")).unwrap_or_default();
+    assert!(
+        log.contains("no renewal of the Lease within the renew deadline"),
+        "{log}"
+    );
+    relay.set_cut(false);
 }

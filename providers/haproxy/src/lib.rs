@@ -291,6 +291,22 @@ impl HaproxyProvider {
             .store(holding, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Stops holding VIPs at once (a leader that lost its Lease): takes
+    /// every VIP off `vip_interface`, so that the next leader is the only
+    /// host answering for them. With VRRP or BGP the VIPs are theirs, and
+    /// nothing changes here.
+    pub async fn stop_holding(&self) {
+        self.set_holding(false);
+        if self.keepalived.is_some() || self.bird.is_some() {
+            return;
+        }
+        for ip in self.held_vips() {
+            if let Err(e) = self.vips.remove(ip).await {
+                tracing::warn!(%ip, error = %e, "removing a VIP from the interface failed");
+            }
+        }
+    }
+
     /// The keepalived that owns the VIPs, when VRRP is on.
     pub fn keepalived(&self) -> Option<&Arc<vrrp::Keepalived>> {
         self.keepalived.as_ref()
