@@ -3,8 +3,9 @@
 //! the VIPs), with the semantics client-go's leader election proved.
 //!
 //! # Expected flow
-//! 1. [`LeaseLock::acquire`] polls every retry period until the Lease is
-//!    free and takes it, or until shutdown. Free means: no holder, or a
+//! 1. [`LeaseLock::acquire`] reads the Lease every second (and at the
+//!    moment the record it saw would expire) until the Lease is free and
+//!    takes it, or until shutdown. Free means: no holder, or a
 //!    record (holder, renew time, resourceVersion) this replica has seen
 //!    unchanged for a whole lease duration, timed by its own monotonic
 //!    clock from when it first saw that record (never from the timestamp
@@ -84,6 +85,11 @@ fn observe_expired(
         }
     }
 }
+
+/// How often a follower reads the Lease at most a second apart, so it sees a
+/// renewal late by that much at most (and so takes over at most that long
+/// after the lease ran out).
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
 
 /// The renew deadline for a lease of `duration`: two thirds of it (10 s of
 /// 15 s, client-go's defaults).
@@ -237,6 +243,22 @@ impl LeaseLock {
         self.try_acquire_within(self.retry_period()).await
     }
 
+    /// How long a follower waits before asking again: its poll period
+    /// (a second, so it sees a renewal at most that late), or until the
+    /// record it saw expires, whichever comes first.
+    fn follower_wait(&self) -> Duration {
+        let poll = self.retry_period().min(FOLLOWER_POLL);
+        let observed = self.observed.lock().expect("observed lock").clone();
+        observed
+            .filter(|o| o.record.holder.as_deref().is_some_and(|h| !h.is_empty()))
+            .map(|o| {
+                (o.at + self.duration)
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10))
+            })
+            .map_or(poll, |until| until.min(poll))
+    }
+
     /// Waits until this replica holds the Lease.
     pub async fn acquire(&self) {
         loop {
@@ -252,7 +274,7 @@ impl LeaseLock {
                     tracing::warn!(lease = %self.name, error = %e, "reading the leader Lease failed")
                 }
             }
-            tokio::time::sleep(self.retry_period()).await;
+            tokio::time::sleep(self.follower_wait()).await;
         }
     }
 

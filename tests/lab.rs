@@ -1608,3 +1608,230 @@ impl Drop for RestoreRelease {
         }
     }
 }
+
+/// Every change of `vip` on each node's interface, as `ip monitor` reports
+/// it the moment it happens, stamped on arrival: (when, node, present).
+struct AddressLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, &'static str, bool)>>>,
+    children: Vec<tokio::process::Child>,
+}
+
+impl AddressLog {
+    async fn start(vip: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut children = Vec::new();
+        for node in lab::NODES {
+            let mut child = tokio::process::Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/ferrylb-lab-{node}"))
+                .args(["ip", "-o", "monitor", "address", "dev", "eth0"])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("ip monitor");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let (events, needle) = (events.clone(), format!(" {vip}/"));
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains(&needle) {
+                        let present = !line.starts_with("Deleted");
+                        events
+                            .lock()
+                            .unwrap()
+                            .push((std::time::Instant::now(), node, present));
+                    }
+                }
+            });
+            children.push(child);
+        }
+        // `ip monitor` reports changes only after it subscribed.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Self { events, children }
+    }
+
+    /// The times `vip` was on two nodes at once, given who held it when the
+    /// log started; and when it was added on each node.
+    fn overlaps(
+        &self,
+        initial: &[&'static str],
+    ) -> (Vec<String>, Vec<(std::time::Instant, &'static str)>) {
+        let mut on: BTreeSet<&str> = initial.iter().copied().collect();
+        let mut overlaps = Vec::new();
+        let mut added = Vec::new();
+        for (at, node, present) in self.events.lock().unwrap().iter() {
+            if *present {
+                on.insert(node);
+                added.push((*at, *node));
+            } else {
+                on.remove(node);
+            }
+            if on.len() > 1 {
+                overlaps.push(format!("{on:?}"));
+            }
+        }
+        (overlaps, added)
+    }
+}
+
+impl Drop for AddressLog {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// Drops the FerryLB pods' packets to the API server on `node` (to the
+/// `kubernetes` Service, which is how pods reach it; the kubelet's own
+/// connection goes to the host address and stays up, as does the data
+/// path), or lifts that.
+fn cut_from_api_server(lab: &Lab, node: &str, cut: bool) {
+    let ns = format!("ferrylb-lab-{node}");
+    let out = if cut {
+        let path = support::env::tempdir("ferrylb-cut").join("cut.nft");
+        std::fs::write(
+            &path,
+            "table inet ferrylb_lab_cut {\n  chain out {\n    type filter hook output priority 0;\n    \
+             meta l4proto tcp ct original ip daddr 10.96.0.1 ct original proto-dst 443 drop\n  }\n}\n",
+        )
+        .unwrap();
+        lab.in_ns(&ns, &["nft", "-f", path.to_str().unwrap()])
+    } else {
+        lab.in_ns(&ns, &["nft", "delete", "table", "inet", "ferrylb_lab_cut"])
+    };
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Lifts the cut when the test ends, however it ends.
+struct CutGuard(&'static Lab, String);
+
+impl Drop for CutGuard {
+    fn drop(&mut self) {
+        let _ = self.0.in_ns(
+            &format!("ferrylb-lab-{}", self.1),
+            &["nft", "delete", "table", "inet", "ferrylb_lab_cut"],
+        );
+    }
+}
+
+/// The leader's last renewal of the Lease, as the Lease records it.
+async fn renewed_by(client: &kube::Client, holder: &str) -> Option<std::time::SystemTime> {
+    let spec = Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+        .get_opt(RELEASE)
+        .await
+        .ok()??
+        .spec?;
+    (spec.holder_identity.as_deref() == Some(holder)).then_some(())?;
+    let t = spec.renew_time?.0;
+    Some(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(t.as_nanosecond()).ok()?))
+}
+
+/// The leader's node cut off from the API server only, for 40 s, while a
+/// client opens 50 connections a second: recorded from every node, the VIP
+/// is never on two nodes at once; the deposed leader stops before its
+/// lease runs out; the new one serves within the lease duration plus 2 s
+/// of the old leader's last renewal; a client that waits for its SYNs to
+/// be answered (10 s) loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_the_api_server_never_shares_the_vip() {
+    let Start {
+        _serial,
+        lab,
+        client,
+        vip,
+        ..
+    } = start_with_echo("lab-cut", 3).await;
+    let old_pod = leader(&client).await;
+    let old_node = leader_node(&client).await;
+    let initial = holders(lab, &vip);
+    assert_eq!(initial, [old_node.as_str()]);
+    let log = AddressLog::start(&vip).await;
+    let probe = lab.probe_patient(&vip, 80, 50, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let _guard = CutGuard(lab, old_node.clone());
+    cut_from_api_server(lab, &old_node, true);
+    let cut_at = std::time::Instant::now();
+    // The old leader's last renewal, read until someone else holds the Lease.
+    let mut last_renewal = None;
+    let new_pod = loop {
+        if let Some(t) = renewed_by(&client, &old_pod).await {
+            last_renewal = Some(t);
+        }
+        let holder = Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+            .get_opt(RELEASE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity);
+        if let Some(h) = holder.filter(|h| *h != old_pod) {
+            break h;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(40),
+            "no takeover in 40 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let new_node = holder_of_except(lab, &vip, &old_node, Duration::from_secs(20)).await;
+    let left = Duration::from_secs(40).saturating_sub(cut_at.elapsed());
+    tokio::time::sleep(left).await;
+    cut_from_api_server(lab, &old_node, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = probe.finish().await;
+    report(
+        &format!(
+            "leader {old_pod} on {old_node} cut from the API server 40 s, {new_pod} on {new_node} took over"
+        ),
+        &s,
+    );
+
+    let (overlaps, added) = log.overlaps(&initial);
+    assert!(
+        overlaps.is_empty(),
+        "the VIP was on two nodes at once: {overlaps:?}"
+    );
+    let (served_at, node) = added
+        .iter()
+        .find(|(_, n)| *n == new_node)
+        .copied()
+        .expect("the VIP added on the new leader's node");
+    assert_eq!(node, new_node);
+    // When the old lease ran out, on the Instant clock.
+    let last_renewal = last_renewal.expect("the old leader's renewal seen");
+    let since_renewal = std::time::SystemTime::now()
+        .duration_since(last_renewal)
+        .unwrap();
+    let ran_out = std::time::Instant::now() - since_renewal + Duration::from_secs(15);
+    let late = served_at.saturating_duration_since(ran_out);
+    eprintln!(
+        "lab: the VIP left {old_node} and came to {new_node} {:.2} s after the cut, {:.2} s after the old lease ran out",
+        (served_at - cut_at).as_secs_f64(),
+        late.as_secs_f64()
+    );
+    assert!(
+        late <= Duration::from_secs(2),
+        "served {late:?} after the lease ran out"
+    );
+    // The deposed leader exited before its lease ran out.
+    let pod = Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .get(&old_pod)
+        .await
+        .unwrap();
+    let finished = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .into_iter()
+        .flatten()
+        .find(|c| c.name == "controller")
+        .and_then(|c| c.last_state?.terminated?.finished_at)
+        .expect("the deposed leader's container exited");
+    let finished =
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(finished.0.as_second()).unwrap());
+    assert!(
+        finished <= last_renewal + Duration::from_secs(15),
+        "exited {:?} after its last renewal",
+        finished.duration_since(last_renewal)
+    );
+    assert!(s.ok > 0 && s.failed == 0, "{s:?}");
+}

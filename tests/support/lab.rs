@@ -176,8 +176,25 @@ impl Lab {
         self.probe_from(CLIENT_NS, vip, port, rate)
     }
 
+    /// [`Self::probe`] whose client waits `timeout` for each connection
+    /// (SYNs sent again meanwhile), as clients with a longer connect
+    /// timeout than the probe's 2 s do.
+    pub fn probe_patient(&self, vip: &str, port: u16, rate: u32, timeout: Duration) -> Probe {
+        self.probe_with(
+            CLIENT_NS,
+            vip,
+            port,
+            rate,
+            &["--timeout", &timeout.as_secs_f64().to_string()],
+        )
+    }
+
     /// [`Self::probe`] from the namespace `ns` (e.g. [`OUTSIDE_NS`]).
     pub fn probe_from(&self, ns: &str, vip: &str, port: u16, rate: u32) -> Probe {
+        self.probe_with(ns, vip, port, rate, &[])
+    }
+
+    fn probe_with(&self, ns: &str, vip: &str, port: u16, rate: u32, extra: &[&str]) -> Probe {
         let out = tempdir("ferrylb-probe").join("summary.json");
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{ns}"))
@@ -187,7 +204,8 @@ impl Lab {
             .arg("--rate")
             .arg(rate.to_string())
             .arg("--out")
-            .arg(&out);
+            .arg(&out)
+            .args(extra);
         let child = ChildGuard::spawn("probe", &mut cmd, &out.with_extension("log"));
         Probe { child, out }
     }
