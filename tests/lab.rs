@@ -1611,15 +1611,18 @@ impl Drop for RestoreRelease {
 
 /// Every change of `vip` on each node's interface, as `ip monitor` reports
 /// it the moment it happens, stamped on arrival: (when, node, present).
+type AddressEvents =
+    std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, &'static str, bool)>>>;
+
 struct AddressLog {
-    events: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, &'static str, bool)>>>,
+    events: AddressEvents,
     children: Vec<tokio::process::Child>,
 }
 
 impl AddressLog {
     async fn start(vip: &str) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events = AddressEvents::default();
         let mut children = Vec::new();
         for node in lab::NODES {
             let mut child = tokio::process::Command::new("nsenter")
