@@ -42,9 +42,36 @@ pub enum Command {
     /// List (and with --delete, remove) cloud resources tagged for this
     /// cluster whose Service no longer exists.
     Gc(Box<GcArgs>),
+    /// Stop FerryLB's replicas and let go of the Services whose load
+    /// balancers live only in the cluster (the chart's pre-delete hook).
+    Uninstall(UninstallArgs),
     /// Exit 0 when the local HAProxy has a worker serving (keepalived runs
     /// this to decide whether this host may hold the VIPs).
     HaproxyCheck(HaproxyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Kubeconfig to use; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of FerryLB's Deployment.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// FerryLB's Deployment, scaled to zero first.
+    #[arg(long)]
+    pub deployment: String,
+
+    /// Classes whose Services are released (address, finalizer and class
+    /// removed): those of providers that build nothing outside the cluster.
+    #[arg(long = "release-class", required = true)]
+    pub release_classes: Vec<String>,
+
+    /// How long to wait for the replicas to stop.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

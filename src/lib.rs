@@ -11,3 +11,4 @@ pub mod mirror;
 pub mod plan;
 pub mod spec;
 pub mod telemetry;
+pub mod uninstall;

@@ -25,6 +25,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller(args) => run_controller(*args).await,
         Command::Plan(args) => run_plan(&args),
         Command::Gc(args) => run_gc(*args).await,
+        Command::Uninstall(args) => {
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let report = ferrylb::uninstall::run(
+                &client,
+                &args.namespace,
+                &args.deployment,
+                &args.release_classes,
+                args.timeout,
+            )
+            .await?;
+            print!("{}", ferrylb::uninstall::render(&report));
+            anyhow::ensure!(
+                report.failed.is_empty(),
+                "{} Service(s) could not be released",
+                report.failed.len()
+            );
+            Ok(())
+        }
         Command::HaproxyCheck(args) => {
             if let Err(e) = ferrylb_haproxy::process::serving(&args.master_socket).await {
                 eprintln!("{e}");

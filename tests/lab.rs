@@ -777,15 +777,10 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
     assert!(s.ok > 0, "{s:?}");
     assert_takeover_bounded(&s);
 
-    // Uninstall: the Services go first (their finalizer is FerryLB's), then
-    // the release; nothing of FerryLB's is left on the nodes.
+    // Uninstall with the Service in place: the chart's pre-delete hook
+    // stops the replicas and lets go of it; nothing of FerryLB's is left on
+    // the nodes or on the Service, and deleting it completes.
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-    svcs.delete("echo", &DeleteParams::default()).await.unwrap();
-    wait::until("the Service to be gone", Duration::from_secs(60), || {
-        let svcs = svcs.clone();
-        async move { svcs.get_opt("echo").await.unwrap().is_none().then_some(()) }
-    })
-    .await;
     helm_ok(
         lab,
         &[
@@ -825,6 +820,31 @@ async fn helm_upgrade_keeps_serving_and_uninstall_leaves_nothing() {
         );
     }
     assert!(lab.fetch(&vip, 80).is_none(), "{vip} still answers");
+    let svc = svcs.get("echo").await.unwrap();
+    assert!(
+        !support::harness::has_finalizer(&svc),
+        "FerryLB's finalizer left: {:?}",
+        svc.metadata.finalizers
+    );
+    assert!(
+        support::harness::first_ingress(&svc).is_none(),
+        "a dead EXTERNAL-IP left: {:?}",
+        svc.status
+    );
+    assert!(
+        !svc.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ferrylb.io/provisioned-class")
+    );
+    let jobs = lab.kubectl(&["-n", RELEASE_NS, "get", "jobs", "-o", "name"]);
+    assert!(jobs.trim().is_empty(), "the hook's Job left: {jobs}");
+    svcs.delete("echo", &DeleteParams::default()).await.unwrap();
+    wait::until("the Service to be gone", Duration::from_secs(10), || {
+        let svcs = svcs.clone();
+        async move { svcs.get_opt("echo").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
 }
 
 /// The longest a client may go without an answer while VRRP moves the VIPs

@@ -231,7 +231,7 @@ EOF
 
   spawn "$dir" controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kubeconfig" --leader-elect=false --secure-port=0 \
-    --controllers=node-lifecycle-controller,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,serviceaccount-controller,garbage-collector-controller,namespace-controller,root-ca-certificate-publisher-controller,disruption-controller,pod-garbage-collector-controller \
+    --controllers=node-lifecycle-controller,deployment-controller,replicaset-controller,job-controller,endpointslice-controller,endpointslice-mirroring-controller,serviceaccount-controller,garbage-collector-controller,namespace-controller,root-ca-certificate-publisher-controller,disruption-controller,pod-garbage-collector-controller \
     --root-ca-file="$dir/pki/ca.crt" --use-service-account-credentials=false \
     --concurrent-deployment-syncs=5 --v=1
   spawn "$dir" scheduler "$bin/kube-scheduler" \
