@@ -651,3 +651,117 @@ async fn a_restarted_controller_converges_without_duplicate_creates() {
     );
     h.cleanup_nodes().await;
 }
+
+/// `ferrylb uninstall` (the chart's pre-delete hook) against the real API
+/// server: FerryLB's Deployment scaled to zero; a Service of the released
+/// class loses its address, condition, finalizer and class annotation;
+/// one of another class keeps everything and is named; a second run finds
+/// nothing to do.
+#[tokio::test]
+async fn uninstall_stops_the_replicas_and_lets_go_of_the_released_classes_services() {
+    let env = support::env::shared();
+    let client = k::client(env).await;
+    let ns = k::namespace(&client, "uninstall").await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "ferrylb"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "ferrylb"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "ferrylb"}},
+                        "spec": {"containers": [{"name": "c", "image": "ferrylb"}]},
+                    },
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &ns);
+    for (name, class, ip) in [
+        ("bare", "ferrylb.io/haproxy", "10.9.0.1"),
+        ("cloud", "ferrylb.io/aws", "10.9.0.2"),
+    ] {
+        let mut svc = k::lb_service(name, &[80]);
+        svc.metadata.finalizers = Some(vec!["service.kubernetes.io/load-balancer-cleanup".into()]);
+        svc.metadata.annotations =
+            Some([("ferrylb.io/provisioned-class".to_owned(), class.to_owned())].into());
+        services.create(&PostParams::default(), &svc).await.unwrap();
+        services
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "loadBalancer": {"ingress": [{"ip": ip}]},
+                    "conditions": [{"type": "ferrylb.io/LoadBalancerReady", "status": "True",
+                        "reason": "Ensured", "message": "", "lastTransitionTime": "2026-12-06T00:00:00Z"}],
+                }})),
+            )
+            .await
+            .unwrap();
+    }
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferrylb"))
+            .args(["uninstall", "--kubeconfig", env.kubeconfig().to_str().unwrap()])
+            .args(["--namespace", &ns, "--deployment", "ferrylb"])
+            .args(["--release-class", "ferrylb.io/haproxy", "--timeout", "10s"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("released {ns}/bare")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("kept {ns}/cloud (class ferrylb.io/aws)")),
+        "{stdout}"
+    );
+    let d = deployments.get("ferrylb").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(0));
+
+    let bare = services.get("bare").await.unwrap();
+    assert!(!has_finalizer(&bare), "{:?}", bare.metadata.finalizers);
+    assert!(
+        !bare
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ferrylb.io/provisioned-class")
+    );
+    let status = bare.status.unwrap_or_default();
+    assert!(
+        status.load_balancer.and_then(|l| l.ingress).unwrap_or_default().is_empty(),
+        "the address is cleared"
+    );
+    assert!(
+        status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .all(|c| c.type_ != "ferrylb.io/LoadBalancerReady")
+    );
+    let cloud = services.get("cloud").await.unwrap();
+    assert!(has_finalizer(&cloud), "an NLB may exist: the finalizer stays");
+    assert!(ingress_hostname(&cloud).is_none() && support::harness::first_ingress(&cloud).is_some());
+
+    // Deleting the released one completes at once; a second run is a no-op.
+    services.delete("bare", &DeleteParams::default()).await.unwrap();
+    assert!(services.get_opt("bare").await.unwrap().is_none());
+    let again = run();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(!stdout.contains("released"), "{stdout}");
+    services
+        .patch(
+            "cloud",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+}
