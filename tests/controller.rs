@@ -707,7 +707,11 @@ async fn uninstall_stops_the_replicas_and_lets_go_of_the_released_classes_servic
     }
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ferrylb"))
-            .args(["uninstall", "--kubeconfig", env.kubeconfig().to_str().unwrap()])
+            .args([
+                "uninstall",
+                "--kubeconfig",
+                env.kubeconfig().to_str().unwrap(),
+            ])
             .args(["--namespace", &ns, "--deployment", "ferrylb"])
             .args(["--release-class", "ferrylb.io/haproxy", "--timeout", "10s"])
             .output()
@@ -715,7 +719,11 @@ async fn uninstall_stops_the_replicas_and_lets_go_of_the_released_classes_servic
     };
     let out = run();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(&format!("released {ns}/bare")), "{stdout}");
     assert!(
         stdout.contains(&format!("kept {ns}/cloud (class ferrylb.io/aws)")),
@@ -735,7 +743,11 @@ async fn uninstall_stops_the_replicas_and_lets_go_of_the_released_classes_servic
     );
     let status = bare.status.unwrap_or_default();
     assert!(
-        status.load_balancer.and_then(|l| l.ingress).unwrap_or_default().is_empty(),
+        status
+            .load_balancer
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .is_empty(),
         "the address is cleared"
     );
     assert!(
@@ -746,11 +758,19 @@ async fn uninstall_stops_the_replicas_and_lets_go_of_the_released_classes_servic
             .all(|c| c.type_ != "ferrylb.io/LoadBalancerReady")
     );
     let cloud = services.get("cloud").await.unwrap();
-    assert!(has_finalizer(&cloud), "an NLB may exist: the finalizer stays");
-    assert!(ingress_hostname(&cloud).is_none() && support::harness::first_ingress(&cloud).is_some());
+    assert!(
+        has_finalizer(&cloud),
+        "an NLB may exist: the finalizer stays"
+    );
+    assert!(
+        ingress_hostname(&cloud).is_none() && support::harness::first_ingress(&cloud).is_some()
+    );
 
     // Deleting the released one completes at once; a second run is a no-op.
-    services.delete("bare", &DeleteParams::default()).await.unwrap();
+    services
+        .delete("bare", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(services.get_opt("bare").await.unwrap().is_none());
     let again = run();
     let stdout = String::from_utf8_lossy(&again.stdout);

@@ -13,6 +13,10 @@
 //! be clean (a reload applies even a broken file), and applied by SIGHUP,
 //! which keepalived applies by difference: unchanged VIPs are not touched.
 //!
+//! The instance's state (MASTER, BACKUP, FAULT) comes from keepalived's
+//! notification FIFO ([`notify`]), its documented interface, never from
+//! its log text.
+//!
 //! A planned stop (`stop`) ends keepalived first: it sends a priority-0
 //! advert and the peer takes the VIPs over at once, while this host's
 //! HAProxy still serves what it holds. A master pauses new handshakes to
@@ -34,6 +38,7 @@ use ferrylb_model::reason;
 use tokio::process::{Child, Command};
 
 pub mod handover;
+pub mod notify;
 
 /// VIPs carried in each VRRP advert; keepalived allows 20, and the rest go
 /// into `virtual_ipaddress_excluded`, which moves with the instance too.
@@ -98,8 +103,9 @@ pub fn render(
     let _ = writeln!(
         out,
         "# Written by FerryLB; every change is replaced.\n\
-         global_defs {{\n  router_id {}\n  vrrp_version 3\n}}\n",
-        quote_free(&s.name)
+         global_defs {{\n  router_id {}\n  vrrp_version 3\n  notify_fifo \"{}\"\n}}\n",
+        quote_free(&s.name),
+        quote_free(&notify::fifo_path(&s.config_path).display().to_string())
     );
     // Non-zero in the file (HAProxy not serving) puts the instance in FAULT.
     let _ = writeln!(
@@ -109,7 +115,7 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "vrrp_instance ferrylb {{\n  state BACKUP\n  interface {}\n  virtual_router_id {}\n  priority {}\n  nopreempt\n  advert_int {}",
+        "vrrp_instance {INSTANCE} {{\n  state BACKUP\n  interface {}\n  virtual_router_id {}\n  priority {}\n  nopreempt\n  advert_int {}",
         s.interface,
         s.router_id,
         priority(s),
@@ -177,6 +183,9 @@ fn advert(d: Duration) -> String {
 }
 
 /// Keeps a value from breaking out of its place in the file.
+/// The one VRRP instance's name.
+const INSTANCE: &str = "ferrylb";
+
 fn quote_free(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control() && !matches!(c, '"' | '{' | '}' | '#' | '!'))
@@ -219,6 +228,8 @@ pub struct Keepalived {
     inner: tokio::sync::Mutex<Inner>,
     status: Arc<std::sync::Mutex<VrrpStatus>>,
     supervisor: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+    /// Reads keepalived's notifications ([`notify`]).
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 fn failed(msg: String) -> ProviderError {
@@ -235,6 +246,7 @@ impl Keepalived {
                 ..VrrpStatus::default()
             })),
             supervisor: std::sync::OnceLock::new(),
+            listener: std::sync::OnceLock::new(),
         })
     }
 
@@ -358,6 +370,14 @@ impl Keepalived {
                 .await
                 .map_err(|e| failed(format!("writing {}: {e}", health.display())))?;
         }
+        let fifo = notify::fifo_path(&self.settings.config_path);
+        if self.listener.get().is_none() {
+            notify::create(&fifo)
+                .map_err(|e| failed(format!("creating the FIFO {}: {e}", fifo.display())))?;
+            let status = self.status.clone();
+            self.listener
+                .get_or_init(|| tokio::spawn(notify::listen(fifo, INSTANCE, status)));
+        }
         let (pid, vrrp_pid) = pid_files(&self.settings.config_path);
         // A keepalived an earlier FerryLB started here (killed before it
         // could stop it) goes first: two would fight over the VIPs. Then
@@ -390,10 +410,10 @@ impl Keepalived {
             .map_err(|e| failed(format!("starting {}: {e}", self.settings.binary.display())))?;
         tracing::info!(pid = child.id(), config = %self.settings.config_path.display(), "started keepalived");
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(relay(out, self.status.clone()));
+            tokio::spawn(relay(out));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(relay(err, self.status.clone()));
+            tokio::spawn(relay(err));
         }
         Ok(child)
     }
@@ -544,29 +564,14 @@ fn record(status: &std::sync::Mutex<VrrpStatus>, state: &str) {
     }
 }
 
-/// Passes keepalived's output to FerryLB's log, state changes at info, and
-/// records the instance's state.
-async fn relay(
-    stream: impl tokio::io::AsyncRead + Unpin,
-    status: Arc<std::sync::Mutex<VrrpStatus>>,
-) {
+/// Passes keepalived's output to FerryLB's log (the state comes from its
+/// notifications, [`notify`], not from this text).
+async fn relay(stream: impl tokio::io::AsyncRead + Unpin) {
     use tokio::io::AsyncBufReadExt as _;
     let mut lines = tokio::io::BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(state) = entered_state(&line) {
-            tracing::info!(target: "keepalived", state, "{line}");
-            record(&status, state);
-        } else {
-            tracing::debug!(target: "keepalived", "{line}");
-        }
+        tracing::debug!(target: "keepalived", "{line}");
     }
-}
-
-/// The state a keepalived log line says the instance entered.
-fn entered_state(line: &str) -> Option<&'static str> {
-    ["MASTER", "BACKUP", "FAULT"]
-        .into_iter()
-        .find(|s| line.contains(&format!("Entering {s} STATE")))
 }
 
 async fn signal(name: &str, pid: u32) -> Result<(), ProviderError> {

@@ -103,20 +103,45 @@ fn advert_intervals_in_hundredths() {
 }
 
 #[test]
-fn keepalived_log_lines_name_the_state() {
+fn notifications_name_the_state_of_our_instance_only() {
     assert_eq!(
-        entered_state("Wed Nov 25 (ferrylb) Entering MASTER STATE"),
+        notify::parse("INSTANCE \"ferrylb\" MASTER 100", INSTANCE),
         Some("MASTER")
     );
     assert_eq!(
-        entered_state("(ferrylb) Entering BACKUP STATE (init)"),
+        notify::parse("INSTANCE \"ferrylb\" BACKUP 100", INSTANCE),
         Some("BACKUP")
     );
     assert_eq!(
-        entered_state("(ferrylb) Entering FAULT STATE"),
+        notify::parse("INSTANCE \"ferrylb\" FAULT 0", INSTANCE),
         Some("FAULT")
     );
-    assert_eq!(entered_state("Registering Kernel netlink reflector"), None);
+    assert_eq!(
+        notify::parse("INSTANCE \"ferrylb\" STOP 100", INSTANCE),
+        Some("STOPPED")
+    );
+    assert_eq!(
+        notify::parse("INSTANCE \"other\" MASTER 100", INSTANCE),
+        None
+    );
+    assert_eq!(
+        notify::parse("GROUP \"ferrylb\" MASTER 100", INSTANCE),
+        None
+    );
+    assert_eq!(
+        notify::parse("(ferrylb) Entering MASTER STATE", INSTANCE),
+        None
+    );
+}
+
+#[test]
+fn the_configuration_names_the_notification_fifo() {
+    let text = render(&settings(), &ips(&["10.0.0.200"]), &BTreeSet::new()).unwrap();
+    let fifo = notify::fifo_path(&settings().config_path);
+    assert!(
+        text.contains(&format!("  notify_fifo \"{}\"\n", fifo.display())),
+        "{text}"
+    );
 }
 
 #[test]
