@@ -1858,3 +1858,87 @@ async fn a_leader_cut_off_from_the_api_server_never_shares_the_vip() {
     );
     assert!(s.ok > 0 && s.failed == 0, "{s:?}");
 }
+
+/// Without VRRP, an IPv6 VIP that moves to the new leader's node is
+/// announced by unsolicited neighbour advertisements: a client that talked
+/// to the old holder (its neighbour cache names the old node) reaches the
+/// new one within 1 s of the VIP arriving there, as IPv4 clients do after
+/// gratuitous ARP.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ipv6_vip_taken_over_is_announced_to_neighbours() {
+    let Start {
+        _serial,
+        lab,
+        client,
+        ns,
+        ..
+    } = start_with_echo("lab-na", 3).await;
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: six, namespace: {ns}}}\n\
+         spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], selector: {{app: echo}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"
+    ));
+    let six = addresses_of(&client, &ns, "six", 2).await[1].clone();
+    answered_by(lab, &host(&six), &lab::NODES, Duration::from_secs(60)).await;
+    let old_node = leader_node(&client).await;
+    assert_eq!(holders(lab, &six), [old_node.as_str()]);
+    let url = format!("http://{}/", host(&six));
+    let answered = |timeout: &str| {
+        lab.in_ns(lab::CLIENT_NS, &["curl", "-g", "-sS", "-m", timeout, &url])
+            .status
+            .success()
+    };
+    // The client's neighbour cache now names the old holder.
+    assert!(answered("2"));
+    let log = AddressLog::start(&six).await;
+
+    let old = leader(&client).await;
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .delete(&old, &DeleteParams::default())
+        .await
+        .unwrap();
+    let arrived = wait::until(
+        "the IPv6 VIP on another node",
+        Duration::from_secs(60),
+        || {
+            let added = log.overlaps(&[old_node_static(&old_node)]).1;
+            let found = added
+                .into_iter()
+                .find(|(_, n)| *n != old_node)
+                .map(|(at, _)| at);
+            async move { found }
+        },
+    )
+    .await;
+    let reached = loop {
+        if answered("0.3") {
+            break std::time::Instant::now();
+        }
+        assert!(
+            arrived.elapsed() < Duration::from_secs(30),
+            "the client never reached the new holder"
+        );
+    };
+    let after = reached.saturating_duration_since(arrived);
+    eprintln!(
+        "lab: IPv6 VIP moved from {old_node}; the client reached the new holder {:.2} s after the VIP arrived there",
+        after.as_secs_f64()
+    );
+    assert!(after <= Duration::from_secs(1), "{after:?}");
+    lab.kubectl(&[
+        "-n",
+        RELEASE_NS,
+        "rollout",
+        "status",
+        &format!("deployment/{RELEASE}"),
+        "--timeout=120s",
+    ]);
+}
+
+/// `node` as one of the lab's node names.
+fn old_node_static(node: &str) -> &'static str {
+    lab::NODES
+        .iter()
+        .copied()
+        .find(|n| *n == node)
+        .expect("a lab node")
+}
