@@ -387,8 +387,10 @@ pub struct VrrpArgs {
     #[arg(long, env = "FERRYLB_HAPROXY_VRRP_PEER_SELECTOR")]
     pub haproxy_vrrp_peer_selector: Option<String>,
 
-    /// On a planned stop, the replica holding the VIPs drops new TCP
-    /// handshakes to them for this long before handing them over, so that
+    /// On a planned stop, the replica holding the VIPs (the VRRP master, or
+    /// without VRRP the leader that put them on --haproxy-vip-interface)
+    /// drops new TCP handshakes to them for this long before handing them
+    /// over, so that
     /// the connections it accepted finish first; clients send their SYN
     /// again a second later and reach the new holder. Keep it well under
     /// one second (the first SYN retransmission) minus the takeover time;
@@ -466,6 +468,8 @@ impl HaproxyArgs {
                 self.vrrp.haproxy_vrrp,
                 &self.vrrp.nft_binary,
             )?,
+            handover_pause: self.vrrp.haproxy_vrrp_handover_pause,
+            nft_binary: self.vrrp.nft_binary.clone(),
         })
     }
 

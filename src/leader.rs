@@ -107,6 +107,16 @@ pub struct LeaseLock {
     observed: std::sync::Arc<Mutex<Option<Observed>>>,
 }
 
+/// Aborts a task when dropped (a cancelled [`LeaseLock::acquire`] leaves
+/// no watch behind).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A Lease call that failed or did not answer in time.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -259,8 +269,31 @@ impl LeaseLock {
             .map_or(poll, |until| until.min(poll))
     }
 
-    /// Waits until this replica holds the Lease.
+    /// Waits until this replica holds the Lease. Besides reading it every
+    /// second, a watch of the Lease wakes it the moment the record changes,
+    /// so a released Lease is taken in a round trip.
     pub async fn acquire(&self) {
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watch = {
+            let (api, name, changed) = (self.api.clone(), self.name.clone(), changed.clone());
+            tokio::spawn(async move {
+                use futures::StreamExt as _;
+                use kube::runtime::{WatchStreamExt as _, watcher};
+                let events = watcher(
+                    api,
+                    watcher::Config::default().fields(&format!("metadata.name={name}")),
+                )
+                .default_backoff()
+                .touched_objects();
+                futures::pin_mut!(events);
+                while let Some(ev) = events.next().await {
+                    if ev.is_ok() {
+                        changed.notify_one();
+                    }
+                }
+            })
+        };
+        let _stop_watch = AbortOnDrop(watch);
         loop {
             match self.try_acquire().await {
                 Ok(true) => {
@@ -274,7 +307,10 @@ impl LeaseLock {
                     tracing::warn!(lease = %self.name, error = %e, "reading the leader Lease failed")
                 }
             }
-            tokio::time::sleep(self.follower_wait()).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.follower_wait()) => {}
+                () = changed.notified() => {}
+            }
         }
     }
 
@@ -290,10 +326,16 @@ impl LeaseLock {
     pub async fn hold(&self) {
         let mut renewed_from = Instant::now();
         loop {
-            tokio::time::sleep(self.retry_period()).await;
             let deadline = renewed_from + self.renew_deadline();
+            // The next attempt, but never a moment past the deadline: a
+            // failed attempt must not push the verdict back a retry period.
+            let next = (Instant::now() + self.retry_period()).min(deadline);
+            tokio::time::sleep_until(next.into()).await;
             let attempt = Instant::now();
-            let Some(left) = deadline.checked_duration_since(attempt) else {
+            let Some(left) = deadline
+                .checked_duration_since(attempt)
+                .filter(|l| !l.is_zero())
+            else {
                 tracing::warn!(lease = %self.name, "no renewal of the Lease within the renew deadline; no longer leading");
                 return;
             };

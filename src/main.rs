@@ -249,6 +249,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             )));
         }
     }
+    if let Some(h) = &haproxy {
+        h.clear_handover_pause().await;
+    }
     if let Some(lock) = &lock {
         telemetry.set_leader(false);
         // Until it leads, a replica serves what the leader provisioned.
@@ -305,10 +308,17 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                             h.stop_holding().await;
                         }
                         let _ = lost_tx.send(true);
+                        return;
                     }
                     () = stopped(rx) => {}
                 },
                 None => stopped(rx).await,
+            }
+            // A planned stop: the VIPs on this node are handed over first,
+            // while HAProxy serves on, before in-flight work finishes and
+            // the Lease is released.
+            if let Some(h) = &haproxy {
+                h.hand_over().await;
             }
         }
     };

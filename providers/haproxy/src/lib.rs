@@ -61,6 +61,12 @@ pub struct HaproxySettings {
     /// VIPs announced over BGP: a BIRD FerryLB runs announces every VIP
     /// this replica's HAProxy serves (then `vip_interface` is not used).
     pub bgp: Option<bgp::BgpSettings>,
+    /// Without VRRP or BGP: how long a leader that stops drops new TCP
+    /// handshakes to its VIPs before it takes them off `vip_interface`
+    /// (see [`vrrp::handover`]); zero hands them over at once.
+    pub handover_pause: Duration,
+    /// The `nft` program, for the handover pause.
+    pub nft_binary: std::path::PathBuf,
 }
 
 impl HaproxySettings {
@@ -84,6 +90,8 @@ impl HaproxySettings {
             threads: None,
             vrrp: None,
             bgp: None,
+            handover_pause: Duration::ZERO,
+            nft_binary: "nft".into(),
         }
     }
 }
@@ -304,6 +312,60 @@ impl HaproxyProvider {
             if let Err(e) = self.vips.remove(ip).await {
                 tracing::warn!(%ip, error = %e, "removing a VIP from the interface failed");
             }
+        }
+    }
+
+    /// Whether this replica puts VIPs on an interface itself (not VRRP,
+    /// not BGP).
+    fn binds_vips(&self) -> bool {
+        self.settings.vip_interface.is_some() && self.keepalived.is_none() && self.bird.is_none()
+    }
+
+    /// A planned stop of the replica holding the VIPs on `vip_interface`:
+    /// drops new TCP handshakes to them for `handover_pause`, so that the
+    /// connections HAProxy accepted finish while their packets still reach
+    /// this host, then takes them off (clients send a dropped SYN again a
+    /// second later, to the next holder). Holds no VIP afterwards.
+    pub async fn hand_over(&self) {
+        self.set_holding(false);
+        if !self.binds_vips() {
+            return;
+        }
+        let vips = self.held_vips();
+        let pause = self.settings.handover_pause;
+        let nft = vrrp::handover::Nft::new(self.settings.nft_binary.clone());
+        let paused = !pause.is_zero()
+            && !vips.is_empty()
+            && match nft.pause(&vips).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pausing new connections to the VIPs failed; handing them over at once");
+                    false
+                }
+            };
+        if paused {
+            tracing::info!(
+                ?pause,
+                vips = vips.len(),
+                "new connections to the VIPs paused; handing them over once the accepted ones finish"
+            );
+            tokio::time::sleep(pause).await;
+        }
+        self.stop_holding().await;
+        if paused {
+            self.clear_handover_pause().await;
+        }
+    }
+
+    /// Removes a handover pause a replica killed during its handover left
+    /// on this host (it would drop handshakes to the VIPs for good).
+    pub async fn clear_handover_pause(&self) {
+        if !self.binds_vips() || self.settings.handover_pause.is_zero() {
+            return;
+        }
+        let nft = vrrp::handover::Nft::new(self.settings.nft_binary.clone());
+        if let Err(e) = nft.resume().await {
+            tracing::warn!(error = %e, "clearing the handover pause failed; new connections to the VIPs may be dropped");
         }
     }
 
