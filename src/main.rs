@@ -281,7 +281,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if let Some(h) = &haproxy {
-            h.set_holding(true);
+            h.start_holding().await;
         }
     }
     telemetry.set_leader(true);

@@ -357,6 +357,37 @@ impl HaproxyProvider {
         }
     }
 
+    /// Starts holding VIPs (a follower that became the leader): puts every
+    /// VIP its HAProxy already serves (the mirror loaded them) on `vip_interface` at
+    /// once and announces it, rather than when each Service is next
+    /// reconciled, so a handover's gap is a Lease round trip.
+    pub async fn start_holding(&self) {
+        self.set_holding(true);
+        if !self.binds_vips() {
+            return;
+        }
+        // Only what HAProxy runs: a VIP is never put up before HAProxy
+        // listens on it.
+        let serving: std::collections::BTreeSet<IpAddr> = self
+            .loaded
+            .lock()
+            .await
+            .entries
+            .iter()
+            .flat_map(|e| e.values())
+            .flat_map(|e| e.vips.iter().copied())
+            .collect();
+        for ip in serving {
+            match self.vips.add(ip).await {
+                Ok(true) => self.vips.announce(ip),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "putting a VIP on the interface failed; the next reconcile tries again")
+                }
+            }
+        }
+    }
+
     /// Removes a handover pause a replica killed during its handover left
     /// on this host (it would drop handshakes to the VIPs for good).
     pub async fn clear_handover_pause(&self) {
