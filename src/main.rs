@@ -134,7 +134,6 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut classes: BTreeMap<String, Arc<dyn LoadBalancerProvider>> = BTreeMap::new();
     let mut haproxy: Option<Arc<HaproxyProvider>> = None;
     let mut gc_providers = Vec::new();
-    let mut gc_tasks = Vec::new();
     for p in &args.providers {
         match p {
             ProviderName::Aws => {
@@ -252,58 +251,111 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(h) = &haproxy {
         h.clear_handover_pause().await;
     }
-    if let Some(lock) = &lock {
-        telemetry.set_leader(false);
-        // Until it leads, a replica serves what the leader provisioned.
-        let mirror = haproxy.clone().map(|h| {
-            h.set_holding(false);
-            tokio::spawn(ferrylb::mirror::run(ferrylb::mirror::Mirror {
-                client: client.clone(),
-                haproxy: h,
-                class: args.haproxy.haproxy_class.clone(),
-                namespace: args.namespace.clone(),
-                node_selector: args.node_selector.clone(),
-            }))
-        });
-        tracing::info!(lease = %args.leader.leader_election_lease, "waiting to lead");
-        let leading = tokio::select! {
-            () = lock.acquire() => true,
-            () = stopped(stop_rx.clone()) => false,
-        };
-        if let Some(m) = mirror {
-            m.abort();
-        }
-        if !leading {
-            tracing::info!("stopped before leading");
-            if let Some(h) = &haproxy {
-                h.shutdown().await;
+    // Follower and leader in turn. A leader that loses the Lease drops its
+    // reconciles and its VIPs at once and stands by again, its HAProxy (and
+    // keepalived or BIRD) serving on, so an API-server outage never stops
+    // the data path; SIGTERM ends either phase.
+    loop {
+        if let Some(lock) = &lock {
+            telemetry.set_leader(false);
+            // Until it leads, a replica serves what the leader provisioned.
+            let mirror = haproxy.clone().map(|h| {
+                h.set_holding(false);
+                tokio::spawn(ferrylb::mirror::run(ferrylb::mirror::Mirror {
+                    client: client.clone(),
+                    haproxy: h,
+                    class: args.haproxy.haproxy_class.clone(),
+                    namespace: args.namespace.clone(),
+                    node_selector: args.node_selector.clone(),
+                }))
+            });
+            tracing::info!(lease = %args.leader.leader_election_lease, "waiting to lead");
+            let leading = tokio::select! {
+                () = lock.acquire() => true,
+                () = stopped(stop_rx.clone()) => false,
+            };
+            if let Some(m) = mirror {
+                m.abort();
             }
-            return Ok(());
+            if !leading {
+                tracing::info!("stopped before leading");
+                break;
+            }
+            if let Some(h) = &haproxy {
+                h.start_holding().await;
+            }
         }
-        if let Some(h) = &haproxy {
-            h.start_holding().await;
+        telemetry.set_leader(true);
+        let gc_tasks: Vec<_> = gc_providers
+            .iter()
+            .filter_map(|provider| {
+                let every = args.aws.aws_gc_interval?;
+                Some(tokio::spawn(periodic_gc(
+                    client.clone(),
+                    provider.clone(),
+                    every,
+                )))
+            })
+            .collect();
+        let lost = lead(
+            &lock,
+            &haproxy,
+            client.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
+        for t in gc_tasks {
+            t.abort();
         }
+        if !lost {
+            // SIGTERM while leading: in-flight work finished; the Lease is
+            // released below.
+            if let Some(lock) = &lock
+                && let Err(e) = lock.release().await
+            {
+                tracing::warn!(error = %e, "releasing the leader Lease failed; a follower takes over when it expires");
+            }
+            break;
+        }
+        tracing::warn!(
+            "lost the leader Lease: stopped holding VIPs and dropped the reconciles in flight; standing by"
+        );
     }
-    telemetry.set_leader(true);
-    for provider in gc_providers {
-        if let Some(every) = args.aws.aws_gc_interval {
-            gc_tasks.push(tokio::spawn(periodic_gc(client.clone(), provider, every)));
-        }
+    checker.abort();
+    for t in side_tasks {
+        t.abort();
     }
+    if let Some(h) = haproxy {
+        h.shutdown().await;
+    }
+    server.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
 
-    // Stop gracefully on SIGTERM; at once when leadership is lost: the VIPs
-    // come off the interface first, then every reconcile in flight is
-    // dropped, so nothing is held or written after the renew deadline.
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(false);
+/// Runs the controller while this replica leads. Returns `true` when
+/// leadership was lost (the VIPs are off the interface and every reconcile
+/// in flight dropped, so nothing is held or written after the renew
+/// deadline), `false` on SIGTERM (the VIPs handed over first, in-flight
+/// reconciles finished).
+async fn lead(
+    lock: &Option<LeaseLock>,
+    haproxy: &Option<Arc<HaproxyProvider>>,
+    client: kube::Client,
+    config: controller::ControllerConfig,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
     let stop = {
-        let (lock, lost, rx, haproxy) =
-            (lock.clone(), lost.clone(), stop_rx.clone(), haproxy.clone());
+        let (lock, rx, haproxy) = (lock.clone(), stop_rx.clone(), haproxy.clone());
         async move {
             match lock {
                 Some(lock) => tokio::select! {
                     () = lock.hold() => {
-                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
                         if let Some(h) = &haproxy {
                             h.stop_holding().await;
                         }
@@ -330,35 +382,17 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         stop.await;
         let _ = halt_tx.send(true);
     });
-    tokio::select! {
-        r = controller::run(client, config, stopped(halt_rx)) => r?,
-        _ = lost_rx.wait_for(|l| *l) => {
-            tracing::warn!("lost the leader Lease: stopped holding VIPs and dropped the reconciles in flight");
+    let mut lost_wait = lost_rx.clone();
+    let lost = tokio::select! {
+        r = controller::run(client, config, stopped(halt_rx)) => {
+            r?;
+            *lost_rx.borrow()
         }
-    }
+        // An error means the renewal ended without losing: not this arm.
+        Ok(_) = lost_wait.wait_for(|l| *l) => true,
+    };
     watchdog.abort();
-    for t in gc_tasks {
-        t.abort();
-    }
-    checker.abort();
-    for t in side_tasks {
-        t.abort();
-    }
-    if let Some(h) = haproxy {
-        h.shutdown().await;
-    }
-    if let Some(lock) = lock {
-        anyhow::ensure!(
-            !lost.load(std::sync::atomic::Ordering::SeqCst),
-            "lost the leader Lease; exiting so a fresh start can follow"
-        );
-        if let Err(e) = lock.release().await {
-            tracing::warn!(error = %e, "releasing the leader Lease failed; a follower takes over when it expires");
-        }
-    }
-    server.abort();
-    tracing::info!("stopped");
-    Ok(())
+    Ok(lost)
 }
 
 /// This replica's name for leader election when no pod name is given.

@@ -584,8 +584,8 @@ async fn pump(
 }
 
 /// The leader cut off from the API server (its calls hang, nothing fails
-/// fast) stops leading at its renew deadline and exits, before the
-/// follower may take the Lease: never two leaders. The follower takes over
+/// fast) stops leading at its renew deadline and stands by, before the
+/// follower may take the Lease: never two leaders. It keeps running. The follower takes over
 /// within the lease duration plus a retry period and 2 s of the cut.
 #[tokio::test]
 async fn a_leader_cut_off_from_the_api_server_stops_before_a_follower_takes_over() {
@@ -630,7 +630,12 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_follower_takes_over
     let cut_at = std::time::Instant::now();
     let mut a_exited = None;
     let taken = loop {
-        if a_exited.is_none() && !a.child.running() {
+        // It stops leading and stands by (its /metrics is local).
+        if a_exited.is_none()
+            && http_get(a.metrics, "/metrics")
+                .await
+                .is_some_and(|(_, m)| metric(&m, "ferrylb_leader ") == Some(0.0))
+        {
             a_exited = Some(cut_at.elapsed());
         }
         if holder(&client, &ns).await.as_deref() == Some("replica-b") {
@@ -643,8 +648,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_follower_takes_over
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let a_exited = a_exited.expect("the cut-off leader still ran when the follower took over");
-    eprintln!("cut-off leader exited after {a_exited:?}; follower took over after {taken:?}");
+    let a_exited = a_exited.expect("the cut-off leader still led when the follower took over");
+    eprintln!(
+        "cut-off leader stopped leading after {a_exited:?}; follower took over after {taken:?}"
+    );
     assert!(
         a_exited < taken,
         "the old leader stopped at {a_exited:?}, after the takeover at {taken:?}"
@@ -658,6 +665,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_follower_takes_over
     assert!(
         log.contains("no renewal of the Lease within the renew deadline"),
         "{log}"
+    );
+    assert!(
+        a.child.running(),
+        "the deposed leader stands by, it does not exit"
     );
     relay.set_cut(false);
 }
