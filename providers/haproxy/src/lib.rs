@@ -10,6 +10,7 @@
 mod alloc;
 mod apply;
 pub mod bgp;
+mod files;
 pub mod options;
 pub mod pool;
 pub mod process;

@@ -24,7 +24,6 @@
 //! accepted finishes before the VIPs move.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -37,12 +36,14 @@ use ferrylb_model::ProviderError;
 use ferrylb_model::reason;
 use tokio::process::{Child, Command};
 
+mod config;
 pub mod handover;
 pub mod notify;
 
-/// VIPs carried in each VRRP advert; keepalived allows 20, and the rest go
-/// into `virtual_ipaddress_excluded`, which moves with the instance too.
-const IN_ADVERT: usize = 20;
+use config::INSTANCE;
+#[cfg(test)]
+use config::{advert, priority};
+pub use config::{health_file, render};
 
 /// How keepalived is run and what it announces.
 #[derive(Debug, Clone)]
@@ -78,118 +79,6 @@ pub struct VrrpSettings {
     pub handover_pause: Duration,
     /// The `nft` binary that pauses the handshakes.
     pub nft_binary: PathBuf,
-}
-
-/// keepalived's configuration for `vips` and `peers`; `None` when there is no
-/// VIP to announce (keepalived requires one).
-#[must_use]
-pub fn render(
-    s: &VrrpSettings,
-    vips: &BTreeSet<IpAddr>,
-    peers: &BTreeSet<IpAddr>,
-) -> Option<String> {
-    // The instance speaks its source's family; at least one VIP of it must
-    // be in the adverts.
-    let v6 = s.source.is_some_and(|ip| ip.is_ipv6());
-    let (same, other): (Vec<IpAddr>, Vec<IpAddr>) = vips.iter().partition(|ip| ip.is_ipv6() == v6);
-    if same.is_empty() {
-        return None;
-    }
-    let line = |ip: &IpAddr| {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        format!("    {ip}/{prefix} dev {}\n", s.interface)
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Written by FerryLB; every change is replaced.\n\
-         global_defs {{\n  router_id {}\n  vrrp_version 3\n  notify_fifo \"{}\"\n}}\n",
-        quote_free(&s.name),
-        quote_free(&notify::fifo_path(&s.config_path).display().to_string())
-    );
-    // Non-zero in the file (HAProxy not serving) puts the instance in FAULT.
-    let _ = writeln!(
-        out,
-        "vrrp_track_file ferrylb_haproxy {{\n  file \"{}\"\n  weight 0\n}}\n",
-        quote_free(&health_file(&s.config_path).display().to_string())
-    );
-    let _ = writeln!(
-        out,
-        "vrrp_instance {INSTANCE} {{\n  state BACKUP\n  interface {}\n  virtual_router_id {}\n  priority {}\n  nopreempt\n  advert_int {}",
-        s.interface,
-        s.router_id,
-        priority(s),
-        advert(s.advert_interval)
-    );
-    if let Some(src) = s.source {
-        // Unicast once there is a peer to send to (keepalived refuses a
-        // source without peers); alone, adverts go to the VRRP group.
-        let peers: Vec<_> = peers
-            .iter()
-            .filter(|p| **p != src && p.is_ipv6() == v6)
-            .collect();
-        if !peers.is_empty() {
-            let _ = writeln!(out, "  unicast_src_ip {src}\n  unicast_peer {{");
-            for p in peers {
-                let _ = writeln!(out, "    {p}");
-            }
-            out.push_str("  }\n");
-        }
-    }
-    out.push_str("  virtual_ipaddress {\n");
-    for ip in same.iter().take(IN_ADVERT) {
-        out.push_str(&line(ip));
-    }
-    out.push_str("  }\n");
-    let rest: Vec<&IpAddr> = same.iter().skip(IN_ADVERT).chain(other.iter()).collect();
-    if !rest.is_empty() {
-        out.push_str("  virtual_ipaddress_excluded {\n");
-        for ip in rest {
-            out.push_str(&line(ip));
-        }
-        out.push_str("  }\n");
-    }
-    out.push_str("  track_file {\n    ferrylb_haproxy\n  }\n}\n");
-    Some(out)
-}
-
-/// The configured priority plus a spread from this host's address (0-99):
-/// when the master leaves, the backups' takeover timers then differ by
-/// milliseconds per point, so one takes over and the others hear its advert
-/// in time, instead of all claiming the VIPs at once. With `nopreempt` a
-/// higher priority never takes the VIPs from a healthy master.
-fn priority(s: &VrrpSettings) -> u16 {
-    let last = match s.source {
-        Some(IpAddr::V4(ip)) => ip.octets()[3],
-        Some(IpAddr::V6(ip)) => ip.octets()[15],
-        None => 0,
-    };
-    // Neighbouring addresses (the usual case) land 37 points apart: a
-    // takeover timer about 14 ms earlier at 0.1 s adverts.
-    let spread = u16::from(last) * 37 % 100;
-    (u16::from(s.priority) + spread).min(254)
-}
-
-/// `advert_int` in seconds: VRRPv3 takes hundredths.
-fn advert(d: Duration) -> String {
-    let cs = (d.as_millis() / 10).clamp(1, 4095);
-    if cs.is_multiple_of(100) {
-        (cs / 100).to_string()
-    } else {
-        format!("{}.{:02}", cs / 100, cs % 100)
-            .trim_end_matches('0')
-            .to_owned()
-    }
-}
-
-/// Keeps a value from breaking out of its place in the file.
-/// The one VRRP instance's name.
-const INSTANCE: &str = "ferrylb";
-
-fn quote_free(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control() && !matches!(c, '"' | '{' | '}' | '#' | '!'))
-        .collect()
 }
 
 /// What keepalived reports, for metrics.
@@ -580,12 +469,6 @@ async fn signal(name: &str, pid: u32) -> Result<(), ProviderError> {
 
 fn is_keepalived(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "keepalived")
-}
-
-/// The file keepalived tracks: `0` while the local HAProxy serves.
-#[must_use]
-pub fn health_file(config: &Path) -> PathBuf {
-    sibling(config, "health")
 }
 
 fn pid_files(config: &Path) -> (PathBuf, PathBuf) {
