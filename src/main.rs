@@ -189,9 +189,6 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     let lock = args.leader.leader_elect.then(|| {
         let identity = args.instance.clone().unwrap_or_else(default_identity);
@@ -346,9 +343,6 @@ async fn lead(
     config: controller::ControllerConfig,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
     let stop = {
         let (lock, rx, haproxy) = (lock.clone(), stop_rx.clone(), haproxy.clone());
@@ -393,6 +387,11 @@ async fn lead(
     };
     watchdog.abort();
     Ok(lost)
+}
+
+/// Resolves once `rx` says the process is stopping (SIGTERM, or a halt).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// This replica's name for leader election when no pod name is given.

@@ -111,7 +111,8 @@ impl Endpoints {
     }
 
     /// Whether any Service needs endpoints (and so a watch runs).
-    pub fn watching(&self) -> bool {
+    #[cfg(test)]
+    fn watching(&self) -> bool {
         !self.state.lock().expect("endpoints lock").needed.is_empty()
     }
 

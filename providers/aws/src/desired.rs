@@ -387,6 +387,7 @@ fn within_budget(
     nodes: Vec<NodeTarget<'_>>,
     groups: usize,
     targets_per_zone: usize,
+    target_type: TargetType,
 ) -> Result<(BTreeSet<String>, Option<Warning>), ProviderError> {
     let per_zone = targets_per_zone / groups.max(1);
     if per_zone == 0 {
@@ -399,10 +400,9 @@ fn within_budget(
         ));
     }
     let total = nodes.len();
-    let what = if nodes.iter().all(|(_, n, _)| n.is_empty()) && total > 0 {
-        "pods"
-    } else {
-        "nodes"
+    let what = match target_type {
+        TargetType::Ip => "pods",
+        TargetType::Instance => "nodes",
     };
     let service = spec.lb.key.to_string();
     let name = |(id, n, _): &NodeTarget<'_>| {
@@ -632,7 +632,13 @@ impl Desired {
             }
         };
         warnings.extend(skipped);
-        let (targets, subset) = within_budget(spec, candidates, by_port.len(), targets_per_zone)?;
+        let (targets, subset) = within_budget(
+            spec,
+            candidates,
+            by_port.len(),
+            targets_per_zone,
+            o.target_type,
+        )?;
         warnings.extend(subset);
         warnings.extend(unsupported);
         if by_port.is_empty() {

@@ -306,7 +306,7 @@ impl HaproxyProvider {
     /// nothing changes here.
     pub async fn stop_holding(&self) {
         self.set_holding(false);
-        if self.keepalived.is_some() || self.bird.is_some() {
+        if !self.binds_vips() {
             return;
         }
         for ip in self.held_vips() {
