@@ -323,6 +323,13 @@ pub struct HaproxyArgs {
     #[arg(long, env = "FERRYLB_HAPROXY_HARD_STOP_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub haproxy_hard_stop_after: Duration,
 
+    /// A node leaving a load balancer (tainted for removal, excluded, being
+    /// deleted, gone) has its servers drained: no new connection, the open
+    /// ones go on until they end or this passes, then they are closed. A
+    /// Service may set its own (`ferrylb.io/haproxy-drain-timeout`).
+    #[arg(long, env = "FERRYLB_HAPROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub haproxy_drain_timeout: Duration,
+
     /// Check each node once with `GET /healthz` on this port (kube-proxy's
     /// health port is 10256) and let every Service track that check. Needed
     /// for large clusters: per-Service checks cost a file descriptor per
@@ -470,6 +477,7 @@ impl HaproxyArgs {
             )?,
             handover_pause: self.vrrp.haproxy_vrrp_handover_pause,
             nft_binary: self.vrrp.nft_binary.clone(),
+            drain_timeout: self.haproxy_drain_timeout,
         })
     }
 

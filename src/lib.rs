@@ -5,6 +5,7 @@
 pub mod bgp_events;
 pub mod cli;
 pub mod controller;
+pub mod drain_events;
 pub mod gc;
 pub mod leader;
 pub mod mirror;

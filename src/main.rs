@@ -202,15 +202,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let mut side_tasks = Vec::new();
     if let Some(h) = &haproxy {
-        let events = h.bird().is_some().then(|| {
-            (
-                ferrylb::bgp_events::recorder(client.clone(), args.instance.clone()),
-                ferrylb::bgp_events::pod_ref(
-                    &args.leader.leader_election_namespace,
-                    args.instance.as_deref().unwrap_or("ferrylb"),
-                ),
-            )
-        });
+        let events = (
+            ferrylb::bgp_events::recorder(client.clone(), args.instance.clone()),
+            ferrylb::bgp_events::pod_ref(
+                &args.leader.leader_election_namespace,
+                args.instance.as_deref().unwrap_or("ferrylb"),
+            ),
+        );
         side_tasks.push(tokio::spawn(report_haproxy(
             h.clone(),
             telemetry.clone(),
@@ -419,16 +417,19 @@ async fn check_providers(providers: Vec<Arc<dyn LoadBalancerProvider>>, telemetr
     }
 }
 
-/// Copies what the HAProxy provider serves, and keepalived's state, into
-/// the metrics once a second.
+/// Copies what the HAProxy provider serves, keepalived's and BIRD's state
+/// and the drains of leaving nodes into the metrics once a second; moves
+/// the drains on, and publishes Events for BGP sessions and finished
+/// drains.
 async fn report_haproxy(
     h: Arc<HaproxyProvider>,
     telemetry: Arc<Telemetry>,
-    events: Option<(
+    (recorder, pod): (
         kube::runtime::events::Recorder,
         k8s_openapi::api::core::v1::ObjectReference,
-    )>,
+    ),
 ) {
+    let by = pod.name.clone().unwrap_or_default();
     let mut sessions = BTreeMap::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -445,13 +446,17 @@ async fn report_haproxy(
         if let Some(b) = h.bird() {
             let status = b.status().await;
             telemetry.set_bgp(&status);
-            if let Some((recorder, pod)) = &events {
-                let changed = ferrylb::bgp_events::changes(&sessions, &status.sessions);
-                ferrylb::bgp_events::publish(recorder, pod, &changed).await;
-            }
+            let changed = ferrylb::bgp_events::changes(&sessions, &status.sessions);
+            ferrylb::bgp_events::publish(&recorder, &pod, &changed).await;
             if status.running {
                 sessions = status.sessions;
             }
+        }
+        let (finished, draining) = h.advance_drains().await;
+        telemetry.set_drains(&draining, &finished);
+        if !finished.is_empty() {
+            let events = ferrylb::drain_events::events(&finished, &draining, &by);
+            ferrylb::drain_events::publish(&recorder, events).await;
         }
     }
 }

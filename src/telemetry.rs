@@ -42,6 +42,9 @@ pub struct Telemetry {
     bgp_session_up: Family<Labels, Gauge>,
     bgp_bfd_up: Family<Labels, Gauge>,
     bgp_routes: Gauge,
+    draining_servers: Family<Labels, Gauge>,
+    draining_sessions: Family<Labels, Gauge>,
+    drains_finished: Family<Labels, Counter>,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
     /// Why a provider's last check failed (`None`: all answered).
@@ -129,8 +132,29 @@ impl Default for Telemetry {
             "VIP routes this replica announces over BGP now (0 while withdrawn)",
             bgp_routes.clone(),
         );
+        let draining_servers = Family::<Labels, Gauge>::default();
+        registry.register(
+            "haproxy_draining_servers",
+            "Per leaving node: servers of it this replica's HAProxy still drains (0 or absent: drained)",
+            draining_servers.clone(),
+        );
+        let draining_sessions = Family::<Labels, Gauge>::default();
+        registry.register(
+            "haproxy_draining_sessions",
+            "Per leaving node: sessions its draining servers still carry in this replica's current HAProxy worker",
+            draining_sessions.clone(),
+        );
+        let drains_finished = Family::<Labels, Counter>::default();
+        registry.register(
+            "haproxy_drains_finished",
+            "Drains of a leaving node's server that ended, by outcome (empty, timed_out, reloaded)",
+            drains_finished.clone(),
+        );
         Self {
             registry,
+            draining_servers,
+            draining_sessions,
+            drains_finished,
             bgp_session_up,
             bgp_bfd_up,
             bgp_routes,
@@ -274,6 +298,30 @@ impl Telemetry {
         }
         self.bgp_routes
             .set(i64::try_from(status.announced).unwrap_or(i64::MAX));
+    }
+
+    /// What drains now, by node, and the drains that just finished.
+    pub fn set_drains(
+        &self,
+        draining: &std::collections::BTreeMap<String, ferrylb_haproxy::drain::Draining>,
+        finished: &[ferrylb_haproxy::drain::Finished],
+    ) {
+        self.draining_servers.clear();
+        self.draining_sessions.clear();
+        for (node, d) in draining {
+            let labels = vec![("node", node.clone())];
+            self.draining_servers
+                .get_or_create(&labels)
+                .set(i64::try_from(d.servers).unwrap_or(i64::MAX));
+            self.draining_sessions
+                .get_or_create(&labels)
+                .set(i64::try_from(d.sessions).unwrap_or(i64::MAX));
+        }
+        for f in finished {
+            self.drains_finished
+                .get_or_create(&vec![("outcome", f.outcome.label().to_owned())])
+                .inc();
+        }
     }
 
     /// `Ok` when ready, else why not.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use ferrylb_aws::AwsProvider;
 use ferrylb_model::LoadBalancerProvider;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use support::aws::{self, Seed};
 use support::harness::{Harness, WAIT, condition, ingress_hostname};
 use support::{env, kube as k, wait};
@@ -125,6 +126,44 @@ async fn two_ports_on_three_nodes_become_one_nlb_whose_name_is_in_the_status() {
     assert_eq!(
         describes_after, describes_before,
         "a node add needs no describe"
+    );
+
+    // The cluster autoscaler's first signal, a taint, deregisters the node
+    // at once (the NLB drains it for the target group's deregistration
+    // delay), while its Node still exists: one DeregisterTargets per
+    // target group, no describe.
+    let before = h.provider.calls().snapshot();
+    let n3 = format!("{}-n3", h.ns);
+    Api::<Node>::all(h.client.clone())
+        .patch(
+            &n3,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"taints": [
+                {"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    wait::until("the tainted instance deregistered", WAIT, || async {
+        (aws::inventory(&conf, &seed).await.targets.len() == 6).then_some(())
+    })
+    .await;
+    let after = h.provider.calls().snapshot();
+    assert_eq!(
+        after.count("DeregisterTargets") - before.count("DeregisterTargets"),
+        2
+    );
+    assert_eq!(
+        after.total() - before.total(),
+        2,
+        "only the deregistrations"
+    );
+    assert!(
+        Api::<Node>::all(h.client.clone())
+            .get_opt(&n3)
+            .await
+            .unwrap()
+            .is_some()
     );
 
     // A node that cannot be a target (no providerID): the Service hears of

@@ -744,10 +744,13 @@ async fn a_follower_serves_a_node_change_without_a_reload() {
         .filter(|(b, s, _, _)| b.starts_with("be_") && s == "n3")
         .count();
     assert_eq!(with_n3, 2, "{state:?}");
-    // A node gone: out of both, still no reload.
+    // A node gone: out of both (drained, then deleted, as on the leader),
+    // still no reload.
     p.mirror(&specs(&[("n1", "127.0.0.11"), ("n3", "127.0.0.13")]))
         .await
         .unwrap();
+    let (finished, _) = p.advance_drains().await;
+    assert_eq!(finished.len(), 2, "{finished:?}");
     let state = servers_state(&p).await;
     assert!(
         !state
@@ -757,4 +760,163 @@ async fn a_follower_serves_a_node_change_without_a_reload() {
     );
     assert_eq!(p.reload_counters().await.unwrap().0, reloads);
     p.shutdown().await;
+}
+
+/// Moves the provider's drains on until `what` holds of a tick's report.
+async fn drains_until<T>(
+    p: &HaproxyProvider,
+    what: &str,
+    mut f: impl FnMut(
+        &[ferrylb_haproxy::drain::Finished],
+        &std::collections::BTreeMap<String, ferrylb_haproxy::drain::Draining>,
+    ) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (finished, draining) = p.advance_drains().await;
+        if let Some(t) = f(&finished, &draining) {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {finished:?} {draining:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A long-lived connection to `addr` that `node` answers.
+async fn kept_on(addr: SocketAddr, node: &str) -> traffic::Kept {
+    wait::until(&format!("a connection {node} answers"), WAIT, || async {
+        traffic::Kept::open(addr).await.filter(|k| k.name == node)
+    })
+    .await
+}
+
+async fn exclude(h: &Harness<HaproxyProvider>, node: &str, excluded: bool) {
+    let label = "node.kubernetes.io/exclude-from-external-load-balancers";
+    let value = excluded.then_some("true");
+    Api::<Node>::all(h.client.clone())
+        .patch(
+            &format!("{}-{node}", h.ns),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A node leaving a Service drains: the connection it carries goes on,
+/// new ones go elsewhere, and its server is deleted once that connection
+/// ends (or, past the Service's drain timeout, the connection is cut);
+/// a node coming back while it drains takes new connections again.
+#[tokio::test]
+async fn a_leaving_node_drains_its_connections_and_is_removed_when_they_end() {
+    let mut h = harness("hx-drain", "127.0.2.70-127.0.2.79").await;
+    for (ip, n) in &NODES[..2] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    let mut svc = k::lb_service("web", &[80]);
+    create(&h, svc.clone()).await;
+    svc.metadata.name = Some("api".into());
+    svc.metadata.annotations = Some(
+        [(
+            "ferrylb.io/haproxy-drain-timeout".to_owned(),
+            "2s".to_owned(),
+        )]
+        .into(),
+    );
+    create(&h, svc).await;
+    let mut addrs = Vec::new();
+    let mut _servers = Vec::new();
+    for name in ["web", "api"] {
+        let (svc, ip) = wait_vip(&h, name).await;
+        for (ip, n) in &NODES[..2] {
+            _servers.push(traffic::answer_kept(ip, node_port(&svc, 0), n).await);
+        }
+        addrs.push(SocketAddr::new(ip, 80));
+    }
+    let (web, api) = (addrs[0], addrs[1]);
+    wait_answers(web, &["n1", "n2"]).await;
+
+    // n2 leaves: its open connection goes on, new ones reach n1 only.
+    let n2 = format!("{}-n2", h.ns);
+    let mut kept = kept_on(web, "n2").await;
+    exclude(&h, "n2", true).await;
+    wait_answers(web, &["n1"]).await;
+    for _ in 0..3 {
+        assert_eq!(kept.ask().await.as_deref(), Some("n2"));
+        let draining = drains_until(&h.provider, "n2 draining", |f, d| {
+            // (api's server for n2 carries nothing: it may finish.)
+            assert!(
+                !f.iter().any(|f| f.backend.contains("-web-")),
+                "finished with a connection open: {f:?}"
+            );
+            d.get(&n2).cloned()
+        })
+        .await;
+        assert_eq!(draining.sessions, 1, "{draining:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        servers_state(&h.provider)
+            .await
+            .iter()
+            .any(|(b, s, ..)| b.contains("-web-") && *s == n2),
+        "deleted while its connection was open"
+    );
+    drop(kept);
+    let done = drains_until(&h.provider, "n2's drain to finish", |f, _| {
+        f.iter().find(|f| f.backend.contains("-web-")).cloned()
+    })
+    .await;
+    assert_eq!(done.outcome, ferrylb_haproxy::drain::Outcome::Empty);
+    assert!(
+        !servers_state(&h.provider)
+            .await
+            .iter()
+            .any(|(b, s, ..)| b.contains("-web-") && *s == n2),
+        "a drained server is deleted"
+    );
+
+    // Back while draining: new connections reach it again, and its drain
+    // ends without a report.
+    exclude(&h, "n2", false).await;
+    wait_answers(web, &["n1", "n2"]).await;
+    let mut kept = kept_on(web, "n2").await;
+    exclude(&h, "n2", true).await;
+    wait_answers(web, &["n1"]).await;
+    exclude(&h, "n2", false).await;
+    wait_answers(web, &["n1", "n2"]).await;
+    assert_eq!(kept.ask().await.as_deref(), Some("n2"));
+    let (finished, draining) = h.provider.advance_drains().await;
+    assert!(
+        finished.is_empty() && !draining.contains_key(&n2),
+        "{finished:?} {draining:?}"
+    );
+
+    // Past api's drain timeout (2 s), what is still open is cut.
+    let mut long = kept_on(api, "n2").await;
+    exclude(&h, "n2", true).await;
+    wait_answers(api, &["n1"]).await;
+    let done = drains_until(&h.provider, "api's drain to time out", |f, _| {
+        f.iter().find(|f| f.node == n2).cloned()
+    })
+    .await;
+    assert_eq!(
+        done.outcome,
+        ferrylb_haproxy::drain::Outcome::TimedOut { cut: 1 }
+    );
+    assert!(done.took >= std::time::Duration::from_secs(2), "{done:?}");
+    assert_eq!(
+        long.ask().await,
+        None,
+        "the connection past the timeout is closed"
+    );
+    // web's connection, drained on its own 30 s timeout, goes on.
+    assert_eq!(kept.ask().await.as_deref(), Some("n2"));
+    drop(kept);
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
 }

@@ -628,7 +628,6 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
 
     let lead = leader_node(&client).await;
     let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
-    let node_api: Api<Node> = Api::all(client.clone());
     let exclude = "node.kubernetes.io/exclude-from-external-load-balancers";
 
     // Each event: traffic keeps flowing; eTP Cluster still reaches pods on
@@ -667,16 +666,27 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
     // made again (the kubelet registers only once) and it serves again.
     let probe = lab.probe(&vip, 80, 20);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let saved = node_api.get(victim).await.unwrap();
+    let saved = delete_node(&client, victim).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = probe.finish().await;
+    report(&format!("{victim} deleted"), &s);
+    assert_eq!(s.failed, 0, "{victim} deleted: {s:?}");
+    make_node_again(lab, &client, saved).await;
+}
+
+/// Deletes Node `name`, waits until it is gone, and returns it as it was.
+async fn delete_node(client: &kube::Client, name: &str) -> Node {
+    let node_api: Api<Node> = Api::all(client.clone());
+    let saved = node_api.get(name).await.unwrap();
     node_api
-        .delete(victim, &DeleteParams::default())
+        .delete(name, &DeleteParams::default())
         .await
         .unwrap();
     wait::until("the Node to go", Duration::from_secs(30), || {
         let node_api = node_api.clone();
         async move {
             node_api
-                .get_opt(victim)
+                .get_opt(name)
                 .await
                 .unwrap()
                 .is_none()
@@ -684,13 +694,16 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let s = probe.finish().await;
-    report(&format!("{victim} deleted"), &s);
-    assert_eq!(s.failed, 0, "{victim} deleted: {s:?}");
-    let mut again = k8s_openapi::api::core::v1::Node {
+    saved
+}
+
+/// Makes a deleted Node again, untainted (its kubelet registered only
+/// once), and waits until it is Ready.
+async fn make_node_again(lab: &Lab, client: &kube::Client, saved: Node) {
+    let name = saved.metadata.name.clone().unwrap();
+    let mut again = Node {
         metadata: kube::api::ObjectMeta {
-            name: Some(victim.to_owned()),
+            name: Some(name.clone()),
             labels: saved.metadata.labels.clone(),
             ..Default::default()
         },
@@ -700,16 +713,133 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
     if let Some(spec) = again.spec.as_mut() {
         spec.taints = None;
     }
-    node_api
+    Api::<Node>::all(client.clone())
         .create(&Default::default(), &again)
         .await
         .expect("making the Node again");
     lab.kubectl(&[
         "wait",
         "--for=condition=Ready",
-        &format!("node/{victim}"),
+        &format!("node/{name}"),
         "--timeout=60s",
     ]);
+}
+
+/// The notes of Events with `reason` about the object `kind`/`name` in
+/// `ns` (Nodes' Events are in `default`).
+async fn event_notes(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    reason: &str,
+) -> Vec<String> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
+                })
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// What the cluster autoscaler does to a node it removes, at 50 new
+/// connections a second and with 12 long-lived connections sending a line
+/// a second: tainted `ToBeDeletedByClusterAutoscaler`, then deleted. The
+/// VIP holder's HAProxy drains the node's servers: the long-lived
+/// connections through it go on (none breaks), new ones go elsewhere (none
+/// fails); once the long-lived ones close, the drain finishes and says so
+/// in an Event on the Service and on the Node; deleting the Node then costs
+/// nothing either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_tainted_for_removal_then_deleted_drains_and_loses_no_connection() {
+    let Start {
+        _serial,
+        lab,
+        client,
+        vip,
+        ns,
+    } = start_with_echo("lab-nodedrain", 6).await;
+    let holder = leader(&client).await;
+    let lead = leader_node(&client).await;
+    let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
+    let probe = lab.probe(&vip, 80, 50);
+    let kept = lab.probe_kept(&vip, 80, 12).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    patch_node(
+        &client,
+        victim,
+        serde_json::json!({"spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]}}),
+    )
+    .await;
+    eprintln!("long-lived connections open; tainting {victim} (the VIP holder is {lead})");
+    // The holder drains what the long-lived connections carry through the
+    // victim (round robin put about a third of them there).
+    let metric = format!("ferrylb_haproxy_draining_sessions{{node=\"{victim}\"}}");
+    let draining = wait::until(
+        "the victim's sessions draining",
+        Duration::from_secs(30),
+        || {
+            let text = replica_metrics(lab, &lead);
+            let metric = metric.clone();
+            async move {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|n| *n > 0)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let k = kept.finish().await;
+    report(
+        &format!("long-lived connections through {victim}'s drain"),
+        &k,
+    );
+    assert_eq!(k.failed, 0, "long-lived connections broke: {k:?}");
+    assert!(k.sent >= 12 * 8, "{k:?}");
+    // They closed: the drain finishes, and says so.
+    let svc_notes = wait::until(
+        "NodeDrained on the Service",
+        Duration::from_secs(30),
+        || async {
+            let notes = event_notes(&client, &ns, "Service", "echo", "NodeDrained").await;
+            let mine: Vec<String> = notes
+                .into_iter()
+                .filter(|n| n.contains(victim) && n.contains(&holder))
+                .collect();
+            (!mine.is_empty()).then_some(mine)
+        },
+    )
+    .await;
+    let node_notes = wait::until(
+        "LoadBalancersDrained on the Node",
+        Duration::from_secs(30),
+        || async {
+            let notes =
+                event_notes(&client, "default", "Node", victim, "LoadBalancersDrained").await;
+            notes.iter().any(|n| n.contains(&holder)).then_some(notes)
+        },
+    )
+    .await;
+    eprintln!("{draining} sessions drained; {svc_notes:?}; {node_notes:?}");
+    let saved = delete_node(&client, victim).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = probe.finish().await;
+    report(
+        &format!("{victim} tainted ToBeDeletedByClusterAutoscaler, then deleted"),
+        &s,
+    );
+    assert_eq!(s.failed, 0, "{s:?}");
+    make_node_again(lab, &client, saved).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -189,6 +189,25 @@ impl Lab {
         )
     }
 
+    /// `n` long-lived connections from the client namespace to `vip:port`,
+    /// each sending a line a second that the echo server answers, until
+    /// [`Probe::finish`]: `failed` counts the connections that broke.
+    /// Returns once every connection is open (or failed: `finish` counts it).
+    pub async fn probe_kept(&self, vip: &str, port: u16, n: u32) -> Probe {
+        let probe = self.probe_with(CLIENT_NS, vip, port, 1, &["--kept", &n.to_string()]);
+        let ready = PathBuf::from(format!("{}.ready", probe.out.display()));
+        super::wait::until(
+            "the long-lived connections to open",
+            Duration::from_secs(60),
+            || {
+                let ready = ready.clone();
+                async move { ready.exists().then_some(()) }
+            },
+        )
+        .await;
+        probe
+    }
+
     /// [`Self::probe`] from the namespace `ns` (e.g. [`OUTSIDE_NS`]).
     pub fn probe_from(&self, ns: &str, vip: &str, port: u16, rate: u32) -> Probe {
         self.probe_with(ns, vip, port, rate, &[])

@@ -35,6 +35,95 @@ pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
     }))
 }
 
+/// Like [`answer`], and a client that opens with `keep\n` keeps the
+/// connection: each line it sends is answered with `name` and a newline,
+/// until it closes (a long-lived connection). Others are answered after
+/// 100 ms of silence.
+pub async fn answer_kept(ip: &str, port: u16, name: &str) -> Answerer {
+    let listener = TcpListener::bind((ip, port))
+        .await
+        .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
+    let name = name.to_owned();
+    Answerer(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                let first = tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf));
+                let mut n = match first.await {
+                    Ok(Ok(n)) if buf[..n].starts_with(b"keep\n") => n,
+                    _ => {
+                        let _ = conn.write_all(name.as_bytes()).await;
+                        return;
+                    }
+                };
+                // One answer for each line after `keep`.
+                let mut owed = buf[..n].iter().filter(|b| **b == b'\n').count() - 1;
+                let line = format!("{name}\n");
+                loop {
+                    for _ in 0..owed {
+                        if conn.write_all(line.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    n = match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    owed = buf[..n].iter().filter(|b| **b == b'\n').count();
+                }
+            });
+        }
+    }))
+}
+
+/// A long-lived connection to a server of [`answer_kept`].
+pub struct Kept {
+    conn: tokio::net::TcpStream,
+    /// The name that answered it.
+    pub name: String,
+}
+
+impl Kept {
+    /// Opens one to `addr`.
+    pub async fn open(addr: SocketAddr) -> Option<Kept> {
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+        conn.write_all(b"keep\n").await.ok()?;
+        let mut k = Kept {
+            conn,
+            name: String::new(),
+        };
+        k.name = k.ask().await?;
+        Some(k)
+    }
+
+    /// Sends a line and returns the answer; `None` once the connection
+    /// is broken or closed.
+    pub async fn ask(&mut self) -> Option<String> {
+        let io = async {
+            self.conn.write_all(b"ping\n").await.ok()?;
+            let mut out = Vec::new();
+            let mut byte = [0u8; 1];
+            while out.last() != Some(&b'\n') {
+                let n = self.conn.read(&mut byte).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                out.push(byte[0]);
+            }
+            Some(String::from_utf8_lossy(&out).trim().to_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(5), io)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// Listens on `ip:port` and answers every HTTP request with `status`, as
 /// kube-proxy's health check node port does.
 pub async fn health(ip: &str, port: u16, status: u16) -> Answerer {

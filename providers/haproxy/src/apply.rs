@@ -270,6 +270,13 @@ impl HaproxyProvider {
             loaded.file_stale = false;
             loaded.node_checks =
                 crate::runtime::CheckSlots::loaded(&desired.values().collect::<Vec<_>>());
+            crate::drain::after_reload(
+                &mut loaded.drains,
+                loaded.entries.as_ref(),
+                &desired,
+                std::time::Instant::now(),
+                |e| self.drain_timeout(e),
+            );
         }
         let vips: std::collections::BTreeSet<_> = desired
             .values()

@@ -10,6 +10,7 @@
 mod alloc;
 mod apply;
 pub mod bgp;
+pub mod drain;
 mod files;
 pub mod options;
 pub mod pool;
@@ -68,6 +69,10 @@ pub struct HaproxySettings {
     pub handover_pause: Duration,
     /// The `nft` program, for the handover pause.
     pub nft_binary: std::path::PathBuf,
+    /// How long a leaving node's servers drain before the sessions they
+    /// still carry are cut (see [`drain`]); a Service may set its own
+    /// (`ferrylb.io/haproxy-drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 impl HaproxySettings {
@@ -93,6 +98,7 @@ impl HaproxySettings {
             bgp: None,
             handover_pause: Duration::ZERO,
             nft_binary: "nft".into(),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -163,6 +169,8 @@ struct Loaded {
     /// Counts changes to what HAProxy runs (loads and runtime API changes),
     /// so the file is only written for the state it was rendered from.
     version: u64,
+    /// Servers of leaving nodes, draining (see [`drain`]).
+    drains: BTreeMap<drain::ServerKey, drain::Drain>,
 }
 
 /// How long runtime API changes must pause before the file is written.
@@ -735,14 +743,7 @@ impl HaproxyProvider {
                 return Err(e);
             }
         }
-        // One round trip for all of them; each is tried whatever the
-        // others answer.
-        if !plan.deletions.is_empty()
-            && let Err(e) =
-                runtime::run(&self.settings.admin_socket, &plan.deletions.join("; ")).await
-        {
-            tracing::debug!(error = %e, "servers kept in maintenance until the next reload");
-        }
+        self.record_drains(loaded, new, plan.drains);
         if let Some(slots) = plan.slots {
             loaded.node_checks = slots;
         }

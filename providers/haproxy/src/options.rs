@@ -13,6 +13,7 @@ pub const TIMEOUT_CLIENT: &str = "ferrylb.io/haproxy-timeout-client";
 pub const TIMEOUT_SERVER: &str = "ferrylb.io/haproxy-timeout-server";
 pub const CHECK_INTERVAL: &str = "ferrylb.io/haproxy-check-interval";
 pub const PROXY_PROTOCOL: &str = "ferrylb.io/haproxy-proxy-protocol";
+pub const DRAIN_TIMEOUT: &str = "ferrylb.io/haproxy-drain-timeout";
 
 const PREFIX: &str = "ferrylb.io/haproxy-";
 const KNOWN: &[&str] = &[
@@ -22,6 +23,7 @@ const KNOWN: &[&str] = &[
     TIMEOUT_SERVER,
     CHECK_INTERVAL,
     PROXY_PROTOCOL,
+    DRAIN_TIMEOUT,
 ];
 
 /// Load-balancing algorithms: only HAProxy's dynamic ones, so servers can
@@ -55,6 +57,9 @@ pub struct Options {
     pub check_interval: Duration,
     /// Send PROXY protocol v2 to the nodes.
     pub proxy_protocol_v2: bool,
+    /// How long a leaving node's server drains before its open sessions
+    /// are cut; `None`: the provider's default (`--haproxy-drain-timeout`).
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -69,6 +74,7 @@ impl Default for Options {
             timeout_server: Duration::from_secs(60),
             check_interval: Duration::from_secs(2),
             proxy_protocol_v2: false,
+            drain_timeout: None,
         }
     }
 }
@@ -103,6 +109,7 @@ impl Options {
                 TIMEOUT_CLIENT => o.timeout_client = duration(k, v)?,
                 TIMEOUT_SERVER => o.timeout_server = duration(k, v)?,
                 CHECK_INTERVAL => o.check_interval = duration(k, v)?,
+                DRAIN_TIMEOUT => o.drain_timeout = Some(duration(k, v)?),
                 PROXY_PROTOCOL => {
                     o.proxy_protocol_v2 = match v.as_str() {
                         "v2" => true,
@@ -171,6 +178,7 @@ mod tests {
             (TIMEOUT_SERVER, "1h"),
             (CHECK_INTERVAL, "10s"),
             (PROXY_PROTOCOL, "v2"),
+            (DRAIN_TIMEOUT, "2m"),
             ("ferrylb.io/load-balancer-ips", "ignored here"),
         ])
         .unwrap();
@@ -180,6 +188,7 @@ mod tests {
         assert_eq!(o.timeout_server, Duration::from_secs(3600));
         assert_eq!(o.check_interval, Duration::from_secs(10));
         assert!(o.proxy_protocol_v2);
+        assert_eq!(o.drain_timeout, Some(Duration::from_secs(120)));
     }
 
     #[test]
@@ -192,6 +201,7 @@ mod tests {
             (TIMEOUT_SERVER, "1s\nlisten x"),
             (CHECK_INTERVAL, "-1s"),
             (PROXY_PROTOCOL, "v1"),
+            (DRAIN_TIMEOUT, "forever"),
             ("ferrylb.io/haproxy-timeout-clinet", "30s"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();

@@ -490,6 +490,16 @@ pub async fn serving(socket: &Path) -> Result<(), String> {
     }
 }
 
+/// The old workers in `show proc`'s answer: those still carrying
+/// connections of a configuration a reload replaced.
+pub fn old_workers(show_proc: &str) -> usize {
+    show_proc
+        .lines()
+        .skip_while(|l| !l.starts_with("# old workers"))
+        .filter(|l| l.split_whitespace().nth(1) == Some("worker"))
+        .count()
+}
+
 fn current_workers(show_proc: &str) -> usize {
     show_proc
         .lines()
@@ -593,6 +603,8 @@ mod tests {
             # old workers\n\
             20              worker          1               0d00h00m50s     2.6.12\n\n";
         assert_eq!(current_workers(out), 1);
+        assert_eq!(old_workers(out), 1);
+        assert_eq!(old_workers(out.split("# old").next().unwrap()), 0);
         let draining_only = out.replace("31              worker", "# none");
         assert_eq!(current_workers(&draining_only), 0);
     }

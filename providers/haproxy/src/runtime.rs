@@ -33,6 +33,15 @@ fn is_success_line(line: &str) -> bool {
             && line.ends_with(" by 'stats socket command'"))
 }
 
+/// Whether every line of a runtime API reply is a success (see
+/// [`is_success_line`]).
+pub fn all_succeeded(out: &str) -> bool {
+    out.lines().all(is_success_line)
+}
+
+/// HAProxy's reply to a command naming a server its backend does not hold.
+pub const NO_SUCH_SERVER: &str = "No such server.";
+
 /// The shared node checks HAProxy runs (see [`NODE_CHECKS`]): which check
 /// server each node's servers track, and the spares still free.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,11 +80,11 @@ pub struct NodeChecks<'a> {
 ///
 /// A node new to HAProxy takes a spare check server (its address set, out
 /// of maintenance), and each backend gets a server tracking it: no reload,
-/// shared checks or not. Removed servers are put in maintenance (no new
-/// connections) in the batch; deleting them is best effort (`deletions`),
-/// since HAProxy refuses while a connection is still open and cutting it
-/// would fail a client. A server left in maintenance, or a check no
-/// Service tracks any more, disappears at the next reload.
+/// shared checks or not. Removed servers are put in `drain` in the batch
+/// (no new connection; the open ones go on, health checks too) and listed
+/// in `drains`: they are deleted once their sessions end or their drain
+/// timeout passes (see [`crate::drain`]). A check no Service tracks any
+/// more disappears at the next reload.
 ///
 /// `None` when the change needs a reload: no spare check is left.
 pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Option<RuntimePlan> {
@@ -88,6 +97,12 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
             .collect()
     };
     let (before, after) = (servers(old), servers(new));
+    let node_of: BTreeMap<String, &str> = old
+        .spec
+        .targets
+        .iter()
+        .map(|t| (server_name(&t.node), t.node.as_str()))
+        .collect();
     let mut plan = RuntimePlan::default();
     let mut slots = tracked.map(|c| c.slots.clone()).unwrap_or_default();
     if let Some(c) = tracked {
@@ -152,8 +167,11 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
         }
         for name in before.keys().filter(|n| !after.contains_key(*n)) {
             let target = format!("{backend}/{name}");
-            cmds.push(format!("set server {target} state maint"));
-            plan.deletions.push(format!("del server {target}"));
+            cmds.push(format!("set server {target} state drain"));
+            plan.drains.push((
+                (backend.clone(), name.clone()),
+                node_of.get(name).copied().unwrap_or_default().to_owned(),
+            ));
         }
         if !cmds.is_empty() {
             plan.batches.push(cmds.join("; "));
@@ -163,14 +181,14 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
 }
 
 /// HAProxy's reply to `add server` for a name its backend still holds: a
-/// server whose `del server` was refused while connections drained stays
-/// there, in maintenance, until the next reload.
+/// server still draining (its node came back before its sessions ended).
 pub const ALREADY_EXISTS: &str = "Already exists a server with the same name";
 
-/// `batch` for servers that may still exist in maintenance (see
+/// `batch` for servers that may still exist, draining (see
 /// [`ALREADY_EXISTS`]): each `add server` becomes `set server … addr …
-/// port …`, the enabling that follows it stays. Every command of a batch
-/// is idempotent, so the whole batch runs again.
+/// port …` and `set server … state ready` (out of drain), the enabling
+/// that follows it stays. Every command of a batch is idempotent, so the
+/// whole batch runs again.
 pub fn readding(batch: &str) -> String {
     batch
         .split("; ")
@@ -179,9 +197,11 @@ pub fn readding(batch: &str) -> String {
             match (words.first(), words.get(1), words.get(2), words.get(3)) {
                 (Some(&"add"), Some(&"server"), Some(target), Some(at)) => {
                     match at.parse::<std::net::SocketAddr>() {
-                        Ok(sa) => {
-                            format!("set server {target} addr {} port {}", sa.ip(), sa.port())
-                        }
+                        Ok(sa) => format!(
+                            "set server {target} addr {} port {}; set server {target} state ready",
+                            sa.ip(),
+                            sa.port()
+                        ),
                         Err(_) => cmd.to_owned(),
                     }
                 }
@@ -200,8 +220,8 @@ pub struct RuntimePlan {
     pub checks: Vec<String>,
     /// Must all succeed, one batch per backend.
     pub batches: Vec<String>,
-    /// May be refused while connections drain.
-    pub deletions: Vec<String>,
+    /// Servers put in `drain`, with the node each is for.
+    pub drains: Vec<(crate::drain::ServerKey, String)>,
     /// The shared node checks once `checks` ran (with them on).
     pub slots: Option<CheckSlots>,
 }
@@ -250,7 +270,7 @@ pub async fn ask(socket: &Path, line: &str) -> Result<String, String> {
 pub async fn run(socket: &Path, batch: &str) -> Result<(), ProviderError> {
     let fail = |m: String| ProviderError::transient(reason::HAPROXY_RUNTIME_API_FAILED, m);
     let out = ask(socket, batch).await.map_err(fail)?;
-    if !out.lines().all(is_success_line) {
+    if !all_succeeded(&out) {
         return Err(fail(format!("haproxy refused `{batch}`: {}", out.trim())));
     }
     Ok(())
@@ -285,15 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn a_server_kept_in_maintenance_is_readdressed_instead_of_added() {
+    fn a_server_still_draining_is_readdressed_and_made_ready_instead_of_added() {
         let batch = "set server be/n2 addr 10.0.0.22 port 30080; \
                      add server be/n3 10.0.0.3:30080 check inter 2000ms; enable health be/n3; enable server be/n3; \
                      add server be/n6 [fd00::6]:30080 track ferrylb_node_checks/n6; enable server be/n6";
         assert_eq!(
             readding(batch),
             "set server be/n2 addr 10.0.0.22 port 30080; \
-             set server be/n3 addr 10.0.0.3 port 30080; enable health be/n3; enable server be/n3; \
-             set server be/n6 addr fd00::6 port 30080; enable server be/n6"
+             set server be/n3 addr 10.0.0.3 port 30080; set server be/n3 state ready; enable health be/n3; enable server be/n3; \
+             set server be/n6 addr fd00::6 port 30080; set server be/n6 state ready; enable server be/n6"
         );
     }
 
@@ -332,9 +352,9 @@ mod tests {
                 batches: vec![format!(
                     "set server {be}/n2 addr 10.0.0.22 port 30080; \
                      add server {be}/n3 10.0.0.3:30080 check inter 2000ms; enable health {be}/n3; enable server {be}/n3; \
-                     set server {be}/n1 state maint"
+                     set server {be}/n1 state drain"
                 )],
-                deletions: vec![format!("del server {be}/n1")],
+                drains: vec![((be.clone(), "n1".into()), "n1".into())],
                 ..RuntimePlan::default()
             }
         );

@@ -1,7 +1,10 @@
 /* The lab's echo server: answers every TCP connection on $PORT (default
  * 8080) with one line naming the pod, its node and the client address it
  * saw, as an HTTP/1.0 response so curl and plain sockets both read it, then
- * closes. One child process per connection; exits on SIGTERM.
+ * closes. A client that opens with "keep\n" keeps the connection: each line
+ * it sends after that is answered with the same line (no HTTP), until it
+ * closes, so long-lived connections can be followed through moves. One
+ * child process per connection; exits on SIGTERM.
  * Built with gcc -static. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -31,11 +34,27 @@ static void serve(int fd, const struct sockaddr_in6 *peer) {
   struct timeval tv = {.tv_sec = 0, .tv_usec = 200000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   char buf[1024];
-  (void)read(fd, buf, sizeof buf);
+  ssize_t got = read(fd, buf, sizeof buf);
 
   char body[512];
   int n = snprintf(body, sizeof body, "pod=%s node=%s client=%s\n", env_or("POD_NAME", "?"),
                    env_or("NODE_NAME", "?"), client);
+  if (got >= 5 && memcmp(buf, "keep\n", 5) == 0) {
+    struct timeval none = {0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    size_t skip = 5; /* the "keep" line itself gets no answer */
+    while (got > 0) {
+      for (ssize_t i = (ssize_t)skip; i < got; i++)
+        if (buf[i] == '\n' && write(fd, body, (size_t)n) != n) {
+          close(fd);
+          return;
+        }
+      skip = 0;
+      got = read(fd, buf, sizeof buf);
+    }
+    close(fd);
+    return;
+  }
   char out[768];
   int m = snprintf(out, sizeof out,
                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"

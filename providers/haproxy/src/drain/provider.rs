@@ -1,0 +1,182 @@
+//! The provider's side of draining: recording drains as the runtime API
+//! and reloads start them, and moving them on (see the parent module).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::{Drain, Draining, Finished, ServerKey, Step, parse_sessions, step};
+use crate::render::Entry;
+use crate::{HaproxyProvider, Loaded, process, runtime};
+
+impl HaproxyProvider {
+    /// Records the servers a runtime change put in `drain` for `entry`, and
+    /// ends the drains of servers `entry` has again (its node came back).
+    pub(crate) fn record_drains(
+        &self,
+        loaded: &mut Loaded,
+        entry: &Entry,
+        drains: Vec<(ServerKey, String)>,
+    ) {
+        if !loaded.drains.is_empty() {
+            let back: BTreeSet<&str> = entry.spec.targets.iter().map(|t| t.node.as_str()).collect();
+            loaded
+                .drains
+                .retain(|_, d| d.lb != entry.spec.lb || !back.contains(d.node.as_str()));
+        }
+        let now = Instant::now();
+        for (key, node) in drains {
+            tracing::info!(service = %entry.spec.lb.key, node, backend = key.0, "draining a leaving node's server");
+            loaded.drains.entry(key).or_insert_with(|| {
+                Drain::new(entry.spec.lb.clone(), node, now, self.drain_timeout(entry))
+            });
+        }
+    }
+
+    /// The drain timeout of `entry`'s servers.
+    pub(crate) fn drain_timeout(&self, entry: &Entry) -> std::time::Duration {
+        entry
+            .options
+            .drain_timeout
+            .unwrap_or(self.settings.drain_timeout)
+    }
+
+    /// Moves every drain on: asks HAProxy what its draining servers still
+    /// carry, removes those that are empty or past their timeout (cutting
+    /// what is left), and returns the drains that finished, and what
+    /// drains on, by node. Call it about once a second.
+    pub async fn advance_drains(&self) -> (Vec<Finished>, BTreeMap<String, Draining>) {
+        let drains = self.loaded.lock().await.drains.clone();
+        if drains.is_empty() {
+            return Default::default();
+        }
+        let backends: BTreeSet<&str> = drains
+            .iter()
+            .filter(|(_, d)| !d.reloaded)
+            .map(|((b, _), _)| b.as_str())
+            .collect();
+        let sessions = if backends.is_empty() {
+            BTreeMap::new()
+        } else {
+            let ask: Vec<String> = backends
+                .iter()
+                .map(|b| format!("show stat {b} 4 -1"))
+                .collect();
+            match runtime::ask(&self.settings.admin_socket, &ask.join("; ")).await {
+                Ok(out) => parse_sessions(&out),
+                Err(e) => {
+                    tracing::debug!(error = %e, "asking HAProxy about draining servers failed");
+                    return (Vec::new(), by_node(&drains, &BTreeMap::new()));
+                }
+            }
+        };
+        let old_workers = if drains
+            .iter()
+            .any(|(k, d)| d.reloaded || !sessions.contains_key(k))
+        {
+            match process::master_command(&self.settings.process.master_socket, "show proc").await {
+                Ok(out) => process::old_workers(&out),
+                // Unknown: nothing ends for want of old workers.
+                Err(_) => usize::MAX,
+            }
+        } else {
+            0
+        };
+        let now = Instant::now();
+        let mut finished = Vec::new();
+        for (key, d) in &drains {
+            match step(d, sessions.get(key).copied(), old_workers, now) {
+                Step::Wait => {}
+                Step::Remove { cut } => {
+                    if let Some(f) = self.remove_drained(key, d, cut).await {
+                        finished.push(f);
+                    }
+                }
+                Step::Forget => {
+                    let mut loaded = self.loaded.lock().await;
+                    if loaded
+                        .drains
+                        .get(key)
+                        .is_some_and(|now| now.started == d.started)
+                    {
+                        loaded.drains.remove(key);
+                        finished.push(finish(key, d));
+                    }
+                }
+            }
+        }
+        for f in &finished {
+            tracing::info!(service = %f.lb.key, node = f.node, backend = f.backend, took_ms = f.took.as_millis(), outcome = ?f.outcome, "a leaving node's server finished draining");
+        }
+        let left = self.loaded.lock().await.drains.clone();
+        (finished, by_node(&left, &sessions))
+    }
+
+    /// Deletes a drained server (first closing `cut` sessions still open),
+    /// unless its drain ended meanwhile; `Some` once it is gone.
+    async fn remove_drained(&self, key: &ServerKey, d: &Drain, cut: u64) -> Option<Finished> {
+        let mut loaded = self.loaded.lock().await;
+        let current = loaded.drains.get_mut(key)?;
+        if current.started != d.started {
+            return None;
+        }
+        let target = format!("{}/{}", key.0, key.1);
+        if cut > 0 {
+            tracing::warn!(service = %d.lb.key, node = d.node, server = target, sessions = cut, "drain timeout passed: closing the sessions left");
+            current.cut = current.cut.max(cut);
+            if let Err(e) = runtime::run(
+                &self.settings.admin_socket,
+                &format!("shutdown sessions server {target}"),
+            )
+            .await
+            {
+                tracing::debug!(error = %e, "closing a drained server's sessions failed");
+            }
+        }
+        let batch = format!("set server {target} state maint; del server {target}");
+        match runtime::ask(&self.settings.admin_socket, &batch).await {
+            Ok(out) if runtime::all_succeeded(&out) || out.contains(runtime::NO_SUCH_SERVER) => {
+                let d = loaded.drains.remove(key)?;
+                Some(finish(key, &d))
+            }
+            // Refused while a connection is still attached: the next tick
+            // tries again.
+            Ok(out) => {
+                tracing::debug!(
+                    server = target,
+                    answer = out.trim(),
+                    "deleting a drained server refused"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(server = target, error = %e, "deleting a drained server failed");
+                None
+            }
+        }
+    }
+}
+
+fn finish(key: &ServerKey, d: &Drain) -> Finished {
+    Finished {
+        lb: d.lb.clone(),
+        node: d.node.clone(),
+        backend: key.0.clone(),
+        took: d.started.elapsed(),
+        outcome: d.outcome(),
+    }
+}
+
+fn by_node(
+    drains: &BTreeMap<ServerKey, Drain>,
+    sessions: &BTreeMap<ServerKey, u64>,
+) -> BTreeMap<String, Draining> {
+    let mut out: BTreeMap<String, Draining> = BTreeMap::new();
+    for (key, d) in drains {
+        let n = out.entry(d.node.clone()).or_default();
+        n.servers += 1;
+        if !d.reloaded {
+            n.sessions += sessions.get(key).copied().unwrap_or(0);
+        }
+    }
+    out
+}
