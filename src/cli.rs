@@ -171,6 +171,22 @@ pub struct LeaderArgs {
     /// A follower takes over after the leader stopped renewing for this long.
     #[arg(long, env = "FERRYLB_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub leader_election_lease_duration: Duration,
+
+    /// The replicas' pods (a label selector, in the Lease's namespace): a
+    /// leader that cannot renew the Lease asks them (`GET /lease` on
+    /// `--leader-election-peer-port`) before stepping down, and leads on
+    /// through an API-server outage none of them sees through. Unset: it
+    /// steps down at the renew deadline whatever the cause.
+    #[arg(long, env = "FERRYLB_LEADER_ELECTION_PEER_SELECTOR")]
+    pub leader_election_peer_selector: Option<String>,
+
+    /// The port every replica serves `/lease` on (its metrics port).
+    #[arg(
+        long,
+        env = "FERRYLB_LEADER_ELECTION_PEER_PORT",
+        default_value_t = 8080
+    )]
+    pub leader_election_peer_port: u16,
 }
 
 #[derive(Debug, Args)]

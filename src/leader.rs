@@ -25,8 +25,14 @@
 //! - A leader stops (and must stop acting) at least a third of the lease
 //!   duration before any follower may take over: the follower starts its
 //!   clock no earlier than the renewal the leader's deadline counts from.
+//! - One exception, when the other replicas can be asked ([`peers`]): a
+//!   leader past its deadline whose every peer answers that it does not
+//!   reach the API server either keeps leading through the outage (nobody
+//!   can take over), stepping down as soon as one could.
 
-use std::sync::Mutex;
+pub mod peers;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -86,6 +92,54 @@ fn observe_expired(
     }
 }
 
+/// Whether this replica reaches the API server, and since when without a
+/// failure: what it tells the other replicas (`GET /lease`, see [`peers`]).
+#[derive(Clone, Default)]
+pub struct ApiContact(Arc<Mutex<Contact>>);
+
+#[derive(Default)]
+struct Contact {
+    since: Option<Instant>,
+    lost: bool,
+}
+
+impl ApiContact {
+    /// A call answered; `true` when the one before had failed (the API
+    /// server is back for this replica).
+    fn answered(&self) -> bool {
+        let mut c = self.0.lock().expect("contact lock");
+        let back = c.lost;
+        c.lost = false;
+        c.since.get_or_insert_with(Instant::now);
+        back
+    }
+
+    fn failed(&self) {
+        let mut c = self.0.lock().expect("contact lock");
+        c.lost = true;
+        c.since = None;
+    }
+
+    /// How long the API server has answered without a failure; `None`
+    /// while it does not (or was not asked yet).
+    #[must_use]
+    pub fn ok_for(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .expect("contact lock")
+            .since
+            .map(|s| s.elapsed())
+    }
+
+    /// The answer to `GET /lease`: `{"api_ok_for_ms": N}` or `null`.
+    #[must_use]
+    pub fn answer(&self) -> serde_json::Value {
+        serde_json::json!({
+            "api_ok_for_ms": self.ok_for().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+}
+
 /// How often a follower reads the Lease at most a second apart, so it sees a
 /// renewal late by that much at most (and so takes over at most that long
 /// after the lease ran out).
@@ -105,6 +159,8 @@ pub struct LeaseLock {
     identity: String,
     duration: Duration,
     observed: std::sync::Arc<Mutex<Option<Observed>>>,
+    contact: ApiContact,
+    peers: Option<Arc<peers::Peers>>,
 }
 
 /// Aborts a task when dropped (a cancelled [`LeaseLock::acquire`] leaves
@@ -156,7 +212,24 @@ impl LeaseLock {
             identity: identity.to_owned(),
             duration,
             observed: std::sync::Arc::default(),
+            contact: ApiContact::default(),
+            peers: None,
         }
+    }
+
+    /// Records this replica's contact with the API server in `contact`.
+    #[must_use]
+    pub fn with_contact(mut self, contact: ApiContact) -> Self {
+        self.contact = contact;
+        self
+    }
+
+    /// Asks `peers` before stepping down past the renew deadline (see
+    /// [`peers`]).
+    #[must_use]
+    pub fn with_peers(mut self, peers: Arc<peers::Peers>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 
     /// How often the holder renews and followers retry: a third of the
@@ -177,7 +250,16 @@ impl LeaseLock {
         let left = || limit.saturating_sub(started.elapsed());
         let now = Timestamp::now();
         let secs = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let Some(current) = within(left(), self.api.get_opt(&self.name)).await? else {
+        let got = within(left(), self.api.get_opt(&self.name)).await;
+        if got.is_err() {
+            self.contact.failed();
+        } else if self.contact.answered() {
+            // Back after an outage: what was seen before says nothing of
+            // the holder's life since; its lease runs a whole duration
+            // from now.
+            *self.observed.lock().expect("observed lock") = None;
+        }
+        let Some(current) = got? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -322,25 +404,55 @@ impl LeaseLock {
 
     /// Renews the Lease until leadership is lost, then returns at once:
     /// when another replica holds it, or when no renewal succeeded within
-    /// the renew deadline (a renewal that hangs is abandoned at it).
+    /// the renew deadline (a renewal that hangs is abandoned at it) unless
+    /// every other replica says the API server is down for it too (see
+    /// [`peers`]); then it goes on renewing, asking them again each time.
     pub async fn hold(&self) {
         let mut renewed_from = Instant::now();
+        let mut riding_out = false;
+        let mut attempt = Instant::now();
         loop {
             let deadline = renewed_from + self.renew_deadline();
             // The next attempt, but never a moment past the deadline: a
             // failed attempt must not push the verdict back a retry period.
-            let next = (Instant::now() + self.retry_period()).min(deadline);
+            // Leading on through an outage, a retry period after the last
+            // attempt began, so the other replicas are asked that often.
+            let next = if riding_out {
+                attempt + self.retry_period()
+            } else {
+                (Instant::now() + self.retry_period()).min(deadline)
+            };
             tokio::time::sleep_until(next.into()).await;
-            let attempt = Instant::now();
-            let Some(left) = deadline
+            attempt = Instant::now();
+            let limit = match deadline
                 .checked_duration_since(attempt)
                 .filter(|l| !l.is_zero())
-            else {
-                tracing::warn!(lease = %self.name, "no renewal of the Lease within the renew deadline; no longer leading");
-                return;
+            {
+                Some(left) => left,
+                None => {
+                    let everyone = match &self.peers {
+                        Some(p) => p.outage_for_all(self.duration).await,
+                        None => false,
+                    };
+                    if !everyone {
+                        tracing::warn!(lease = %self.name, "no renewal of the Lease within the renew deadline; no longer leading");
+                        return;
+                    }
+                    if !riding_out {
+                        tracing::warn!(lease = %self.name, "no renewal of the Lease within the renew deadline, but no other replica reaches the API server either: leading on through the outage");
+                        riding_out = true;
+                    }
+                    self.retry_period()
+                }
             };
-            match self.try_acquire_within(left).await {
-                Ok(true) => renewed_from = attempt,
+            match self.try_acquire_within(limit).await {
+                Ok(true) => {
+                    if riding_out {
+                        tracing::info!(lease = %self.name, "the API server answers again; the Lease is renewed");
+                    }
+                    renewed_from = attempt;
+                    riding_out = false;
+                }
                 Ok(false) => {
                     tracing::warn!(lease = %self.name, "another replica took the Lease");
                     return;
@@ -438,6 +550,20 @@ mod tests {
         // A record with no holder is free at once.
         let mut seen = None;
         assert!(observe_expired(&mut seen, record("", "3"), LEASE, t0));
+    }
+
+    #[test]
+    fn contact_says_how_long_the_api_server_has_answered_and_when_it_came_back() {
+        let c = ApiContact::default();
+        assert_eq!(c.answer()["api_ok_for_ms"], serde_json::Value::Null);
+        assert!(!c.answered(), "the first answer is no comeback");
+        assert!(c.ok_for().is_some());
+        assert!(c.answer()["api_ok_for_ms"].is_u64());
+        c.failed();
+        assert_eq!(c.ok_for(), None);
+        assert_eq!(c.answer()["api_ok_for_ms"], serde_json::Value::Null);
+        assert!(c.answered(), "back after a failure");
+        assert!(!c.answered());
     }
 
     #[test]

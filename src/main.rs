@@ -192,13 +192,24 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
     let lock = args.leader.leader_elect.then(|| {
         let identity = args.instance.clone().unwrap_or_else(default_identity);
-        LeaseLock::new(
+        let lock = LeaseLock::new(
             client.clone(),
             &args.leader.leader_election_namespace,
             &args.leader.leader_election_lease,
             &identity,
             args.leader.leader_election_lease_duration,
         )
+        .with_contact(telemetry.api_contact());
+        match &args.leader.leader_election_peer_selector {
+            Some(selector) => lock.with_peers(Arc::new(ferrylb::leader::peers::Peers::watch(
+                client.clone(),
+                &args.leader.leader_election_namespace,
+                selector,
+                &identity,
+                args.leader.leader_election_peer_port,
+            ))),
+            None => lock,
+        }
     });
     let mut side_tasks = Vec::new();
     if let Some(h) = &haproxy {

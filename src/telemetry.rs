@@ -29,6 +29,9 @@ type Labels = Vec<(&'static str, String)>;
 /// server.
 pub struct Telemetry {
     registry: Registry,
+    /// This replica's contact with the API server, for the other replicas
+    /// (`GET /lease`).
+    api_contact: crate::leader::ApiContact,
     reconciles: Family<Labels, Counter>,
     reconcile_seconds: Histogram,
     provider_calls: Family<Labels, Counter>,
@@ -152,6 +155,7 @@ impl Default for Telemetry {
         );
         Self {
             registry,
+            api_contact: crate::leader::ApiContact::default(),
             draining_servers,
             draining_sessions,
             drains_finished,
@@ -324,6 +328,13 @@ impl Telemetry {
         }
     }
 
+    /// This replica's contact with the API server (see
+    /// [`crate::leader::peers`]).
+    #[must_use]
+    pub fn api_contact(&self) -> crate::leader::ApiContact {
+        self.api_contact.clone()
+    }
+
     /// `Ok` when ready, else why not.
     pub fn readiness(&self) -> Result<(), String> {
         if let Some(p) = self
@@ -366,8 +377,17 @@ async fn readyz(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is
-/// dropped.
+/// How long this replica has reached the API server, for a leader that
+/// cannot (see [`crate::leader::peers`]).
+async fn lease(State(t): State<Arc<Telemetry>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        t.api_contact.answer().to_string(),
+    )
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/lease` on `addr` until
+/// the task is dropped.
 ///
 /// # Errors
 /// When `addr` cannot be bound.
@@ -376,9 +396,10 @@ pub async fn serve(
     t: Arc<Telemetry>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /lease");
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route("/lease", get(lease))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(t);
