@@ -48,6 +48,7 @@ pub struct Telemetry {
     draining_servers: Family<Labels, Gauge>,
     draining_sessions: Family<Labels, Gauge>,
     drains_finished: Family<Labels, Counter>,
+    node_drains: Family<Labels, Counter>,
     caches_synced: AtomicBool,
     standing_by: AtomicBool,
     /// Why a provider's last check failed (`None`: all answered).
@@ -153,8 +154,15 @@ impl Default for Telemetry {
             "Drains of a leaving node's server that ended, by outcome (empty, timed_out, reloaded)",
             drains_finished.clone(),
         );
+        let node_drains = Family::<Labels, Counter>::default();
+        registry.register(
+            "node_drains",
+            "Nodes that left a load balancer whose backend drains them for a known time (an NLB's deregistration delay), by provider and phase (started, finished)",
+            node_drains.clone(),
+        );
         Self {
             registry,
+            node_drains,
             api_contact: crate::leader::ApiContact::default(),
             draining_servers,
             draining_sessions,
@@ -302,6 +310,16 @@ impl Telemetry {
         }
         self.bgp_routes
             .set(i64::try_from(status.announced).unwrap_or(i64::MAX));
+    }
+
+    /// `n` nodes whose drain by a backend `phase` (`started`, `finished`).
+    pub fn node_drains(&self, provider: &str, phase: &str, n: usize) {
+        self.node_drains
+            .get_or_create(&vec![
+                ("provider", provider.to_owned()),
+                ("phase", phase.to_owned()),
+            ])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// What drains now, by node, and the drains that just finished.

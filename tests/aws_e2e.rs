@@ -640,3 +640,67 @@ async fn ip_targets_are_the_services_ready_pods_and_follow_its_endpoint_slices()
 
     delete_and_stop(&h, ctl, &conf, &seed, &["web"]).await;
 }
+
+/// A node tainted for removal leaves an instance-target NLB at once, and
+/// the Service says so twice: when it leaves (how the NLB drains it, and
+/// until when) and when the target group's deregistration delay is over.
+#[tokio::test]
+async fn a_node_leaving_is_announced_and_so_is_the_end_of_its_drain() {
+    let (conf, seed, mut h) = world("aws-drain", 2).await;
+    for i in 0..2 {
+        h.cloud_node(
+            &format!("n{i}"),
+            &format!("127.0.3.{}", 31 + i),
+            &seed.provider_id(i),
+        )
+        .await;
+    }
+    let ctl = h.start(false);
+    let mut svc = k::lb_service("drainy", &[80]);
+    svc.spec.as_mut().unwrap().load_balancer_class = Some(h.class.clone());
+    svc.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes".to_owned(),
+            "deregistration_delay.timeout_seconds=2".to_owned(),
+        )]
+        .into(),
+    );
+    h.services()
+        .create(&Default::default(), &svc)
+        .await
+        .unwrap();
+    wait::until("both instances registered", WAIT, || async {
+        (aws::inventory(&conf, &seed).await.targets.len() == 2).then_some(())
+    })
+    .await;
+    let n1 = format!("{}-n1", h.ns);
+    Api::<Node>::all(h.client.clone())
+        .patch(
+            &n1,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"taints": [
+                {"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let notes = |reason: &'static str| {
+        let (client, ns, n1) = (h.client.clone(), h.ns.clone(), n1.clone());
+        async move {
+            let evs = k::events(&client, &ns, "drainy").await;
+            let found: Vec<String> = evs
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter_map(|e| e.note)
+                .filter(|n| n.contains(&n1))
+                .collect();
+            (!found.is_empty()).then_some(found)
+        }
+    };
+    let left = wait::until("NodeDeregistered", WAIT, || notes("NodeDeregistered")).await;
+    assert!(left[0].contains("(2 s,"), "{left:?}");
+    assert_eq!(aws::inventory(&conf, &seed).await.targets.len(), 1);
+    let drained = wait::until("NodeDrained", WAIT, || notes("NodeDrained")).await;
+    assert!(drained[0].contains("(2 s)"), "{drained:?}");
+    delete_and_stop(&h, ctl, &conf, &seed, &["drainy"]).await;
+}

@@ -11,7 +11,7 @@ mod spec;
 mod status;
 pub mod subset;
 
-pub use provider::{ErrorKind, LoadBalancerProvider, ProviderError, excerpt};
+pub use provider::{ErrorKind, LoadBalancerProvider, NodeDrain, ProviderError, excerpt};
 pub use spec::{
     Endpoint, HealthCheck, IpFamily, Listener, LoadBalancerRef, LoadBalancerSpec, Protocol,
     ServiceKey, Target, load_balancer_name, split_list,

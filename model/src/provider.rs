@@ -7,6 +7,16 @@ use async_trait::async_trait;
 
 use crate::{LoadBalancerRef, LoadBalancerSpec, LoadBalancerStatus, Warning};
 
+/// How a backend drains a node that leaves a load balancer (see
+/// [`LoadBalancerProvider::node_drain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDrain {
+    /// How long the backend keeps the node's connections.
+    pub lasts: Duration,
+    /// What happens meanwhile and after, in a sentence for the user.
+    pub how: String,
+}
+
 /// Something that builds load balancers: an AWS NLB, an HAProxy.
 ///
 /// # Contract
@@ -40,6 +50,16 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
     /// [`LoadBalancerSpec::endpoints`]. The default says no.
     fn needs_endpoints(&self, _spec: &LoadBalancerSpec) -> bool {
         false
+    }
+
+    /// How this spec's load balancer drains a node that leaves its targets,
+    /// when the backend drains on its own for a known time (an NLB keeps a
+    /// deregistered target's connections for the target group's
+    /// deregistration delay): the controller then says so in Events when
+    /// the node leaves and when the drain is over. `None` (the default):
+    /// nothing to say, or the provider reports drains itself.
+    fn node_drain(&self, _spec: &LoadBalancerSpec) -> Option<NodeDrain> {
+        None
     }
 
     /// The load balancer's current status, or `None` when it does not exist.

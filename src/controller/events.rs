@@ -23,6 +23,20 @@ async fn publish_on(
     reason: &str,
     note: String,
 ) {
+    publish_related(recorder, regarding, None, warning, reason, note).await;
+}
+
+/// Publishes an Event on the object `regarding` names, about `related`
+/// too (Events about different related objects are different series, not
+/// one repeating the first's note).
+async fn publish_related(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    related: Option<ObjectReference>,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_: if warning {
             EventType::Warning
@@ -32,7 +46,7 @@ async fn publish_on(
         reason: reason.to_owned(),
         note: Some(truncate(note, 1000)),
         action: action_for(reason).to_owned(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&ev, regarding).await {
         tracing::warn!(
@@ -57,8 +71,16 @@ async fn publish_on(
 /// courtesy, never worth blocking for.
 #[derive(Clone)]
 pub struct Background {
-    lanes: Vec<tokio::sync::mpsc::Sender<(ObjectReference, &'static str, String)>>,
+    lanes: Vec<tokio::sync::mpsc::Sender<Queued>>,
 }
+
+/// An Event waiting in a lane: on, about, reason, note.
+type Queued = (
+    ObjectReference,
+    Option<ObjectReference>,
+    &'static str,
+    String,
+);
 
 /// Events waiting to be published, per lane.
 const BACKGROUND_QUEUE: usize = 2048;
@@ -71,14 +93,11 @@ impl Background {
     pub fn start(recorder: Recorder) -> Self {
         let lanes = (0..BACKGROUND_LANES)
             .map(|_| {
-                let (tx, mut rx) =
-                    tokio::sync::mpsc::channel::<(ObjectReference, &'static str, String)>(
-                        BACKGROUND_QUEUE,
-                    );
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(BACKGROUND_QUEUE);
                 let recorder = recorder.clone();
                 tokio::spawn(async move {
-                    while let Some((regarding, reason, note)) = rx.recv().await {
-                        publish_on(&recorder, &regarding, false, reason, note).await;
+                    while let Some((regarding, related, reason, note)) = rx.recv().await {
+                        publish_related(&recorder, &regarding, related, false, reason, note).await;
                     }
                 });
                 tx
@@ -89,12 +108,26 @@ impl Background {
 
     /// Queues a Normal Event on `svc`.
     pub fn normal(&self, svc: &Service, reason: &'static str, note: impl Into<String>) {
+        self.normal_about(svc, None, reason, note);
+    }
+
+    /// Queues a Normal Event on `svc` about `related` (a Node, say).
+    pub fn normal_about(
+        &self,
+        svc: &Service,
+        related: Option<ObjectReference>,
+        reason: &'static str,
+        note: impl Into<String>,
+    ) {
         use std::hash::{Hash as _, Hasher as _};
         let regarding = svc.object_ref(&());
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&regarding.namespace, &regarding.name).hash(&mut h);
         let lane = &self.lanes[(h.finish() % self.lanes.len() as u64) as usize];
-        if lane.try_send((regarding, reason, note.into())).is_err() {
+        if lane
+            .try_send((regarding, related, reason, note.into()))
+            .is_err()
+        {
             tracing::debug!(service = %svc_name(svc), reason, "Event queue full; Event dropped");
         }
     }
@@ -110,9 +143,16 @@ pub async fn warning(recorder: &Recorder, svc: &Service, reason: &str, note: imp
     publish(recorder, svc, true, reason, note.into()).await;
 }
 
+/// A node left a load balancer whose backend drains it on its own (see
+/// [`ferrylb_model::LoadBalancerProvider::node_drain`]).
+pub const NODE_DEREGISTERED: &str = "NodeDeregistered";
+/// That drain is over.
+pub const NODE_DRAINED: &str = "NodeDrained";
+
 fn action_for(reason: &str) -> &'static str {
     match reason {
         DELETING | DELETED => "Delete",
+        NODE_DEREGISTERED | NODE_DRAINED => "Drain",
         _ => "Ensure",
     }
 }

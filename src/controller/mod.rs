@@ -9,6 +9,7 @@
 //! targets) are watched too, and a change reconciles only their Service
 //! (see [`endpoints`]).
 
+mod drains;
 pub mod endpoints;
 mod error;
 pub mod events;

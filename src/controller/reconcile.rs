@@ -154,14 +154,19 @@ async fn apply(svc: &Service, class: &str, ctx: &Context) -> Result<Action, Erro
             .as_ref()
             .map(|(l, _)| l.status.clone())
             .unwrap_or_default();
-        observed(
+        let updated = observed(
             ctx,
             &*provider,
             "update_targets",
             provider.update_targets(&spec),
         )
-        .await
-        .map(|warnings| LoadBalancerStatus {
+        .await;
+        if updated.is_ok()
+            && let Some((l, _)) = &last
+        {
+            super::drains::announce(ctx, svc, &*provider, &l.spec, &spec);
+        }
+        updated.map(|warnings| LoadBalancerStatus {
             warnings,
             ..previous
         })

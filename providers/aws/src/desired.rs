@@ -739,5 +739,32 @@ impl Desired {
     }
 }
 
+/// How the NLB drains a deregistered node, from the target group
+/// attributes the Service sets (AWS's defaults otherwise: 300 s, open
+/// connections left open).
+#[must_use]
+pub fn node_drain(attributes: &BTreeMap<String, String>) -> ferrylb_model::NodeDrain {
+    let secs: u64 = attributes
+        .get(crate::options::DEREGISTRATION_DELAY)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let closes = attributes
+        .get("deregistration_delay.connection_termination.enabled")
+        .is_some_and(|v| v == "true");
+    ferrylb_model::NodeDrain {
+        lasts: std::time::Duration::from_secs(secs),
+        how: format!(
+            "the NLB deregistered it, sends it no new connection, and keeps the ones it carries for the \
+             target group's deregistration delay ({secs} s, deregistration_delay.timeout_seconds){}",
+            if closes {
+                ", then closes them"
+            } else {
+                "; connections still open then are not closed \
+                 (deregistration_delay.connection_termination.enabled=true closes them)"
+            }
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests;

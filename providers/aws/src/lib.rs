@@ -176,6 +176,16 @@ impl LoadBalancerProvider for AwsProvider {
             .is_ok_and(|o| desired::needs_endpoints(spec, &o, self.settings.targets_per_zone))
     }
 
+    /// Instance targets (the nodes themselves): a node that leaves is
+    /// deregistered at once, and the NLB keeps its connections for the
+    /// target group's deregistration delay. (Pod targets do not follow
+    /// nodes.)
+    fn node_drain(&self, spec: &LoadBalancerSpec) -> Option<ferrylb_model::NodeDrain> {
+        let o = options::AwsOptions::parse(&spec.annotations).ok()?;
+        (o.target_type == options::TargetType::Instance)
+            .then(|| desired::node_drain(&o.target_group_attributes))
+    }
+
     async fn get(&self, lb: &LoadBalancerRef) -> Result<Option<LoadBalancerStatus>, ProviderError> {
         Ok(self.current_status(lb).await?)
     }

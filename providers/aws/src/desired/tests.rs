@@ -405,3 +405,26 @@ fn target_group_attributes_set_only_what_differs() {
         )]
     );
 }
+
+#[test]
+fn a_node_drains_for_the_deregistration_delay_and_says_whether_it_is_cut() {
+    let d = node_drain(&BTreeMap::new());
+    assert_eq!(d.lasts, std::time::Duration::from_secs(300));
+    assert!(
+        d.how.contains("(300 s,") && d.how.contains("not closed"),
+        "{}",
+        d.how
+    );
+    let d = node_drain(&BTreeMap::from([
+        (
+            "deregistration_delay.timeout_seconds".to_owned(),
+            "45".to_owned(),
+        ),
+        (
+            "deregistration_delay.connection_termination.enabled".to_owned(),
+            "true".to_owned(),
+        ),
+    ]));
+    assert_eq!(d.lasts, std::time::Duration::from_secs(45));
+    assert!(d.how.ends_with("then closes them"), "{}", d.how);
+}
