@@ -93,7 +93,7 @@ impl HaproxyProvider {
             return Ok(false);
         }
         self.is_loaded(lb, entry)
-            .ok_or_else(|| crate::pending(self.poll_after()))
+            .ok_or_else(|| crate::status::pending(self.poll_after()))
     }
 
     /// Whether HAProxy runs `entry` (unchanged since it was planned) for
