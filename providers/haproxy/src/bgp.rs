@@ -36,7 +36,9 @@ mod handover;
 mod show;
 mod supervise;
 
-use show::{bfd_states, bird_said, session_state};
+use show::bird_said;
+#[cfg(test)]
+use show::{bfd_states, session_state};
 use supervise::{relay, supervise, watch_haproxy};
 
 pub use config::{BirdConfig, Community, Password, Peer};
@@ -333,34 +335,6 @@ impl Bird {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(child)
-    }
-
-    /// Each peer's session state and what is announced.
-    pub async fn status(&self) -> BgpStatus {
-        let (running, announced) = {
-            let mut inner = self.inner.lock().await;
-            (inner.running(), inner.announced)
-        };
-        let mut status = BgpStatus {
-            running,
-            announced: if running { announced } else { 0 },
-            ..BgpStatus::default()
-        };
-        if running && let Ok(text) = self.birdc(&["show", "protocols"]).await {
-            for (i, p) in self.settings.config.peers.iter().enumerate() {
-                let state = session_state(&text, &format!("peer{i}"));
-                status
-                    .sessions
-                    .insert(p.address, state.unwrap_or_else(|| "Unknown".into()));
-            }
-        }
-        if running
-            && self.settings.config.peers.iter().any(|p| p.bfd)
-            && let Ok(text) = self.birdc(&["show", "bfd", "sessions"]).await
-        {
-            status.bfd = bfd_states(&text);
-        }
-        status
     }
 
     /// Withdraws every route, waits `withdraw_pause` for the routers to

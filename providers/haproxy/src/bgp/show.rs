@@ -3,6 +3,38 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::{BgpStatus, Bird};
+
+impl Bird {
+    /// Each peer's session state and what is announced.
+    pub async fn status(&self) -> BgpStatus {
+        let (running, announced) = {
+            let mut inner = self.inner.lock().await;
+            (inner.running(), inner.announced)
+        };
+        let mut status = BgpStatus {
+            running,
+            announced: if running { announced } else { 0 },
+            ..BgpStatus::default()
+        };
+        if running && let Ok(text) = self.birdc(&["show", "protocols"]).await {
+            for (i, p) in self.settings.config.peers.iter().enumerate() {
+                let state = session_state(&text, &format!("peer{i}"));
+                status
+                    .sessions
+                    .insert(p.address, state.unwrap_or_else(|| "Unknown".into()));
+            }
+        }
+        if running
+            && self.settings.config.peers.iter().any(|p| p.bfd)
+            && let Ok(text) = self.birdc(&["show", "bfd", "sessions"]).await
+        {
+            status.bfd = bfd_states(&text);
+        }
+        status
+    }
+}
+
 /// The state BIRD's `show protocols` gives the protocol `name`: its last
 /// column (`Established`, `Active` …), or its state (`down`) when that is
 /// empty.
