@@ -1,10 +1,13 @@
 //! Keeping BIRD running and following the local HAProxy's health.
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Child;
+use ferrylb_model::ProviderError;
+use tokio::process::{Child, Command};
 
-use super::Bird;
+use super::{Bird, control_socket, failed, is_bird};
+use crate::process::sibling;
 
 /// Starts BIRD again when it exited on its own.
 pub(super) async fn supervise(b: std::sync::Weak<Bird>) {
@@ -61,5 +64,71 @@ pub(super) async fn relay(stream: impl tokio::io::AsyncRead + Unpin) {
         } else {
             tracing::debug!(target: "bird", "{line}");
         }
+    }
+}
+
+impl Bird {
+    pub(super) async fn spawn(&self) -> Result<Child, ProviderError> {
+        self.clear_pause().await;
+        let pid = sibling(&self.settings.config_path, "pid");
+        // A BIRD an earlier FerryLB started here (killed before it could
+        // stop it) goes first: it holds the sessions and the socket.
+        if let Some(old) = tokio::fs::read_to_string(&pid)
+            .await
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            && is_bird(old)
+        {
+            tracing::info!(pid = old, "stopping the BIRD an earlier run started");
+            let _ = crate::process::signal("TERM", old);
+            for _ in 0..50 {
+                if !is_bird(old) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut child = Command::new(&self.settings.bird)
+            .arg("-f")
+            .arg("-c")
+            .arg(&self.settings.config_path)
+            .arg("-s")
+            .arg(control_socket(&self.settings))
+            .arg("-P")
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("starting {}: {e}", self.settings.bird.display())))?;
+        tracing::info!(pid = child.id(), config = %self.settings.config_path.display(), "started BIRD");
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            tokio::spawn(relay(stream));
+        }
+        // Until its control socket answers, `birdc configure` would fail.
+        for _ in 0..50 {
+            if self
+                .birdc(&["show", "status"])
+                .await
+                .is_ok_and(|s| s.contains("Daemon is up"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(child)
     }
 }

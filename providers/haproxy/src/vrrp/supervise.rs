@@ -1,11 +1,16 @@
 //! Keeping keepalived running, stopping it, and telling it whether the
 //! local HAProxy serves.
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Child;
+use ferrylb_model::ProviderError;
+use tokio::process::{Child, Command};
 
-use super::{Inner, Keepalived, health_file, signal};
+use super::config::INSTANCE;
+use super::{
+    Inner, Keepalived, failed, health_file, is_keepalived, notify, pid_files, relay, signal,
+};
 
 pub(super) async fn stop_child(inner: &mut Inner) {
     let Some(mut child) = inner.child.take() else {
@@ -78,5 +83,64 @@ pub(super) async fn watch_haproxy(k: std::sync::Weak<Keepalived>) {
             }
             Err(e) => tracing::warn!(error = %e, "writing the health file failed"),
         }
+    }
+}
+
+impl Keepalived {
+    pub(super) async fn spawn(&self) -> Result<Child, ProviderError> {
+        let health = health_file(&self.settings.config_path);
+        if !tokio::fs::try_exists(&health).await.unwrap_or(false) {
+            // Serving until the first answer says otherwise: HAProxy loaded
+            // these VIPs before keepalived was asked to announce them.
+            tokio::fs::write(&health, "0\n")
+                .await
+                .map_err(|e| failed(format!("writing {}: {e}", health.display())))?;
+        }
+        let fifo = notify::fifo_path(&self.settings.config_path);
+        if self.listener.get().is_none() {
+            notify::create(&fifo)
+                .map_err(|e| failed(format!("creating the FIFO {}: {e}", fifo.display())))?;
+            let status = self.status.clone();
+            self.listener
+                .get_or_init(|| tokio::spawn(notify::listen(fifo, INSTANCE, status)));
+        }
+        let (pid, vrrp_pid) = pid_files(&self.settings.config_path);
+        // A keepalived an earlier FerryLB started here (killed before it
+        // could stop it) goes first: two would fight over the VIPs. Then
+        // its pid files, which would make the new one refuse to start.
+        for f in [&pid, &vrrp_pid] {
+            if let Some(old) = tokio::fs::read_to_string(f)
+                .await
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                && is_keepalived(old)
+            {
+                tracing::info!(pid = old, "stopping the keepalived an earlier run started");
+                let _ = signal("TERM", old).await;
+            }
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        let mut child = Command::new(&self.settings.binary)
+            .args(["-n", "-l", "-D", "-G", "-P"])
+            .arg("-f")
+            .arg(&self.settings.config_path)
+            .arg("-p")
+            .arg(&pid)
+            .arg("-r")
+            .arg(&vrrp_pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(format!("starting {}: {e}", self.settings.binary.display())))?;
+        tracing::info!(pid = child.id(), config = %self.settings.config_path.display(), "started keepalived");
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(relay(out));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(relay(err));
+        }
+        Ok(child)
     }
 }
