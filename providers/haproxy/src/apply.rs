@@ -134,16 +134,10 @@ impl HaproxyProvider {
         Some(loaded.entries.as_ref().is_some_and(|e| !e.contains_key(lb)))
     }
 
-    /// Becomes the applier when no one is; `Ok(false)` when another one is
-    /// (the change is pending), `Ok(true)` once the burst holding `mine` is
-    /// loaded.
-    pub(crate) async fn apply_or_join(
-        &self,
-        mine: &LoadBalancerRef,
-    ) -> Result<bool, ProviderError> {
-        let Ok(mut loaded) = self.loaded.try_lock() else {
-            return Ok(false);
-        };
+    /// Waits until the desired state stops moving for [`QUIET`] ([`MAX_WAIT`]
+    /// at most), and at start-up until every Service that existed
+    /// unprovisioned was planned ([`START_MAX_WAIT`] at most).
+    async fn settle(&self) {
         let started = tokio::time::Instant::now();
         loop {
             let seen = self.requested.load(Ordering::SeqCst);
@@ -161,9 +155,22 @@ impl HaproxyProvider {
                 self.awaiting.lock().expect("awaiting lock").clear();
             }
             if now == seen || started.elapsed() >= MAX_WAIT {
-                break;
+                return;
             }
         }
+    }
+
+    /// Becomes the applier when no one is; `Ok(false)` when another one is
+    /// (the change is pending), `Ok(true)` once the burst holding `mine` is
+    /// loaded.
+    pub(crate) async fn apply_or_join(
+        &self,
+        mine: &LoadBalancerRef,
+    ) -> Result<bool, ProviderError> {
+        let Ok(mut loaded) = self.loaded.try_lock() else {
+            return Ok(false);
+        };
+        self.settle().await;
         let (desired, through) = self.desired();
         if loaded.entries.as_ref() == Some(&desired) {
             self.mark_loaded(through);

@@ -104,31 +104,10 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
         .map(|t| (server_name(&t.node), t.node.as_str()))
         .collect();
     let mut plan = RuntimePlan::default();
-    let mut slots = tracked.map(|c| c.slots.clone()).unwrap_or_default();
     if let Some(c) = tracked {
-        for (name, ip) in &after {
-            match slots.by_node.get(name) {
-                Some((_, running)) if running == ip => continue,
-                Some((check, _)) => {
-                    let target = format!("{NODE_CHECKS}/{check}");
-                    plan.checks
-                        .push(format!("set server {target} addr {ip} port {}", c.port));
-                    let check = check.clone();
-                    slots.by_node.insert(name.clone(), (check, *ip));
-                }
-                None => {
-                    let check = slots.free.pop()?;
-                    let target = format!("{NODE_CHECKS}/{check}");
-                    plan.checks
-                        .push(format!("set server {target} addr {ip} port {}", c.port));
-                    plan.checks.push(format!("set server {target} state ready"));
-                    plan.checks.push(format!("enable health {target}"));
-                    slots.by_node.insert(name.clone(), (check, *ip));
-                }
-            }
-        }
-        plan.slots = Some(slots.clone());
+        plan.slots = Some(node_checks(c, &after, &mut plan.checks)?);
     }
+    let slots = plan.slots.clone().unwrap_or_default();
     for l in new
         .spec
         .listeners
@@ -178,6 +157,37 @@ pub fn commands(old: &Entry, new: &Entry, checks: Option<NodeChecks<'_>>) -> Opt
         }
     }
     Some(plan)
+}
+
+/// The shared checks for the nodes in `after` (server name to address):
+/// each one's check readdressed, or a spare taken for a node new to
+/// HAProxy, the commands pushed onto `cmds`. `None` when no spare is left.
+fn node_checks(
+    c: NodeChecks<'_>,
+    after: &BTreeMap<String, IpAddr>,
+    cmds: &mut Vec<String>,
+) -> Option<CheckSlots> {
+    let mut slots = c.slots.clone();
+    for (name, ip) in after {
+        match slots.by_node.get(name) {
+            Some((_, running)) if running == ip => continue,
+            Some((check, _)) => {
+                let target = format!("{NODE_CHECKS}/{check}");
+                cmds.push(format!("set server {target} addr {ip} port {}", c.port));
+                let check = check.clone();
+                slots.by_node.insert(name.clone(), (check, *ip));
+            }
+            None => {
+                let check = slots.free.pop()?;
+                let target = format!("{NODE_CHECKS}/{check}");
+                cmds.push(format!("set server {target} addr {ip} port {}", c.port));
+                cmds.push(format!("set server {target} state ready"));
+                cmds.push(format!("enable health {target}"));
+                slots.by_node.insert(name.clone(), (check, *ip));
+            }
+        }
+    }
+    Some(slots)
 }
 
 /// HAProxy's reply to `add server` for a name its backend still holds: a
