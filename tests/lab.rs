@@ -1177,6 +1177,18 @@ fn replica_metrics(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `birdc` on the lab's router (the users' router, not FerryLB's).
+fn router_birdc(lab: &Lab, args: &[&str]) {
+    let ctl = lab.dir.join("router-bird.ctl");
+    let mut cmd = vec!["birdc", "-s", ctl.to_str().unwrap()];
+    cmd.extend_from_slice(args);
+    let out = lab.in_ns(lab::ROUTER_NS, &cmd);
+    assert!(
+        out.status.success(),
+        "birdc {args:?} on the router: {out:?}"
+    );
+}
+
 /// Sends `sig` to the lab's kube-apiserver.
 fn apiserver_signal(lab: &Lab, sig: &str) {
     let pid = std::fs::read_to_string(lab.dir.join("apiserver.pid")).expect("apiserver.pid");
@@ -1685,6 +1697,38 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
         "every node takes new connections: {spread:?}"
     );
 
+    // The router takes its session with node1 down: node1's replica says
+    // so in an Event on its pod, and again when the session is back.
+    let node1_pod = replicas(&client)
+        .await
+        .into_iter()
+        .find(|(_, node)| node == "node1")
+        .map(|(pod, _)| pod)
+        .expect("a replica on node1");
+    router_birdc(lab, &["disable", "node1"]);
+    let down = wait::until(
+        "BgpSessionDown on node1's pod",
+        Duration::from_secs(30),
+        || async {
+            let notes = event_notes(&client, RELEASE_NS, "Pod", &node1_pod, "BgpSessionDown").await;
+            (!notes.is_empty()).then_some(notes)
+        },
+    )
+    .await;
+    router_birdc(lab, &["enable", "node1"]);
+    let up = wait::until(
+        "BgpSessionUp on node1's pod",
+        Duration::from_secs(60),
+        || async {
+            let notes = event_notes(&client, RELEASE_NS, "Pod", &node1_pod, "BgpSessionUp").await;
+            (!notes.is_empty()).then_some(notes)
+        },
+    )
+    .await;
+    eprintln!("lab: bgp: {down:?}; {up:?}");
+    assert!(down[0].contains("10.250.0.254"), "{down:?}");
+    nexthops_become(lab, &vip, &all, Duration::from_secs(60)).await;
+
     // IPv6: a dual-stack Service's IPv6 VIP is announced over the IPv6
     // sessions and answers a client behind the router.
     lab.apply(&format!(
@@ -1717,6 +1761,11 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     // A planned move: the replica on node3 is deleted. It drops new
     // handshakes for a moment, withdraws, and only then stops.
     let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    // Long-lived connections through it, spread by the router over the
+    // three nodes: what happens to them is recorded (the router's plain
+    // hash-threshold ECMP moves some flows of the nodes that stay when a
+    // path leaves; the README's router requirement is resilient hashing).
+    let kept = lab.probe_kept_from(lab::OUTSIDE_NS, &vip, 80, 12).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pod = replicas(&client)
         .await
@@ -1730,6 +1779,11 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = probe.finish().await;
     report("bgp: replica deleted (planned)", &s);
+    let k = kept.finish().await;
+    report(
+        "bgp: 12 long-lived connections through the planned move",
+        &k,
+    );
     eprintln!(
         "lab: bgp: withdrawn {withdrawn:.2}s after the delete, announced again {back:.2}s later"
     );

@@ -194,7 +194,12 @@ impl Lab {
     /// [`Probe::finish`]: `failed` counts the connections that broke.
     /// Returns once every connection is open (or failed: `finish` counts it).
     pub async fn probe_kept(&self, vip: &str, port: u16, n: u32) -> Probe {
-        let probe = self.probe_with(CLIENT_NS, vip, port, 1, &["--kept", &n.to_string()]);
+        self.probe_kept_from(CLIENT_NS, vip, port, n).await
+    }
+
+    /// [`Self::probe_kept`] from the namespace `ns` (e.g. [`OUTSIDE_NS`]).
+    pub async fn probe_kept_from(&self, ns: &str, vip: &str, port: u16, n: u32) -> Probe {
+        let probe = self.probe_with(ns, vip, port, 1, &["--kept", &n.to_string()]);
         let ready = PathBuf::from(format!("{}.ready", probe.out.display()));
         super::wait::until(
             "the long-lived connections to open",

@@ -278,7 +278,7 @@ impl HaproxyProvider {
             loaded.node_checks =
                 crate::runtime::CheckSlots::loaded(&desired.values().collect::<Vec<_>>());
             crate::drain::after_reload(
-                &mut loaded.drains,
+                &mut self.drains.lock().expect("drains lock"),
                 loaded.entries.as_ref(),
                 &desired,
                 std::time::Instant::now(),

@@ -187,6 +187,10 @@ pub struct HaproxyProvider {
     /// `ensure` yet: the first burst waits for them (see
     /// [`LoadBalancerProvider::starting`]).
     awaiting: std::sync::Mutex<std::collections::HashSet<LoadBalancerRef>>,
+    /// Servers of leaving nodes, draining (see [`drain`]). Changed only
+    /// while `loaded` is held too (lock order: `loaded`, then this), so it
+    /// stays true to what HAProxy runs; read without `loaded`.
+    drains: std::sync::Mutex<BTreeMap<drain::ServerKey, drain::Drain>>,
 }
 
 /// The entries HAProxy runs, and whether the file lags behind them.
@@ -206,8 +210,6 @@ struct Loaded {
     /// Counts changes to what HAProxy runs (loads and runtime API changes),
     /// so the file is only written for the state it was rendered from.
     version: u64,
-    /// Servers of leaving nodes, draining (see [`drain`]).
-    drains: BTreeMap<drain::ServerKey, drain::Drain>,
 }
 
 impl HaproxyProvider {
@@ -237,6 +239,7 @@ impl HaproxyProvider {
             failed: std::sync::Mutex::default(),
             served: served::ServedView::default(),
             deleting: std::sync::Mutex::default(),
+            drains: std::sync::Mutex::default(),
         }
     }
 

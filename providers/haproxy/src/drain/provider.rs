@@ -13,20 +13,19 @@ impl HaproxyProvider {
     /// ends the drains of servers `entry` has again (its node came back).
     pub(crate) fn record_drains(
         &self,
-        loaded: &mut Loaded,
+        _loaded: &mut Loaded,
         entry: &Entry,
         drains: Vec<(ServerKey, String)>,
     ) {
-        if !loaded.drains.is_empty() {
+        let mut all = self.drains.lock().expect("drains lock");
+        if !all.is_empty() {
             let back: BTreeSet<&str> = entry.spec.targets.iter().map(|t| t.node.as_str()).collect();
-            loaded
-                .drains
-                .retain(|_, d| d.lb != entry.spec.lb || !back.contains(d.node.as_str()));
+            all.retain(|_, d| d.lb != entry.spec.lb || !back.contains(d.node.as_str()));
         }
         let now = Instant::now();
         for (key, node) in drains {
             tracing::info!(service = %entry.spec.lb.key, node, backend = key.0, "draining a leaving node's server");
-            loaded.drains.entry(key).or_insert_with(|| {
+            all.entry(key).or_insert_with(|| {
                 Drain::new(entry.spec.lb.clone(), node, now, self.drain_timeout(entry))
             });
         }
@@ -45,7 +44,7 @@ impl HaproxyProvider {
     /// what is left), and returns the drains that finished, and what
     /// drains on, by node. Call it about once a second.
     pub async fn advance_drains(&self) -> (Vec<Finished>, BTreeMap<String, Draining>) {
-        let drains = self.loaded.lock().await.drains.clone();
+        let drains = self.drains.lock().expect("drains lock").clone();
         if drains.is_empty() {
             return Default::default();
         }
@@ -92,13 +91,10 @@ impl HaproxyProvider {
                     }
                 }
                 Step::Forget => {
-                    let mut loaded = self.loaded.lock().await;
-                    if loaded
-                        .drains
-                        .get(key)
-                        .is_some_and(|now| now.started == d.started)
-                    {
-                        loaded.drains.remove(key);
+                    let _loaded = self.loaded.lock().await;
+                    let mut all = self.drains.lock().expect("drains lock");
+                    if all.get(key).is_some_and(|now| now.started == d.started) {
+                        all.remove(key);
                         finished.push(finish(key, d));
                     }
                 }
@@ -107,22 +103,27 @@ impl HaproxyProvider {
         for f in &finished {
             tracing::info!(service = %f.lb.key, node = f.node, backend = f.backend, took_ms = f.took.as_millis(), outcome = ?f.outcome, "a leaving node's server finished draining");
         }
-        let left = self.loaded.lock().await.drains.clone();
+        let left = self.drains.lock().expect("drains lock").clone();
         (finished, by_node(&left, &sessions))
     }
 
     /// Deletes a drained server (first closing `cut` sessions still open),
     /// unless its drain ended meanwhile; `Some` once it is gone.
     async fn remove_drained(&self, key: &ServerKey, d: &Drain, cut: u64) -> Option<Finished> {
-        let mut loaded = self.loaded.lock().await;
-        let current = loaded.drains.get_mut(key)?;
-        if current.started != d.started {
-            return None;
+        // Runtime changes wait meanwhile: a node coming back is not
+        // re-added while its old server is being deleted.
+        let _loaded = self.loaded.lock().await;
+        {
+            let mut all = self.drains.lock().expect("drains lock");
+            let current = all.get_mut(key)?;
+            if current.started != d.started {
+                return None;
+            }
+            current.cut = current.cut.max(cut);
         }
         let target = format!("{}/{}", key.0, key.1);
         if cut > 0 {
             tracing::warn!(service = %d.lb.key, node = d.node, server = target, sessions = cut, "drain timeout passed: closing the sessions left");
-            current.cut = current.cut.max(cut);
             if let Err(e) = runtime::run(
                 &self.settings.admin_socket,
                 &format!("shutdown sessions server {target}"),
@@ -135,7 +136,7 @@ impl HaproxyProvider {
         let batch = format!("set server {target} state maint; del server {target}");
         match runtime::ask(&self.settings.admin_socket, &batch).await {
             Ok(out) if runtime::all_succeeded(&out) || out.contains(runtime::NO_SUCH_SERVER) => {
-                let d = loaded.drains.remove(key)?;
+                let d = self.drains.lock().expect("drains lock").remove(key)?;
                 Some(finish(key, &d))
             }
             // Refused while a connection is still attached: the next tick
