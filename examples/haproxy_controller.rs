@@ -448,7 +448,8 @@ async fn main() {
         Duration::from_secs(600),
         || async {
             let state = servers_state(&admin).await;
-            // Removed servers stay in maintenance (2) until the next reload.
+            // Removed servers drain (admin state 8) until their sessions
+            // end, then are deleted: out of rotation either way.
             let live = state
                 .lines()
                 .filter(|l| {

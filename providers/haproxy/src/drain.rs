@@ -8,7 +8,7 @@
 //!    Service's backends in `drain` (see `runtime::commands`), and a
 //!    [`Drain`] is recorded for each. No reload.
 //! 2. Every tick, HAProxy's current worker is asked how many sessions each
-//!    draining server holds (`show stat <backend> 4 -1`), and [`step`]
+//!    draining server holds (`show stat <backend> 6 -1`), and [`step`]
 //!    decides: wait, or remove it (cutting what is left once the timeout
 //!    passed).
 //! 3. A reload while a server drains takes it out of the new worker; the
@@ -203,12 +203,14 @@ pub fn after_reload(
     }
 }
 
-/// The sessions of each server in `show stat <backend> 4 -1` CSV output
-/// (several backends' answers may follow each other): by (backend, server).
+/// The sessions of each server in `show stat <backend> 6 -1` CSV output
+/// (several backends' answers may follow each other), by (backend,
+/// server), and the backends that answered (each has its `BACKEND` row).
 #[must_use]
-pub fn parse_sessions(csv: &str) -> BTreeMap<ServerKey, u64> {
+pub fn parse_sessions(csv: &str) -> (BTreeMap<ServerKey, u64>, BTreeSet<String>) {
     let mut scur_at = None;
     let mut out = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for line in csv.lines() {
         if let Some(header) = line.strip_prefix("# ") {
             scur_at = header.split(',').position(|c| c == "scur");
@@ -218,14 +220,38 @@ pub fn parse_sessions(csv: &str) -> BTreeMap<ServerKey, u64> {
         let (Some(px), Some(sv), Some(at)) = (cols.first(), cols.get(1), scur_at) else {
             continue;
         };
-        if matches!(*sv, "FRONTEND" | "BACKEND") {
-            continue;
-        }
-        if let Some(n) = cols.get(at).and_then(|v| v.parse().ok()) {
-            out.insert(((*px).to_owned(), (*sv).to_owned()), n);
+        match *sv {
+            "BACKEND" => {
+                seen.insert((*px).to_owned());
+            }
+            "FRONTEND" => {}
+            _ => {
+                if let Some(n) = cols.get(at).and_then(|v| v.parse().ok()) {
+                    out.insert(((*px).to_owned(), (*sv).to_owned()), n);
+                }
+            }
         }
     }
-    out
+    (out, seen)
+}
+
+/// The runtime API lines asking for `backends`' servers and totals, each
+/// at most about `max` bytes: HAProxy reads a command line into one buffer
+/// (16 KiB by default), so thousands of backends take several lines.
+#[must_use]
+pub fn stat_commands<'a>(backends: impl IntoIterator<Item = &'a str>, max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for b in backends {
+        let cmd = format!("show stat {b} 6 -1");
+        match lines.last_mut() {
+            Some(l) if l.len() + 2 + cmd.len() <= max => {
+                l.push_str("; ");
+                l.push_str(&cmd);
+            }
+            _ => lines.push(cmd),
+        }
+    }
+    lines
 }
 
 /// The drains' state for metrics: by node, the servers draining and the
@@ -382,12 +408,35 @@ mod tests {
                    be_a_80,BACKEND,0,0,3,5,\n\
                    \n\
                    # pxname,svname,qcur,qmax,scur,smax,slim\n\
-                   be_b_443,n1,0,0,7,9,\n";
-        let s = parse_sessions(csv);
+                   be_b_443,n1,0,0,7,9,\n\
+                   be_b_443,BACKEND,0,0,7,9,\n\
+                   be_c_80,BACKEND,0,0,0,0,\n";
+        let (s, seen) = parse_sessions(csv);
         assert_eq!(s.len(), 3);
         assert_eq!(s[&("be_a_80".into(), "n1".into())], 3);
         assert_eq!(s[&("be_a_80".into(), "n2".into())], 0);
         assert_eq!(s[&("be_b_443".into(), "n1".into())], 7);
-        assert!(parse_sessions("Can't find backend.\n").is_empty());
+        // A backend that answered without the server: the server is gone.
+        assert_eq!(seen.len(), 3);
+        assert!(seen.contains("be_c_80"));
+        let (s, seen) = parse_sessions("Can't find backend.\n");
+        assert!(s.is_empty() && seen.is_empty());
+    }
+
+    #[test]
+    fn thousands_of_backends_are_asked_in_lines_of_bounded_length() {
+        let names: Vec<String> = (0..2000)
+            .map(|i| format!("be_fl-ns-svc-{i:05}_80"))
+            .collect();
+        let lines = stat_commands(names.iter().map(String::as_str), 8192);
+        assert!(lines.len() > 1);
+        assert!(lines.iter().all(|l| l.len() <= 8192));
+        let asked: Vec<&str> = lines
+            .iter()
+            .flat_map(|l| l.split("; "))
+            .map(|c| c.split_whitespace().nth(2).unwrap())
+            .collect();
+        assert_eq!(asked, names.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(stat_commands([], 8192).is_empty());
     }
 }

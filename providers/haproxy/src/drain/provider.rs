@@ -4,9 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use super::{Drain, Draining, Finished, ServerKey, Step, parse_sessions, step};
+use super::{Drain, Draining, Finished, ServerKey, Step, parse_sessions, stat_commands, step};
 use crate::render::Entry;
 use crate::{HaproxyProvider, Loaded, process, runtime};
+
+/// The longest runtime API line asking about draining servers: well within
+/// HAProxy's default 16 KiB buffer.
+const STAT_LINE_MAX: usize = 8192;
 
 impl HaproxyProvider {
     /// Records the servers a runtime change put in `drain` for `entry`, and
@@ -53,21 +57,21 @@ impl HaproxyProvider {
             .filter(|(_, d)| !d.reloaded)
             .map(|((b, _), _)| b.as_str())
             .collect();
-        let sessions = if backends.is_empty() {
-            BTreeMap::new()
-        } else {
-            let ask: Vec<String> = backends
-                .iter()
-                .map(|b| format!("show stat {b} 4 -1"))
-                .collect();
-            match runtime::ask(&self.settings.admin_socket, &ask.join("; ")).await {
-                Ok(out) => parse_sessions(&out),
+        let mut sessions = BTreeMap::new();
+        let mut answered = BTreeSet::new();
+        for line in stat_commands(backends.iter().copied(), STAT_LINE_MAX) {
+            match runtime::ask(&self.settings.admin_socket, &line).await {
+                Ok(out) => {
+                    let (s, seen) = parse_sessions(&out);
+                    sessions.extend(s);
+                    answered.extend(seen);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "asking HAProxy about draining servers failed");
                     return (Vec::new(), by_node(&drains, &BTreeMap::new()));
                 }
             }
-        };
+        }
         let old_workers = if drains
             .iter()
             .any(|(k, d)| d.reloaded || !sessions.contains_key(k))
@@ -83,6 +87,10 @@ impl HaproxyProvider {
         let now = Instant::now();
         let mut finished = Vec::new();
         for (key, d) in &drains {
+            if !d.reloaded && !answered.contains(&key.0) {
+                // Its backend did not answer: nothing is known of it.
+                continue;
+            }
             match step(d, sessions.get(key).copied(), old_workers, now) {
                 Step::Wait => {}
                 Step::Remove { cut } => {
