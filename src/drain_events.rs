@@ -114,7 +114,9 @@ pub fn events(
     out
 }
 
-fn node_ref(name: &str) -> ObjectReference {
+/// The reference to Node `name`.
+#[must_use]
+pub fn node_ref(name: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Node".into()),

@@ -775,6 +775,36 @@ async fn event_notes(
         .collect()
 }
 
+/// Waits (at most `within`) until Events with `reason` about `kind`/`name`
+/// in `ns` include notes that `wanted` accepts, and returns those.
+async fn notes_until(
+    client: &kube::Client,
+    ns: &str,
+    (kind, name, reason): (&str, &str, &str),
+    within: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    wait::until(&format!("{reason} on {kind} {name}"), within, || async {
+        let notes: Vec<String> = event_notes(client, ns, kind, name, reason)
+            .await
+            .into_iter()
+            .filter(|n| wanted(n))
+            .collect();
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await
+}
+
+/// The FerryLB replica running on `node`.
+async fn replica_on(client: &kube::Client, node: &str) -> String {
+    replicas(client)
+        .await
+        .into_iter()
+        .find(|(_, n)| n == node)
+        .map(|(pod, _)| pod)
+        .unwrap_or_else(|| panic!("a replica on {node}"))
+}
+
 /// What the cluster autoscaler does to a node it removes, at 50 new
 /// connections a second and with 12 long-lived connections sending a line
 /// a second: tainted `ToBeDeletedByClusterAutoscaler`, then deleted. The
@@ -832,27 +862,20 @@ async fn a_node_tainted_for_removal_then_deleted_drains_and_loses_no_connection(
     assert_eq!(k.failed, 0, "long-lived connections broke: {k:?}");
     assert!(k.sent >= 12 * 8, "{k:?}");
     // They closed: the drain finishes, and says so.
-    let svc_notes = wait::until(
-        "NodeDrained on the Service",
+    let svc_notes = notes_until(
+        &client,
+        &ns,
+        ("Service", "echo", "NodeDrained"),
         Duration::from_secs(30),
-        || async {
-            let notes = event_notes(&client, &ns, "Service", "echo", "NodeDrained").await;
-            let mine: Vec<String> = notes
-                .into_iter()
-                .filter(|n| n.contains(victim) && n.contains(&holder))
-                .collect();
-            (!mine.is_empty()).then_some(mine)
-        },
+        |n| n.contains(victim) && n.contains(&holder),
     )
     .await;
-    let node_notes = wait::until(
-        "LoadBalancersDrained on the Node",
+    let node_notes = notes_until(
+        &client,
+        "default",
+        ("Node", victim, "LoadBalancersDrained"),
         Duration::from_secs(30),
-        || async {
-            let notes =
-                event_notes(&client, "default", "Node", victim, "LoadBalancersDrained").await;
-            notes.iter().any(|n| n.contains(&holder)).then_some(notes)
-        },
+        |n| n.contains(&holder),
     )
     .await;
     eprintln!("{draining} sessions drained; {svc_notes:?}; {node_notes:?}");
@@ -1699,30 +1722,24 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
 
     // The router takes its session with node1 down: node1's replica says
     // so in an Event on its pod, and again when the session is back.
-    let node1_pod = replicas(&client)
-        .await
-        .into_iter()
-        .find(|(_, node)| node == "node1")
-        .map(|(pod, _)| pod)
-        .expect("a replica on node1");
+    let node1_pod = replica_on(&client, "node1").await;
     router_birdc(lab, &["disable", "node1"]);
-    let down = wait::until(
-        "BgpSessionDown on node1's pod",
+    let about = |reason| ("Pod", node1_pod.as_str(), reason);
+    let down = notes_until(
+        &client,
+        RELEASE_NS,
+        about("BgpSessionDown"),
         Duration::from_secs(30),
-        || async {
-            let notes = event_notes(&client, RELEASE_NS, "Pod", &node1_pod, "BgpSessionDown").await;
-            (!notes.is_empty()).then_some(notes)
-        },
+        |_| true,
     )
     .await;
     router_birdc(lab, &["enable", "node1"]);
-    let up = wait::until(
-        "BgpSessionUp on node1's pod",
+    let up = notes_until(
+        &client,
+        RELEASE_NS,
+        about("BgpSessionUp"),
         Duration::from_secs(60),
-        || async {
-            let notes = event_notes(&client, RELEASE_NS, "Pod", &node1_pod, "BgpSessionUp").await;
-            (!notes.is_empty()).then_some(notes)
-        },
+        |_| true,
     )
     .await;
     eprintln!("lab: bgp: {down:?}; {up:?}");
@@ -1767,12 +1784,7 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     // path leaves; the README's router requirement is resilient hashing).
     let kept = lab.probe_kept_from(lab::OUTSIDE_NS, &vip, 80, 12).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pod = replicas(&client)
-        .await
-        .into_iter()
-        .find(|(_, node)| node == "node3")
-        .map(|(pod, _)| pod)
-        .expect("a replica on node3");
+    let pod = replica_on(&client, "node3").await;
     lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
     let withdrawn = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
     let back = nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;

@@ -7,10 +7,11 @@
 use std::collections::BTreeSet;
 
 use ferrylb_model::{LoadBalancerProvider, LoadBalancerSpec};
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::Service;
 
 use super::Context;
 use super::events::{NODE_DEREGISTERED, NODE_DRAINED};
+use crate::drain_events::node_ref;
 
 /// The nodes `before` targets that `after` does not.
 #[must_use]
@@ -81,15 +82,6 @@ pub(super) fn announce(
         }
         telemetry.node_drains(&provider, "finished", gone.len());
     });
-}
-
-fn node_ref(name: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        name: Some(name.into()),
-        ..ObjectReference::default()
-    }
 }
 
 #[cfg(test)]

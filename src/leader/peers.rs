@@ -60,7 +60,7 @@ pub struct Peers {
     synced: std::sync::Arc<std::sync::atomic::AtomicBool>,
     me: String,
     port: u16,
-    _watch: tokio::task::JoinHandle<()>,
+    _watch: super::AbortOnDrop,
 }
 
 impl Peers {
@@ -90,7 +90,7 @@ impl Peers {
             synced,
             me: me.to_owned(),
             port,
-            _watch: watch,
+            _watch: super::AbortOnDrop(watch),
         }
     }
 

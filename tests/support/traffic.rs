@@ -19,20 +19,33 @@ impl Drop for Answerer {
     }
 }
 
-/// Listens on `ip:port` and answers each connection with `name`.
-pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
+/// Listens on `ip:port` and runs `handle` for each connection, until the
+/// [`Answerer`] is dropped.
+async fn serve<F, Fut>(ip: &str, port: u16, handle: F) -> Answerer
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind((ip, port))
         .await
         .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
-    let name = name.to_owned();
     Answerer(tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let _ = conn.write_all(name.as_bytes()).await;
-            });
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(handle(conn));
         }
     }))
+}
+
+/// Listens on `ip:port` and answers each connection with `name`.
+pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
+    let name = name.to_owned();
+    serve(ip, port, move |mut conn| {
+        let name = name.clone();
+        async move {
+            let _ = conn.write_all(name.as_bytes()).await;
+        }
+    })
+    .await
 }
 
 /// Like [`answer`], and a client that opens with `keep\n` keeps the
@@ -40,41 +53,37 @@ pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
 /// until it closes (a long-lived connection). Others are answered after
 /// 100 ms of silence.
 pub async fn answer_kept(ip: &str, port: u16, name: &str) -> Answerer {
-    let listener = TcpListener::bind((ip, port))
-        .await
-        .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
     let name = name.to_owned();
-    Answerer(tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                let first = tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf));
-                let mut n = match first.await {
-                    Ok(Ok(n)) if buf[..n].starts_with(b"keep\n") => n,
-                    _ => {
-                        let _ = conn.write_all(name.as_bytes()).await;
+    serve(ip, port, move |mut conn| {
+        let name = name.clone();
+        async move {
+            let mut buf = [0u8; 64];
+            let first = tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf));
+            let mut n = match first.await {
+                Ok(Ok(n)) if buf[..n].starts_with(b"keep\n") => n,
+                _ => {
+                    let _ = conn.write_all(name.as_bytes()).await;
+                    return;
+                }
+            };
+            // One answer for each line after `keep`.
+            let mut owed = buf[..n].iter().filter(|b| **b == b'\n').count() - 1;
+            let line = format!("{name}\n");
+            loop {
+                for _ in 0..owed {
+                    if conn.write_all(line.as_bytes()).await.is_err() {
                         return;
                     }
-                };
-                // One answer for each line after `keep`.
-                let mut owed = buf[..n].iter().filter(|b| **b == b'\n').count() - 1;
-                let line = format!("{name}\n");
-                loop {
-                    for _ in 0..owed {
-                        if conn.write_all(line.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    n = match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    owed = buf[..n].iter().filter(|b| **b == b'\n').count();
                 }
-            });
+                n = match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                owed = buf[..n].iter().filter(|b| **b == b'\n').count();
+            }
         }
-    }))
+    })
+    .await
 }
 
 /// A long-lived connection to a server of [`answer_kept`].
@@ -127,26 +136,19 @@ impl Kept {
 /// Listens on `ip:port` and answers every HTTP request with `status`, as
 /// kube-proxy's health check node port does.
 pub async fn health(ip: &str, port: u16, status: u16) -> Answerer {
-    let listener = TcpListener::bind((ip, port))
-        .await
-        .unwrap_or_else(|e| panic!("binding {ip}:{port}: {e}"));
-    Answerer(tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf).await;
-                let reason = if status == 200 {
-                    "OK"
-                } else {
-                    "Service Unavailable"
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
-            });
-        }
-    }))
+    serve(ip, port, move |mut conn| async move {
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        let reason = if status == 200 {
+            "OK"
+        } else {
+            "Service Unavailable"
+        };
+        let resp =
+            format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = conn.write_all(resp.as_bytes()).await;
+    })
+    .await
 }
 
 /// Connects to `addr` (from `from`, if given) and returns what the server
