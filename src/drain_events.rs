@@ -53,7 +53,7 @@ pub fn events(
                  (ferrylb.io/haproxy-drain-timeout sets a longer one)"
             ),
             Outcome::Reloaded => {
-                "a reload moved its sessions to HAProxy's old worker, which has ended them"
+                "a reload moved its sessions to HAProxy's old worker, where they have ended"
                     .to_owned()
             }
         };

@@ -920,3 +920,60 @@ async fn a_leaving_node_drains_its_connections_and_is_removed_when_they_end() {
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }
+
+/// A reload while a node drains (another Service comes) takes its server
+/// out of the new worker; the old worker carries the connection on. The
+/// drain is followed there: its session still counts, and it finishes once
+/// that connection ends, although the old worker lives on for another.
+#[tokio::test]
+async fn a_drain_a_reload_interrupts_is_followed_in_the_old_worker() {
+    let mut h = harness("hx-drainrl", "127.0.2.80-127.0.2.89").await;
+    for (ip, n) in &NODES[..2] {
+        h.node(n, ip).await;
+    }
+    let _ctl = h.start(false);
+    create(&h, k::lb_service("web", &[80])).await;
+    let (svc, ip) = wait_vip(&h, "web").await;
+    let mut _servers = Vec::new();
+    for (ip, n) in &NODES[..2] {
+        _servers.push(traffic::answer_kept(ip, node_port(&svc, 0), n).await);
+    }
+    let web = SocketAddr::new(ip, 80);
+    wait_answers(web, &["n1", "n2"]).await;
+    let n2 = format!("{}-n2", h.ns);
+    let mut on_n1 = kept_on(web, "n1").await;
+    let mut on_n2 = kept_on(web, "n2").await;
+    exclude(&h, "n2", true).await;
+    wait_answers(web, &["n1"]).await;
+    drains_until(&h.provider, "n2 draining", |_, d| {
+        d.get(&n2).filter(|d| d.sessions == 1).cloned()
+    })
+    .await;
+
+    // Another Service: a reload, and the connections move to the old worker.
+    let (reloads, _) = h.provider.reload_counters().await.unwrap();
+    create(&h, k::lb_service("other", &[81])).await;
+    wait_vip(&h, "other").await;
+    assert!(h.provider.reload_counters().await.unwrap().0 > reloads);
+    let (finished, draining) = h.provider.advance_drains().await;
+    assert!(finished.is_empty(), "{finished:?}");
+    assert_eq!(
+        draining.get(&n2).map(|d| d.sessions),
+        Some(1),
+        "the old worker's session through n2 counts: {draining:?}"
+    );
+    assert_eq!(on_n2.ask().await.as_deref(), Some("n2"));
+
+    drop(on_n2);
+    let done = drains_until(&h.provider, "n2's drain to finish", |f, _| {
+        f.iter().find(|f| f.node == n2).cloned()
+    })
+    .await;
+    assert_eq!(done.outcome, ferrylb_haproxy::drain::Outcome::Reloaded);
+    // The old worker still carries n1's connection: the drain ended with
+    // its own last session, not with the worker.
+    assert_eq!(on_n1.ask().await.as_deref(), Some("n1"));
+    drop(on_n1);
+    h.provider.shutdown().await;
+    h.cleanup_nodes().await;
+}

@@ -23,6 +23,53 @@ const RELEASE_NS: &str = "ferrylb";
 /// One test at a time: they share the cluster and the release.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A test's turn at the lab (see [`serial`]).
+struct Serial {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Waits for this test's turn at the lab. Should the test fail, what
+/// FerryLB's replicas logged meanwhile is printed with the failure.
+/// Nodes an earlier test left tainted, excluded, cordoned or deleted (it
+/// failed half way) are put back first.
+async fn serial() -> Serial {
+    let turn = SERIAL.lock().await;
+    let lab = lab::shared();
+    restore_nodes(lab, &lab.client().await).await;
+    Serial { _turn: turn }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // Nothing here may panic: it runs while a failure unwinds.
+        let lab = lab::shared();
+        eprintln!("--- FerryLB's replicas, on this failure ---");
+        eprintln!(
+            "{}",
+            lab.kubectl_quiet(&["-n", RELEASE_NS, "get", "pods", "-o", "wide"])
+        );
+        eprintln!(
+            "{}",
+            lab.kubectl_quiet(&[
+                "-n",
+                RELEASE_NS,
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=ferrylb",
+                "-c",
+                "controller",
+                "--prefix",
+                "--since=10m",
+                "--tail=300",
+            ])
+        );
+        eprintln!("{}", lab.kubectl_quiet(&["get", "nodes", "-o", "wide"]));
+    }
+}
+
 fn helm_ok(lab: &Lab, args: &[&str]) -> String {
     let out = lab.helm(args);
     assert!(
@@ -264,7 +311,7 @@ fn report(what: &str, s: &Summary) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_installs_ferrylb_and_a_vip_reaches_real_pods_on_every_node() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     ensure_installed(lab, &client).await;
@@ -368,7 +415,7 @@ fn lb_service_yaml(ns: &str, name: &str, extra: &str) -> String {
 /// it again reuses everything.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_readme_demo_prints_an_address_and_a_real_answer() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     for run in 0..2 {
@@ -404,7 +451,7 @@ async fn the_readme_demo_prints_an_address_and_a_real_answer() {
 /// and closes it when every node refuses, curl's "Empty reply from server").
 #[tokio::test(flavor = "multi_thread")]
 async fn a_published_address_is_listened_on_and_answers_once_a_node_serves_the_node_port() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     ensure_installed(lab, &client).await;
@@ -455,7 +502,7 @@ async fn a_published_address_is_listened_on_and_answers_once_a_node_serves_the_n
 /// waiting one gets the first IPv4 address freed.
 #[tokio::test(flavor = "multi_thread")]
 async fn ipv4_services_wait_for_an_ipv4_address_and_prefer_dual_stack_takes_what_is_free() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     ensure_installed(lab, &client).await;
@@ -520,7 +567,7 @@ async fn ipv4_services_wait_for_an_ipv4_address_and_prefer_dual_stack_takes_what
 
 #[tokio::test(flavor = "multi_thread")]
 async fn external_traffic_policy_local_sends_only_to_nodes_with_a_ready_pod_and_follows_it() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     ensure_installed(lab, &client).await;
@@ -571,7 +618,7 @@ async fn external_traffic_policy_local_sends_only_to_nodes_with_a_ready_pod_and_
 /// echo Deployment of `replicas` pods behind a LoadBalancer Service in a new
 /// namespace, answering through its VIP from every node.
 struct Start {
-    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _serial: Serial,
     lab: &'static Lab,
     client: kube::Client,
     ns: String,
@@ -579,7 +626,7 @@ struct Start {
 }
 
 async fn start_with_echo(prefix: &str, replicas: u32) -> Start {
-    let serial = SERIAL.lock().await;
+    let serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     ensure_installed(lab, &client).await;
@@ -653,7 +700,7 @@ async fn node_excluded_tainted_cordoned_or_deleted_and_traffic_keeps_flowing() {
 
     let lead = leader_node(&client).await;
     let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
-    let exclude = "node.kubernetes.io/exclude-from-external-load-balancers";
+    let exclude = EXCLUDE;
 
     // Each event: traffic keeps flowing; eTP Cluster still reaches pods on
     // the victim through the other nodes, so what matters is that no
@@ -720,6 +767,53 @@ async fn delete_node(client: &kube::Client, name: &str) -> Node {
     })
     .await;
     saved
+}
+
+/// The lab's Nodes as the first test found them (to make one again).
+static BASELINE: tokio::sync::OnceCell<Vec<Node>> = tokio::sync::OnceCell::const_new();
+
+/// The label that excludes a node from load balancers.
+const EXCLUDE: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+
+/// Puts every lab Node back as the lab made it: made again when deleted;
+/// no taint, schedulable, not excluded from load balancers.
+async fn restore_nodes(lab: &Lab, client: &kube::Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let baseline = BASELINE
+        .get_or_init(|| async { nodes.list(&ListParams::default()).await.unwrap().items })
+        .await;
+    for saved in baseline {
+        let name = saved.metadata.name.clone().unwrap_or_default();
+        let Some(now) = nodes.get_opt(&name).await.unwrap() else {
+            eprintln!("lab: node {name} was left deleted; making it again");
+            let mut again = saved.clone();
+            if let Some(labels) = again.metadata.labels.as_mut() {
+                labels.remove(EXCLUDE);
+            }
+            make_node_again(lab, client, again).await;
+            continue;
+        };
+        let spec = now.spec.clone().unwrap_or_default();
+        let changed = spec.taints.is_some_and(|t| !t.is_empty())
+            || spec.unschedulable == Some(true)
+            || now
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(EXCLUDE));
+        if changed {
+            eprintln!("lab: node {name} was left tainted, cordoned or excluded; putting it back");
+            patch_node(
+                client,
+                &name,
+                serde_json::json!({
+                    "metadata": {"labels": {EXCLUDE: null}},
+                    "spec": {"taints": null, "unschedulable": null},
+                }),
+            )
+            .await;
+        }
+    }
 }
 
 /// Makes a deleted Node again, untainted (its kubelet registered only
@@ -1315,7 +1409,7 @@ async fn holder_of_except(lab: &Lab, vip: &str, not: &str, within: Duration) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_server() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     install_vrrp(lab, &client).await;
@@ -1483,7 +1577,7 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run it by name"]
 async fn failover_trials() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     install_vrrp(lab, &client).await;
@@ -1653,7 +1747,7 @@ fn syns_counted(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
 /// a node's link cut is noticed by BFD. The figures go to BENCHMARKS.md.
 #[tokio::test(flavor = "multi_thread")]
 async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_them() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
     install_bgp(lab, &client).await;
@@ -1853,15 +1947,7 @@ struct RestoreRelease {
 impl Drop for RestoreRelease {
     fn drop(&mut self) {
         // Nothing here may panic: it also runs while a failure unwinds.
-        let kubectl = |args: &[&str]| {
-            std::process::Command::new(self.lab.kube_bin.join("kubectl"))
-                .arg("--kubeconfig")
-                .arg(self.lab.kubeconfig())
-                .args(args)
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
+        let kubectl = |args: &[&str]| self.lab.kubectl_quiet(args);
         kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
         let out = self.lab.helm(&upgrade_args(&[]));
         if !out.status.success() {

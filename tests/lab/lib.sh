@@ -416,7 +416,7 @@ teardown() {
   # CNI's cache of the lab's pods (they name the pods' netns, under DIR),
   # and the shared directories containerd and CNI made, when now empty.
   if [[ -d /var/lib/cni/results ]]; then
-    grep -l -F "$dir/" /var/lib/cni/results/* 2>/dev/null | xargs -r rm -f
+    { grep -l -F "$dir/" /var/lib/cni/results/* 2>/dev/null || true; } | xargs -r rm -f
   fi
   rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
   for n in outside router client "${lab_nodes[@]}" host; do

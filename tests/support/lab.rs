@@ -106,6 +106,22 @@ impl Lab {
             .expect("running helm")
     }
 
+    /// Runs kubectl against the lab and returns its output (stdout, then
+    /// stderr), whatever happened: for what runs while a failure unwinds.
+    pub fn kubectl_quiet(&self, args: &[&str]) -> String {
+        Command::new(self.kube_bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .map(|o| {
+                let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+                out.push_str(&String::from_utf8_lossy(&o.stderr));
+                out
+            })
+            .unwrap_or_else(|e| format!("running kubectl: {e}"))
+    }
+
     /// Runs kubectl against the lab; panics with its stderr when it fails.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new(self.kube_bin.join("kubectl"))

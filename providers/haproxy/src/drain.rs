@@ -12,8 +12,10 @@
 //!    decides: wait, or remove it (cutting what is left once the timeout
 //!    passed).
 //! 3. A reload while a server drains takes it out of the new worker; the
-//!    old worker carries its sessions until they end or `hard-stop-after`.
-//!    Such a drain ends when no old worker is left.
+//!    old workers carry its sessions until they end or `hard-stop-after`,
+//!    and take no new ones. Such a drain is followed there (the master
+//!    CLI's `@!<pid>` prefix) and ends once no session through the server
+//!    is left in any old worker.
 //! 4. Each finished drain is reported once ([`Finished`]), for an Event and
 //!    a metric, so drain tooling can wait for it.
 //!
@@ -90,11 +92,12 @@ pub enum Step {
 }
 
 /// Decides the next step of `d`, given the sessions its server holds in the
-/// current worker (`None`: the worker has no such server), how many old
-/// workers still run, and the time.
+/// current worker (`None`: the worker has no such server), the sessions
+/// through it in old workers (`Some(0)` when none runs; `None`: unknown),
+/// and the time.
 #[must_use]
-pub fn step(d: &Drain, sessions: Option<u64>, old_workers: usize, now: Instant) -> Step {
-    match sessions {
+pub fn step(d: &Drain, current: Option<u64>, old: Option<u64>, now: Instant) -> Step {
+    match current {
         Some(n) if !d.reloaded => {
             if n == 0 {
                 Step::Remove { cut: 0 }
@@ -104,9 +107,10 @@ pub fn step(d: &Drain, sessions: Option<u64>, old_workers: usize, now: Instant) 
                 Step::Wait
             }
         }
-        // Taken out by a reload (or never there): the old workers carry its
-        // sessions until they end or hard-stop-after stops them.
-        _ if old_workers == 0 => Step::Forget,
+        // Taken out by a reload (or never there): old workers carry its
+        // sessions until they end or hard-stop-after stops them, and take no
+        // new ones.
+        _ if old == Some(0) => Step::Forget,
         _ => Step::Wait,
     }
 }
@@ -118,8 +122,8 @@ pub enum Outcome {
     Empty,
     /// Its timeout passed with sessions open: they were closed.
     TimedOut { cut: u64 },
-    /// A reload took it out, and the old workers that carried its sessions
-    /// are gone.
+    /// A reload took it out, and no session through it is left in the old
+    /// workers that carried them.
     Reloaded,
 }
 
@@ -237,12 +241,18 @@ pub fn parse_sessions(csv: &str) -> (BTreeMap<ServerKey, u64>, BTreeSet<String>)
 
 /// The runtime API lines asking for `backends`' servers and totals, each
 /// at most about `max` bytes: HAProxy reads a command line into one buffer
-/// (16 KiB by default), so thousands of backends take several lines.
+/// (16 KiB by default), so thousands of backends take several lines. Each
+/// command starts with `prefix` (the master CLI's `@!<pid> ` reaches an old
+/// worker).
 #[must_use]
-pub fn stat_commands<'a>(backends: impl IntoIterator<Item = &'a str>, max: usize) -> Vec<String> {
+pub fn stat_commands<'a>(
+    backends: impl IntoIterator<Item = &'a str>,
+    prefix: &str,
+    max: usize,
+) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     for b in backends {
-        let cmd = format!("show stat {b} 6 -1");
+        let cmd = format!("{prefix}show stat {b} 6 -1");
         match lines.last_mut() {
             Some(l) if l.len() + 2 + cmd.len() <= max => {
                 l.push_str("; ");
@@ -286,18 +296,20 @@ mod tests {
     #[test]
     fn a_server_is_removed_once_empty_or_at_its_deadline_cutting_what_is_left() {
         let (d, now) = drain(Duration::from_secs(30), false);
-        assert_eq!(step(&d, Some(0), 0, now), Step::Remove { cut: 0 });
-        assert_eq!(step(&d, Some(3), 0, now), Step::Wait);
+        let none = Some(0);
+        assert_eq!(step(&d, Some(0), none, now), Step::Remove { cut: 0 });
+        assert_eq!(step(&d, Some(3), none, now), Step::Wait);
         assert_eq!(
-            step(&d, Some(3), 0, now + Duration::from_secs(29)),
+            step(&d, Some(3), none, now + Duration::from_secs(29)),
             Step::Wait
         );
         assert_eq!(
-            step(&d, Some(3), 0, now + Duration::from_secs(30)),
+            step(&d, Some(3), none, now + Duration::from_secs(30)),
             Step::Remove { cut: 3 }
         );
         // Old workers do not matter while the current worker has it.
-        assert_eq!(step(&d, Some(0), 2, now), Step::Remove { cut: 0 });
+        assert_eq!(step(&d, Some(0), Some(2), now), Step::Remove { cut: 0 });
+        assert_eq!(step(&d, Some(0), None, now), Step::Remove { cut: 0 });
     }
 
     #[test]
@@ -305,18 +317,22 @@ mod tests {
         for reloaded in [true, false] {
             let (d, now) = drain(Duration::from_secs(30), reloaded);
             // Gone from the current worker: its sessions are in old ones.
-            assert_eq!(step(&d, None, 1, now), Step::Wait);
+            assert_eq!(step(&d, None, Some(2), now), Step::Wait);
             assert_eq!(
-                step(&d, None, 1, now + Duration::from_secs(60)),
+                step(&d, None, Some(2), now + Duration::from_secs(60)),
                 Step::Wait,
                 "hard-stop-after bounds old workers, not the drain timeout"
             );
-            assert_eq!(step(&d, None, 0, now), Step::Forget);
+            // Unknown (the master CLI did not answer): nothing ends.
+            assert_eq!(step(&d, None, None, now), Step::Wait);
+            // No session through it left in any old worker (they take no
+            // new ones), whether or not old workers still run.
+            assert_eq!(step(&d, None, Some(0), now), Step::Forget);
         }
         // A server of the same name in the new worker is not this drain's.
         let (d, now) = drain(Duration::from_secs(30), true);
-        assert_eq!(step(&d, Some(0), 1, now), Step::Wait);
-        assert_eq!(step(&d, Some(5), 0, now), Step::Forget);
+        assert_eq!(step(&d, Some(0), Some(1), now), Step::Wait);
+        assert_eq!(step(&d, Some(5), Some(0), now), Step::Forget);
     }
 
     fn entry(name: &str, port: u16, nodes: &[&str]) -> Entry {
@@ -428,15 +444,20 @@ mod tests {
         let names: Vec<String> = (0..2000)
             .map(|i| format!("be_fl-ns-svc-{i:05}_80"))
             .collect();
-        let lines = stat_commands(names.iter().map(String::as_str), 8192);
-        assert!(lines.len() > 1);
-        assert!(lines.iter().all(|l| l.len() <= 8192));
-        let asked: Vec<&str> = lines
-            .iter()
-            .flat_map(|l| l.split("; "))
-            .map(|c| c.split_whitespace().nth(2).unwrap())
-            .collect();
-        assert_eq!(asked, names.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(stat_commands([], 8192).is_empty());
+        for prefix in ["", "@!4242 "] {
+            let lines = stat_commands(names.iter().map(String::as_str), prefix, 8192);
+            assert!(lines.len() > 1);
+            assert!(lines.iter().all(|l| l.len() <= 8192));
+            let asked: Vec<&str> = lines
+                .iter()
+                .flat_map(|l| l.split("; "))
+                .map(|c| {
+                    let c = c.strip_prefix(prefix).unwrap();
+                    c.split_whitespace().nth(2).unwrap()
+                })
+                .collect();
+            assert_eq!(asked, names.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        assert!(stat_commands([], "", 8192).is_empty());
     }
 }

@@ -15,7 +15,7 @@ mod master;
 mod run;
 
 use master::{alerts, master_pid, parse_master_line};
-pub use master::{master_command, old_workers, serving};
+pub use master::{master_batch, master_command, old_workers, serving};
 pub(crate) use run::still_running;
 pub use run::{Streak, signal};
 use run::{spawn, supervise};

@@ -44,46 +44,33 @@ impl HaproxyProvider {
     }
 
     /// Moves every drain on: asks HAProxy what its draining servers still
-    /// carry, removes those that are empty or past their timeout (cutting
-    /// what is left), and returns the drains that finished, and what
-    /// drains on, by node. Call it about once a second.
+    /// carry (in the current worker and, for servers a reload took out, in
+    /// the old workers), removes those that are empty or past their timeout
+    /// (cutting what is left), and returns the drains that finished, and
+    /// what drains on, by node. Call it about once a second.
     pub async fn advance_drains(&self) -> (Vec<Finished>, BTreeMap<String, Draining>) {
         let drains = self.drains.lock().expect("drains lock").clone();
         if drains.is_empty() {
             return Default::default();
         }
-        let backends: BTreeSet<&str> = drains
+        let live: BTreeSet<&str> = drains
             .iter()
             .filter(|(_, d)| !d.reloaded)
             .map(|((b, _), _)| b.as_str())
             .collect();
-        let mut sessions = BTreeMap::new();
-        let mut answered = BTreeSet::new();
-        for line in stat_commands(backends.iter().copied(), STAT_LINE_MAX) {
-            match runtime::ask(&self.settings.admin_socket, &line).await {
-                Ok(out) => {
-                    let (s, seen) = parse_sessions(&out);
-                    sessions.extend(s);
-                    answered.extend(seen);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "asking HAProxy about draining servers failed");
-                    return (Vec::new(), by_node(&drains, &BTreeMap::new()));
-                }
+        let (sessions, answered) = match self.sessions_in(live, None).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "asking HAProxy about draining servers failed");
+                return (Vec::new(), by_node(&drains, &BTreeMap::new(), None));
             }
-        }
-        let old_workers = if drains
-            .iter()
-            .any(|(k, d)| d.reloaded || !sessions.contains_key(k))
-        {
-            match process::master_command(&self.settings.process.master_socket, "show proc").await {
-                Ok(out) => process::old_workers(&out),
-                // Unknown: nothing ends for want of old workers.
-                Err(_) => usize::MAX,
-            }
-        } else {
-            0
         };
+        let in_old_workers: BTreeSet<&str> = drains
+            .iter()
+            .filter(|(k, d)| d.reloaded || !sessions.contains_key(*k))
+            .map(|((b, _), _)| b.as_str())
+            .collect();
+        let old = self.sessions_in_old_workers(in_old_workers).await;
         let now = Instant::now();
         let mut finished = Vec::new();
         for (key, d) in &drains {
@@ -91,7 +78,8 @@ impl HaproxyProvider {
                 // Its backend did not answer: nothing is known of it.
                 continue;
             }
-            match step(d, sessions.get(key).copied(), old_workers, now) {
+            let in_old = old.as_ref().map(|o| o.get(key).copied().unwrap_or(0));
+            match step(d, sessions.get(key).copied(), in_old, now) {
                 Step::Wait => {}
                 Step::Remove { cut } => {
                     if let Some(f) = self.remove_drained(key, d, cut).await {
@@ -112,7 +100,69 @@ impl HaproxyProvider {
             tracing::info!(service = %f.lb.key, node = f.node, backend = f.backend, took_ms = f.took.as_millis(), outcome = ?f.outcome, "a leaving node's server finished draining");
         }
         let left = self.drains.lock().expect("drains lock").clone();
-        (finished, by_node(&left, &sessions))
+        (finished, by_node(&left, &sessions, old.as_ref()))
+    }
+
+    /// The sessions of `backends`' servers, and the backends that answered:
+    /// in the current worker (`old_worker` `None`, through the runtime API)
+    /// or in the old worker of that pid (through the master CLI).
+    async fn sessions_in(
+        &self,
+        backends: BTreeSet<&str>,
+        old_worker: Option<u32>,
+    ) -> Result<(BTreeMap<ServerKey, u64>, BTreeSet<String>), String> {
+        let prefix = old_worker
+            .map(|pid| format!("@!{pid} "))
+            .unwrap_or_default();
+        let mut sessions = BTreeMap::new();
+        let mut answered = BTreeSet::new();
+        for line in stat_commands(backends, &prefix, STAT_LINE_MAX) {
+            let out = match old_worker {
+                None => runtime::ask(&self.settings.admin_socket, &line).await,
+                Some(_) => process::master_batch(&self.settings.process.master_socket, &line)
+                    .await
+                    .map_err(|e| e.to_string()),
+            }?;
+            let (s, seen) = parse_sessions(&out);
+            sessions.extend(s);
+            answered.extend(seen);
+        }
+        Ok((sessions, answered))
+    }
+
+    /// The sessions through `backends`' servers summed over every old
+    /// worker (none when no old worker runs); `None` when unknown.
+    async fn sessions_in_old_workers(
+        &self,
+        backends: BTreeSet<&str>,
+    ) -> Option<BTreeMap<ServerKey, u64>> {
+        if backends.is_empty() {
+            return Some(BTreeMap::new());
+        }
+        let master = &self.settings.process.master_socket;
+        let pids = match process::master_command(master, "show proc").await {
+            Ok(out) => process::old_workers(&out),
+            Err(e) => {
+                tracing::debug!(error = %e, "asking HAProxy's master for old workers failed");
+                return None;
+            }
+        };
+        let mut total: BTreeMap<ServerKey, u64> = BTreeMap::new();
+        for pid in pids {
+            // An old worker without the backend carries nothing through it.
+            match self.sessions_in(backends.clone(), Some(pid)).await {
+                Ok((s, _)) => {
+                    for (k, n) in s {
+                        *total.entry(k).or_default() += n;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(pid, error = %e, "asking an old HAProxy worker about draining servers failed");
+                    return None;
+                }
+            }
+        }
+        Some(total)
     }
 
     /// Deletes a drained server (first closing `cut` sessions still open),
@@ -175,17 +225,21 @@ fn finish(key: &ServerKey, d: &Drain) -> Finished {
     }
 }
 
+/// The drains by node, with the sessions known through their servers: in
+/// the current worker, or (for a server a reload took out) in old workers.
 fn by_node(
     drains: &BTreeMap<ServerKey, Drain>,
     sessions: &BTreeMap<ServerKey, u64>,
+    old: Option<&BTreeMap<ServerKey, u64>>,
 ) -> BTreeMap<String, Draining> {
     let mut out: BTreeMap<String, Draining> = BTreeMap::new();
     for (key, d) in drains {
         let n = out.entry(d.node.clone()).or_default();
         n.servers += 1;
-        if !d.reloaded {
-            n.sessions += sessions.get(key).copied().unwrap_or(0);
-        }
+        n.sessions += match sessions.get(key) {
+            Some(s) if !d.reloaded => *s,
+            _ => old.and_then(|o| o.get(key)).copied().unwrap_or(0),
+        };
     }
     out
 }

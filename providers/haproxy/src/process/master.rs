@@ -7,6 +7,23 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+/// Sends `cmds` (commands separated by `; `, each one the master's or one
+/// a worker's `@!<pid> ` prefix sends on) to HAProxy's master CLI and
+/// returns every answer: a trailing `quit` makes the master close the
+/// connection once they are written.
+pub async fn master_batch(socket: &Path, cmds: &str) -> std::io::Result<String> {
+    let io = async {
+        let mut s = UnixStream::connect(socket).await?;
+        s.write_all(format!("{cmds}; quit\n").as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "master CLI timed out"))?
+}
+
 /// Sends one command to HAProxy's master CLI and returns its answer, which
 /// ends at an empty line (the master does not always close the connection).
 pub async fn master_command(socket: &Path, cmd: &str) -> std::io::Result<String> {
@@ -51,14 +68,20 @@ pub async fn serving(socket: &Path) -> Result<(), String> {
     }
 }
 
-/// The old workers in `show proc`'s answer: those still carrying
-/// connections of a configuration a reload replaced.
-pub fn old_workers(show_proc: &str) -> usize {
+/// The pids of the old workers in `show proc`'s answer: those still
+/// carrying connections of a configuration a reload replaced (the master
+/// CLI reaches each with an `@!<pid>` prefix).
+pub fn old_workers(show_proc: &str) -> Vec<u32> {
     show_proc
         .lines()
         .skip_while(|l| !l.starts_with("# old workers"))
-        .filter(|l| l.split_whitespace().nth(1) == Some("worker"))
-        .count()
+        .take_while(|l| !l.starts_with("# programs"))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let pid = cols.next()?.parse().ok()?;
+            (cols.next() == Some("worker")).then_some(pid)
+        })
+        .collect()
 }
 
 pub(super) fn current_workers(show_proc: &str) -> usize {
@@ -164,8 +187,10 @@ mod tests {
             # old workers\n\
             20              worker          1               0d00h00m50s     2.6.12\n\n";
         assert_eq!(current_workers(out), 1);
-        assert_eq!(old_workers(out), 1);
-        assert_eq!(old_workers(out.split("# old").next().unwrap()), 0);
+        assert_eq!(old_workers(out), vec![20]);
+        assert!(old_workers(out.split("# old").next().unwrap()).is_empty());
+        let with_programs = format!("{out}# programs\n40              dataplane       0\n");
+        assert_eq!(old_workers(&with_programs), vec![20]);
         let draining_only = out.replace("31              worker", "# none");
         assert_eq!(current_workers(&draining_only), 0);
     }
