@@ -8,10 +8,10 @@
 //! [`ProviderError::pending`]: the controller asks again shortly, and by
 //! then the entry is loaded, or an applier has taken it, or the asker
 //! becomes the applier itself. A failed burst is retried one entry at a time
-//! so that one bad change costs only its own Service.
+//! so that one bad change costs only its own Service. Who applies, and what
+//! each change's reconcile is told, is the state machine in `burst`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferrylb_model::{LoadBalancerRef, ProviderError};
@@ -53,36 +53,44 @@ impl HaproxyProvider {
         last.clamp(POLL, POLL_MAX)
     }
 
-    /// Notes that `lb`'s entry changed (a new burst member).
-    pub(crate) fn changed(&self, lb: &LoadBalancerRef) {
-        let at = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        self.changed_at
-            .lock()
-            .expect("changed_at lock")
-            .insert(lb.clone(), at);
+    /// The burst protocol's state.
+    pub(crate) fn bursts(&self) -> std::sync::MutexGuard<'_, crate::burst::Bursts> {
+        self.bursts.lock().expect("bursts lock")
     }
 
-    /// The desired state, and the change count it carries at least.
+    /// Notes that `lb`'s entry changed (a new burst member).
+    pub(crate) fn changed(&self, lb: &LoadBalancerRef) {
+        self.bursts().change(lb);
+    }
+
+    /// The desired state, and the change count it carries at least: a
+    /// load outside a burst settles that many.
     pub(crate) fn desired(&self) -> (BTreeMap<LoadBalancerRef, Entry>, u64) {
         // Read before the copy: a change counted later may be in the copy
         // too, never the other way round.
-        let through = self.requested.load(Ordering::SeqCst);
+        let through = self.bursts().requested();
         (self.entries.lock().expect("entries lock").clone(), through)
     }
 
-    /// Records that every change counted up to `through` is settled.
+    /// Records that a load outside a burst settled every change counted up
+    /// to `through`.
     pub(crate) fn mark_loaded(&self, through: u64) {
-        let before = self.loaded_through.fetch_max(through, Ordering::SeqCst);
-        if through > before {
+        let settled = self.bursts().settled(through);
+        self.tell_applied(settled);
+    }
+
+    /// Tells the controller how far changes are settled, when that rose.
+    fn tell_applied(&self, settled: Option<u64>) {
+        if let Some(through) = settled {
             self.applied.send_replace(through);
         }
     }
 
     /// For `entry` just planned over `previous`: `true` when HAProxy runs it
-    /// already, Pending while an applier holds the state, `false` when it is
-    /// still to be loaded (a change, counted as a burst member, or one an
-    /// earlier ask left waiting).
-    pub(crate) fn already_loaded(
+    /// already, Pending while a burst carries it, `false` when it is still
+    /// to be loaded (a change, counted as a burst member, or one an earlier
+    /// ask left waiting).
+    pub(crate) async fn already_loaded(
         &self,
         lb: &LoadBalancerRef,
         entry: &Entry,
@@ -92,46 +100,33 @@ impl HaproxyProvider {
             self.changed(lb);
             return Ok(false);
         }
-        self.is_loaded(lb, entry)
+        self.is_loaded(lb, Some(entry))
+            .await
             .ok_or_else(|| crate::status::pending(self.poll_after()))
     }
 
     /// Whether HAProxy runs `entry` (unchanged since it was planned) for
-    /// `lb`: `None` when an applier holds the state and the last burst
-    /// did not carry it (ask again later).
-    pub(crate) fn is_loaded(&self, lb: &LoadBalancerRef, entry: &Entry) -> Option<bool> {
-        let Ok(loaded) = self.loaded.try_lock() else {
-            return self.carried_by_the_last_burst(lb);
-        };
-        Some(
-            loaded
-                .entries
-                .as_ref()
-                .is_some_and(|e| e.get(lb) == Some(entry)),
-        )
-    }
-
-    /// While the next burst is being applied: `Some(true)` when the last
-    /// one carried `lb`'s latest change, `None` when that is not known yet.
-    fn carried_by_the_last_burst(&self, lb: &LoadBalancerRef) -> Option<bool> {
-        let at = self
-            .changed_at
-            .lock()
-            .expect("changed_at lock")
-            .get(lb)
-            .copied();
-        at.filter(|at| *at <= self.loaded_through.load(Ordering::SeqCst))
-            .map(|_| true)
-    }
-
-    /// Whether HAProxy no longer runs `lb` (taken out of the desired
-    /// state): `None` when an applier holds the state and the last burst
-    /// did not carry the removal (ask again later).
-    pub(crate) fn is_removed(&self, lb: &LoadBalancerRef) -> Option<bool> {
-        let Ok(loaded) = self.loaded.try_lock() else {
-            return self.carried_by_the_last_burst(lb);
-        };
-        Some(loaded.entries.as_ref().is_some_and(|e| !e.contains_key(lb)))
+    /// `lb`, or with `None` whether it runs nothing for `lb` (taken out of
+    /// the desired state). `None` while a burst is being applied and the
+    /// last one did not settle `lb`'s change: ask again later.
+    ///
+    /// Without a burst, HAProxy's state is read under its lock, which the
+    /// runtime API, the file flush and the follower hold only briefly; a
+    /// burst that begins meanwhile is waited for, and its result read.
+    pub(crate) async fn is_loaded(
+        &self,
+        lb: &LoadBalancerRef,
+        entry: Option<&Entry>,
+    ) -> Option<bool> {
+        {
+            let bursts = self.bursts();
+            if bursts.applying() {
+                return (bursts.state(lb) == crate::burst::State::Applied).then_some(true);
+            }
+        }
+        let loaded = self.loaded.lock().await;
+        // Unknown is not loaded: the next burst makes it certain.
+        Some(loaded.entries.as_ref().is_some_and(|r| r.get(lb) == entry))
     }
 
     /// Waits until the desired state stops moving for [`QUIET`] ([`MAX_WAIT`]
@@ -140,9 +135,9 @@ impl HaproxyProvider {
     async fn settle(&self) {
         let started = tokio::time::Instant::now();
         loop {
-            let seen = self.requested.load(Ordering::SeqCst);
+            let seen = self.bursts().requested();
             tokio::time::sleep(QUIET).await;
-            let now = self.requested.load(Ordering::SeqCst);
+            let now = self.bursts().requested();
             let awaiting = self.awaiting.lock().expect("awaiting lock").len();
             if awaiting > 0 {
                 if started.elapsed() < START_MAX_WAIT {
@@ -167,22 +162,27 @@ impl HaproxyProvider {
         &self,
         mine: &LoadBalancerRef,
     ) -> Result<bool, ProviderError> {
-        let Ok(mut loaded) = self.loaded.try_lock() else {
+        if !self.bursts().begin() {
             return Ok(false);
-        };
+        }
+        // Ends the burst however this returns (or is dropped).
+        let burst = BurstEnd(self);
+        let mut loaded = self.loaded.lock().await;
         self.settle().await;
-        let (desired, through) = self.desired();
+        let through = self.bursts().take();
+        let desired = self.entries.lock().expect("entries lock").clone();
         if loaded.entries.as_ref() == Some(&desired) {
-            self.mark_loaded(through);
+            burst.finish();
             return Ok(true);
         }
         let Err(burst_error) = self.load(&mut loaded, desired.clone()).await else {
-            self.mark_loaded(through);
+            burst.finish();
             return Ok(true);
         };
         // Something in the burst is refused: put every change back to what
         // HAProxy runs, then try each alone on top of it (a removal is
         // `None`).
+        self.bursts().retry_alone();
         let before = loaded.entries.clone().unwrap_or_default();
         let changed: Vec<(LoadBalancerRef, Option<Entry>)> = desired
             .iter()
@@ -195,7 +195,7 @@ impl HaproxyProvider {
                     .map(|k| (k.clone(), None)),
             )
             .collect();
-        tracing::warn!(error = %burst_error, changes = changed.len(), "a burst of changes was refused; applying them one at a time");
+        tracing::warn!(error = %burst_error, changes = changed.len(), through, "a burst of changes was refused; applying them one at a time");
         {
             let mut entries = self.entries.lock().expect("entries lock");
             for (k, _) in &changed {
@@ -221,16 +221,10 @@ impl HaproxyProvider {
                     };
                 }
                 Err(e) if &k == mine => mine_result = Err(e),
-                Err(e) => {
-                    let running = before.get(&k).cloned();
-                    self.failed
-                        .lock()
-                        .expect("failed lock")
-                        .insert(k, (e, running));
-                }
+                Err(e) => self.bursts().refuse(&k, e, before.get(&k).cloned()),
             }
         }
-        self.mark_loaded(through);
+        burst.finish();
         mine_result
     }
 
@@ -331,6 +325,25 @@ impl HaproxyProvider {
             self.vips.announce(ip);
         }
         Ok(())
+    }
+}
+
+/// Ends the burst its applier runs: [`BurstEnd::finish`] once it is
+/// loaded (or refused), or, dropped before that (the reconcile went away
+/// mid-burst), abandons it so that what it carried is read afresh.
+struct BurstEnd<'a>(&'a HaproxyProvider);
+
+impl BurstEnd<'_> {
+    fn finish(self) {
+        let settled = self.0.bursts().finish();
+        self.0.tell_applied(settled);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for BurstEnd<'_> {
+    fn drop(&mut self) {
+        self.0.bursts().abandon();
     }
 }
 

@@ -11,6 +11,8 @@
 //! provider   LoadBalancerProvider: ensure, update_targets, ensure_deleted, ...
 //!   |-- planning   spec -> Entry: VIP (alloc, pool, vip), options, free ports
 //!   |-- apply      bursts: the desired state, one applier, one reload for all
+//!   |     |-- burst     the protocol's state machine: pending, carried,
+//!   |     |             applied, refused (pure, table-tested)
 //!   |     `-- loading   load with the others, roll back what was refused,
 //!   |                   confirm what HAProxy serves (served)
 //!   |-- targets    target-only changes through the runtime API (runtime),
@@ -29,7 +31,8 @@
 //!    goes into the desired state; a target-only change goes to
 //!    `targets::apply_runtime` instead (no reload).
 //! 2. `apply::apply_or_join`: the first reconcile of a burst becomes the
-//!    applier; the others are told "pending" and ask again.
+//!    applier (`burst::Bursts::begin`); the others are told "pending" and
+//!    ask again, and what they are told comes from `burst::Bursts::state`.
 //! 3. `apply::load`: render, check what changed since the last check,
 //!    install, reload through the master CLI; then the VIPs go up.
 //! 4. The reconcile asking again finds its entry loaded, and
@@ -47,6 +50,7 @@
 mod alloc;
 mod apply;
 pub mod bgp;
+mod burst;
 pub mod drain;
 mod files;
 mod follower;
@@ -151,19 +155,9 @@ pub struct HaproxyProvider {
     /// Wakes the task that writes runtime API changes to the file.
     flush: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
-    /// Counts changes to the desired state: a burst is applied once it
-    /// stops moving (see `apply`).
-    requested: std::sync::atomic::AtomicU64,
-    /// The value of `requested` when each Service's entry last changed.
-    changed_at: std::sync::Mutex<std::collections::HashMap<LoadBalancerRef, u64>>,
-    /// Every change counted up to this value is loaded (or refused and
-    /// recorded in `failed`): what a reconcile asking again is told while
-    /// the next burst is being applied.
-    loaded_through: std::sync::atomic::AtomicU64,
-    /// Why a pending change was refused when its burst was applied, for the
-    /// reconcile that asks again, with the entry HAProxy runs for it (put
-    /// back into the desired state when the refusal is reported).
-    failed: std::sync::Mutex<BTreeMap<LoadBalancerRef, (ProviderError, Option<Entry>)>>,
+    /// The burst protocol's state: which changes wait, which the running
+    /// burst carries, which are loaded or refused (see [`burst`]).
+    bursts: std::sync::Mutex<burst::Bursts>,
     /// What HAProxy's current worker serves, asked of it.
     served: served::ServedView,
     /// Load balancers taken out of the desired state whose removal is not
@@ -233,10 +227,7 @@ impl HaproxyProvider {
             loaded: Arc::default(),
             flush: Arc::default(),
             flusher: std::sync::OnceLock::new(),
-            requested: std::sync::atomic::AtomicU64::new(0),
-            changed_at: std::sync::Mutex::default(),
-            loaded_through: std::sync::atomic::AtomicU64::new(0),
-            failed: std::sync::Mutex::default(),
+            bursts: std::sync::Mutex::default(),
             served: served::ServedView::default(),
             deleting: std::sync::Mutex::default(),
             drains: std::sync::Mutex::default(),

@@ -42,7 +42,7 @@ impl HaproxyProvider {
         entry: &Entry,
         previous: Option<Entry>,
     ) -> Result<(), ProviderError> {
-        if self.already_loaded(lb, entry, previous.as_ref())? {
+        if self.already_loaded(lb, entry, previous.as_ref()).await? {
             return Ok(());
         }
         match self.apply_or_join(lb).await {
@@ -68,7 +68,7 @@ impl HaproxyProvider {
     /// entry goes back to what HAProxy runs for it, so nothing refused
     /// stays planned as though it were served.
     pub(crate) fn take_refusal(&self, lb: &LoadBalancerRef) -> Option<ProviderError> {
-        let (e, running) = self.failed.lock().expect("failed lock").remove(lb)?;
+        let (e, running) = self.bursts().take_refusal(lb)?;
         self.roll_back(lb, running);
         Some(e)
     }

@@ -119,7 +119,10 @@ impl LoadBalancerProvider for HaproxyProvider {
         let planned = self.plan(spec);
         self.planned(&spec.lb);
         let (entry, previous) = planned?;
-        if self.already_loaded(&spec.lb, &entry, previous.as_ref())? {
+        if self
+            .already_loaded(&spec.lb, &entry, previous.as_ref())
+            .await?
+        {
             for &ip in &entry.vips {
                 self.hold_vip(ip).await?;
             }
@@ -216,7 +219,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.planned(lb);
         // (A refusal of an earlier change to it, not of its removal, is moot.)
-        let refused = self.failed.lock().expect("failed lock").remove(lb);
+        let refused = self.bursts().take_refusal(lb);
         if let Some((e, _)) = refused
             && self
                 .deleting
@@ -243,10 +246,10 @@ impl LoadBalancerProvider for HaproxyProvider {
             .contains_key(lb)
         {
             // Never created, or gone already.
-            self.changed_at.lock().expect("changed_at lock").remove(lb);
+            self.bursts().forget(lb);
             return Ok(());
         }
-        let done = match self.is_removed(lb) {
+        let done = match self.is_loaded(lb, None).await {
             Some(true) => true,
             Some(false) => self.apply_or_join(lb).await.inspect_err(|_| {
                 // The failed burst put it back into the desired state.
@@ -257,7 +260,7 @@ impl LoadBalancerProvider for HaproxyProvider {
         if !done {
             return Err(pending(self.poll_after()));
         }
-        self.changed_at.lock().expect("changed_at lock").remove(lb);
+        self.bursts().forget(lb);
         let vips = self.deleting.lock().expect("deleting lock").remove(lb);
         for vip in vips.into_iter().flatten() {
             if !self.vip_still_used(vip) {
@@ -285,10 +288,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                     if let Err(e) = self.check_binds(&entry, None).await {
                         tracing::warn!(service = %spec.lb.key, error = %e, "not serving this Service until its port is free");
                         self.roll_back(&spec.lb, None);
-                        self.failed
-                            .lock()
-                            .expect("failed lock")
-                            .insert(spec.lb.clone(), (e, None));
+                        self.bursts().refuse(&spec.lb, e, None);
                     }
                 }
             }
