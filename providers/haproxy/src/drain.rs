@@ -240,28 +240,24 @@ pub fn parse_sessions(csv: &str) -> (BTreeMap<ServerKey, u64>, BTreeSet<String>)
 }
 
 /// The runtime API lines asking for `backends`' servers and totals, each
-/// at most about `max` bytes: HAProxy reads a command line into one buffer
-/// (16 KiB by default), so thousands of backends take several lines. Each
-/// command starts with `prefix` (the master CLI's `@!<pid> ` reaches an old
-/// worker).
+/// at most about `max` bytes (see [`crate::runtime::pack`]): thousands of
+/// backends take several lines. Each command starts with `prefix` (the
+/// master CLI's `@!<pid> ` reaches an old worker).
 #[must_use]
 pub fn stat_commands<'a>(
     backends: impl IntoIterator<Item = &'a str>,
     prefix: &str,
     max: usize,
 ) -> Vec<String> {
-    let mut lines: Vec<String> = Vec::new();
-    for b in backends {
-        let cmd = format!("{prefix}show stat {b} 6 -1");
-        match lines.last_mut() {
-            Some(l) if l.len() + 2 + cmd.len() <= max => {
-                l.push_str("; ");
-                l.push_str(&cmd);
-            }
-            _ => lines.push(cmd),
-        }
-    }
-    lines
+    crate::runtime::pack(
+        backends
+            .into_iter()
+            .map(|b| format!("{prefix}show stat {b} 6 -1")),
+        max,
+    )
+    .into_iter()
+    .map(|(line, _)| line)
+    .collect()
 }
 
 /// The drains' state for metrics: by node, the servers draining and the

@@ -9,7 +9,7 @@ use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError};
 use crate::HaproxyProvider;
 use crate::options::Options;
 use crate::render::Entry;
-use crate::targets::runtime_only;
+use crate::targets::{Applied, runtime_only};
 
 impl HaproxyProvider {
     /// Serves exactly `specs`, each on the VIP its Service's status carries
@@ -51,20 +51,19 @@ impl HaproxyProvider {
         if let Some(running) = loaded.entries.clone()
             && running.keys().eq(next.keys())
         {
-            let changed: Vec<(&Entry, &Entry)> = next
+            let changed: Vec<Entry> = next
                 .iter()
-                .filter_map(|(k, new)| Some((running.get(k)?, new)))
-                .filter(|(old, new)| old != new)
+                .filter(|(k, new)| running.get(*k) != Some(*new))
+                .map(|(_, new)| new.clone())
                 .collect();
-            if !changed.is_empty() && changed.iter().all(|(old, new)| runtime_only(old, new)) {
-                for (old, new) in changed {
-                    match self.apply_runtime(&mut loaded, old, new).await {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "runtime API update failed; reloading instead");
-                            break;
-                        }
+            if !changed.is_empty()
+                && changed
+                    .iter()
+                    .all(|new| runtime_only(&running[&new.spec.lb], new))
+            {
+                for outcome in self.apply_runtime(&mut loaded, &changed).await {
+                    if let Applied::Failed(e) = outcome {
+                        tracing::warn!(error = %e, "runtime API update failed; reloading instead");
                     }
                 }
                 if loaded.entries.as_ref() == Some(&next) {

@@ -152,6 +152,9 @@ pub struct HaproxyProvider {
     entries: std::sync::Mutex<BTreeMap<LoadBalancerRef, Entry>>,
     /// What HAProxy runs now; its lock serialises every change to HAProxy.
     loaded: Arc<tokio::sync::Mutex<Loaded>>,
+    /// Target-only changes waiting for the runtime API (see
+    /// `targets::apply_targets`).
+    runtime_queue: std::sync::Mutex<Vec<targets::Queued>>,
     /// Wakes the task that writes runtime API changes to the file.
     flush: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
@@ -226,6 +229,7 @@ impl HaproxyProvider {
             entries: std::sync::Mutex::default(),
             loaded: Arc::default(),
             flush: Arc::default(),
+            runtime_queue: std::sync::Mutex::default(),
             flusher: std::sync::OnceLock::new(),
             bursts: std::sync::Mutex::default(),
             served: served::ServedView::default(),

@@ -11,7 +11,7 @@ use ferrylb_model::{
 
 use crate::options::Options;
 use crate::status::{pending, status_of};
-use crate::targets::runtime_only;
+use crate::targets::Applied;
 use crate::{HaproxyProvider, process};
 
 #[async_trait]
@@ -171,41 +171,20 @@ impl LoadBalancerProvider for HaproxyProvider {
             return Err(e);
         }
         let (entry, previous) = self.plan(spec)?;
-        let mut loaded = self.loaded.lock().await;
-        // Diff against what HAProxy runs; anything else is a reload.
-        let running_old = loaded
-            .entries
-            .as_ref()
-            .and_then(|r| r.get(&spec.lb))
-            .filter(|old| **old == entry || runtime_only(old, &entry))
-            .cloned();
-        let Some(old) = running_old else {
-            drop(loaded);
-            return self
-                .load_with_others(&spec.lb, &entry, previous)
-                .await
-                .map(|()| Vec::new());
-        };
-        if old == entry {
-            return Ok(Vec::new());
-        }
-        match self.apply_runtime(&mut loaded, &old, &entry).await {
-            Ok(true) => {
-                drop(loaded);
+        match self.apply_targets(entry.clone()).await {
+            Applied::Done => {
                 self.flush_soon();
                 Ok(Vec::new())
             }
-            // No spare node check left: a reload (rendering fresh spares),
-            // loaded together with every other Service's.
-            Ok(false) => {
-                drop(loaded);
-                self.load_with_others(&spec.lb, &entry, previous)
-                    .await
-                    .map(|()| Vec::new())
-            }
-            Err(e) => {
+            // More than targets changed, or no spare node check is left: a
+            // reload (rendering fresh spares), loaded together with every
+            // other Service's.
+            Applied::Reload => self
+                .load_with_others(&spec.lb, &entry, previous)
+                .await
+                .map(|()| Vec::new()),
+            Applied::Failed(e) => {
                 tracing::warn!(service = %spec.lb.key, error = %e, "runtime API update failed; reloading instead");
-                drop(loaded);
                 self.sync_or_roll_back(&spec.lb, previous)
                     .await
                     .map(|()| Vec::new())

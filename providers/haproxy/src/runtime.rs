@@ -222,6 +222,33 @@ pub fn readding(batch: &str) -> String {
         .join("; ")
 }
 
+/// The longest runtime API line FerryLB sends: HAProxy reads a command line
+/// into one buffer (16 KiB by default), so this leaves room.
+pub const LINE_MAX: usize = 8192;
+
+/// Packs `items` (each one command or several joined by `; `) into runtime
+/// API lines of at most about `max` bytes, each with the indexes of the
+/// items it carries, in order. An item longer than `max` has a line of its
+/// own; empty items are left out.
+#[must_use]
+pub fn pack(items: impl IntoIterator<Item = String>, max: usize) -> Vec<(String, Vec<usize>)> {
+    let mut lines: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if item.is_empty() {
+            continue;
+        }
+        match lines.last_mut() {
+            Some((l, members)) if l.len() + 2 + item.len() <= max => {
+                l.push_str("; ");
+                l.push_str(&item);
+                members.push(i);
+            }
+            _ => lines.push((item, vec![i])),
+        }
+    }
+    lines
+}
+
 /// Runtime API commands for one change.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RuntimePlan {
@@ -328,6 +355,24 @@ mod tests {
     }
 
     /// Replies HAProxy 2.6 gave to the commands FerryLB sends.
+    #[test]
+    fn items_are_packed_into_bounded_lines_that_name_what_they_carry() {
+        let items = vec![
+            "a".repeat(40),
+            String::new(),
+            "b".repeat(40),
+            "c".repeat(150),
+            "d".repeat(10),
+        ];
+        let lines = pack(items.clone(), 100);
+        let carried: Vec<&[usize]> = lines.iter().map(|(_, m)| m.as_slice()).collect();
+        // The empty item is left out; the long one has a line of its own.
+        assert_eq!(carried, [&[0, 2][..], &[3], &[4]]);
+        assert_eq!(lines[0].0, format!("{}; {}", items[0], items[2]));
+        assert!(lines.iter().all(|(l, m)| l.len() <= 100 || m.len() == 1));
+        assert!(pack(Vec::new(), 100).is_empty());
+    }
+
     #[test]
     fn only_documented_success_replies_count_as_success() {
         let ok = [

@@ -1,66 +1,141 @@
 //! Target-only changes through the runtime API, without a reload, and the
 //! file written once they settle.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrylb_model::ProviderError;
+use ferrylb_model::{LoadBalancerRef, ProviderError};
 
 use crate::render::{Entry, GlobalSettings};
 use crate::{HaproxyProvider, Loaded, apply, process, render, runtime};
 
+/// What became of a target-only change (see
+/// [`HaproxyProvider::apply_targets`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Applied {
+    /// HAProxy runs it: through the runtime API, or it ran it already.
+    Done,
+    /// It needs a reload: HAProxy runs something for the Service that is
+    /// more than a target change away from it, or no spare node check is
+    /// left.
+    Reload,
+    /// The runtime API failed; what HAProxy runs is unknown now (the next
+    /// load makes it certain).
+    Failed(ProviderError),
+}
+
+/// A target-only change waiting for the runtime API.
+pub(crate) type Queued = (Entry, tokio::sync::oneshot::Sender<Applied>);
+
 impl HaproxyProvider {
-    /// Turns `old` (what HAProxy runs) into `new`, which differs in its
-    /// targets alone, through the runtime API, and records it as running.
-    /// `Ok(false)`: it needs a reload (no spare node check left). On an
-    /// error HAProxy's state is unknown: it is marked so, and the next load
-    /// makes it certain.
-    pub(crate) async fn apply_runtime(
-        &self,
-        loaded: &mut Loaded,
-        old: &Entry,
-        new: &Entry,
-    ) -> Result<bool, ProviderError> {
-        let checks = self
-            .settings
-            .node_check_port
-            .map(|port| runtime::NodeChecks {
-                port,
-                slots: &loaded.node_checks,
-            });
-        let Some(plan) = runtime::commands(old, new, checks) else {
-            return Ok(false);
-        };
-        for batch in plan.checks.iter().chain(&plan.batches) {
-            let mut result = runtime::run(&self.settings.admin_socket, batch).await;
-            if let Err(e) = &result
-                && e.message.contains(runtime::ALREADY_EXISTS)
-            {
-                // A server whose removal waited for its connections to
-                // drain is still there, in maintenance: readdressed and
-                // enabled instead.
-                result = runtime::run(&self.settings.admin_socket, &runtime::readding(batch)).await;
-            }
-            if let Err(e) = result {
-                loaded.entries = None;
-                loaded.served_sha = None;
-                loaded.version += 1;
-                return Err(e);
+    /// Applies `entry`, which should differ from what HAProxy runs for its
+    /// Service in its targets alone, through the runtime API, together with
+    /// every other such change queued meanwhile: whoever holds HAProxy's
+    /// state next applies all that is queued in a few runtime API lines
+    /// (one round trip per about 8 KiB of commands, not one per Service),
+    /// and each asker reads its own outcome.
+    pub(crate) async fn apply_targets(&self, entry: Entry) -> Applied {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.runtime_queue
+            .lock()
+            .expect("runtime queue lock")
+            .push((entry, done));
+        {
+            let mut loaded = self.loaded.lock().await;
+            let queued = std::mem::take(&mut *self.runtime_queue.lock().expect("runtime queue lock"));
+            if !queued.is_empty() {
+                let (entries, askers): (Vec<Entry>, Vec<_>) = queued.into_iter().unzip();
+                let outcomes = self.apply_runtime(&mut loaded, &entries).await;
+                for (asker, outcome) in askers.into_iter().zip(outcomes) {
+                    let _ = asker.send(outcome);
+                }
             }
         }
-        self.record_drains(loaded, new, plan.drains);
-        if let Some(slots) = plan.slots {
+        // Dropped unanswered: whoever applied it went away mid-way.
+        outcome.await.unwrap_or_else(|_| {
+            Applied::Failed(ProviderError::transient(
+                ferrylb_model::reason::HAPROXY_RUNTIME_API_FAILED,
+                "the runtime API change was abandoned",
+            ))
+        })
+    }
+
+    /// Turns what HAProxy runs into `news` (each differing from it in
+    /// targets alone) through the runtime API, and records each that went
+    /// through as running: the shared node checks first (servers track
+    /// them), then every backend's servers, packed into few lines. A line
+    /// HAProxy refuses is run again one Service at a time, so a refusal
+    /// costs only its own Service.
+    pub(crate) async fn apply_runtime(&self, loaded: &mut Loaded, news: &[Entry]) -> Vec<Applied> {
+        let RuntimeBatch {
+            mut outcomes,
+            planned,
+            slots,
+        } = plan_runtime(
+            loaded.entries.as_ref(),
+            &loaded.node_checks,
+            self.settings.node_check_port,
+            news,
+        );
+        let socket = &self.settings.admin_socket;
+        let checks = runtime::pack(
+            planned.iter().map(|(_, p)| p.checks.join("; ")),
+            runtime::LINE_MAX,
+        );
+        for (line, _) in checks {
+            if let Err(e) = runtime::run(socket, &line).await {
+                mark_unknown(loaded);
+                for (i, _) in &planned {
+                    outcomes[*i] = Applied::Failed(e.clone());
+                }
+                return outcomes;
+            }
+        }
+        if let Some(slots) = slots {
             loaded.node_checks = slots;
         }
-        if let Some(running) = loaded.entries.as_mut() {
-            running.insert(new.spec.lb.clone(), new.clone());
+        let mut failed: BTreeMap<usize, ProviderError> = BTreeMap::new();
+        let lines = runtime::pack(
+            planned.iter().map(|(_, p)| p.batches.join("; ")),
+            runtime::LINE_MAX,
+        );
+        for (line, members) in lines {
+            match runtime::ask(socket, &line).await {
+                Ok(out) if runtime::all_succeeded(&out) => {}
+                // Refused (a server still draining, say), or not answered:
+                // each of its Services alone.
+                _ => {
+                    for m in members {
+                        if let Err(e) = run_batches(socket, &planned[m].1.batches).await {
+                            failed.insert(m, e);
+                        }
+                    }
+                }
+            }
         }
-        loaded.unchecked.insert(new.spec.lb.clone());
-        loaded.file_stale = true;
-        loaded.version += 1;
-        // HAProxy runs what no file says yet; the flush names it again.
-        loaded.served_sha = None;
-        Ok(true)
+        for (m, (i, plan)) in planned.into_iter().enumerate() {
+            if let Some(e) = failed.remove(&m) {
+                outcomes[i] = Applied::Failed(e);
+                continue;
+            }
+            let new = &news[i];
+            self.record_drains(loaded, new, plan.drains);
+            if let Some(running) = loaded.entries.as_mut() {
+                running.insert(new.spec.lb.clone(), new.clone());
+            }
+            loaded.unchecked.insert(new.spec.lb.clone());
+            outcomes[i] = Applied::Done;
+        }
+        if outcomes.iter().any(|o| matches!(o, Applied::Failed(_))) {
+            mark_unknown(loaded);
+        } else {
+            loaded.file_stale = true;
+            loaded.version += 1;
+            // HAProxy runs what no file says yet; the flush names it again.
+            loaded.served_sha = None;
+        }
+        outcomes
     }
 
     /// Has the file written once runtime API changes pause.
@@ -75,6 +150,95 @@ impl HaproxyProvider {
         });
         self.flush.notify_one();
     }
+}
+
+/// What a batch of target-only changes takes (see [`plan_runtime`]).
+#[derive(Debug)]
+pub(crate) struct RuntimeBatch {
+    /// By change: `Done` when HAProxy runs it already, `Reload` when it
+    /// needs one; the planned ones are `Reload` until they went through.
+    pub outcomes: Vec<Applied>,
+    /// The changes that can go through the runtime API, by index, with
+    /// their commands.
+    pub planned: Vec<(usize, runtime::RuntimePlan)>,
+    /// The shared node checks once every planned change ran, when they
+    /// took or readdressed any.
+    pub slots: Option<runtime::CheckSlots>,
+}
+
+/// Decides, for each of `news` against what HAProxy runs (`running`,
+/// `None` when unknown) and its shared node checks (`slots`, checked on
+/// `node_check_port`), whether it goes through the runtime API, and with
+/// which commands; a change that is more than a target change away from
+/// what runs, or that finds no spare node check, needs a reload. Changes
+/// are planned in order, each on top of the ones before it. Pure.
+pub(crate) fn plan_runtime(
+    running: Option<&BTreeMap<LoadBalancerRef, Entry>>,
+    slots: &runtime::CheckSlots,
+    node_check_port: Option<u16>,
+    news: &[Entry],
+) -> RuntimeBatch {
+    let mut outcomes = vec![Applied::Reload; news.len()];
+    let mut slots = slots.clone();
+    let mut slots_taken = false;
+    let mut view: BTreeMap<&LoadBalancerRef, &Entry> = BTreeMap::new();
+    let mut planned = Vec::new();
+    for (i, new) in news.iter().enumerate() {
+        let lb = &new.spec.lb;
+        let old = view
+            .get(lb)
+            .copied()
+            .or_else(|| running.and_then(|r| r.get(lb)));
+        let Some(old) = old.filter(|old| *old == new || runtime_only(old, new)) else {
+            continue;
+        };
+        if old == new {
+            outcomes[i] = Applied::Done;
+            continue;
+        }
+        let checks = node_check_port.map(|port| runtime::NodeChecks {
+            port,
+            slots: &slots,
+        });
+        // `None`: no spare node check left, a reload.
+        if let Some(plan) = runtime::commands(old, new, checks) {
+            if let Some(s) = &plan.slots {
+                slots = s.clone();
+                slots_taken = true;
+            }
+            view.insert(lb, new);
+            planned.push((i, plan));
+        }
+    }
+    RuntimeBatch {
+        outcomes,
+        planned,
+        slots: slots_taken.then_some(slots),
+    }
+}
+
+/// Runs one Service's runtime batches, one line each. A server whose
+/// removal waited for its connections to drain is still there: readdressed
+/// and made ready instead of added.
+async fn run_batches(socket: &std::path::Path, batches: &[String]) -> Result<(), ProviderError> {
+    for batch in batches {
+        let mut result = runtime::run(socket, batch).await;
+        if let Err(e) = &result
+            && e.message.contains(runtime::ALREADY_EXISTS)
+        {
+            result = runtime::run(socket, &runtime::readding(batch)).await;
+        }
+        result?;
+    }
+    Ok(())
+}
+
+/// What HAProxy runs is no longer known: the next load checks and reloads
+/// the whole configuration, making it certain.
+fn mark_unknown(loaded: &mut Loaded) {
+    loaded.entries = None;
+    loaded.served_sha = None;
+    loaded.version += 1;
 }
 
 /// Whether `new` differs from `old` in what the runtime API can change
@@ -136,5 +300,134 @@ pub(crate) async fn flush_loop(
                 tracing::warn!(error = %e, "writing runtime API changes to the configuration file failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrylb_model::Target;
+    use ferrylb_model::conformance::sample_spec;
+
+    use super::*;
+    use crate::options::Options;
+    use crate::runtime::CheckSlots;
+
+    fn entry(name: &str, nodes: &[(&str, &str)]) -> Entry {
+        let targets = nodes
+            .iter()
+            .map(|(n, ip)| Target {
+                node: (*n).into(),
+                addresses: vec![ip.parse().unwrap()],
+                provider_id: None,
+            })
+            .collect();
+        let mut spec = sample_spec("ns", name, 30080, targets);
+        spec.annotations = BTreeMap::new();
+        Entry {
+            spec,
+            vips: vec!["127.0.0.100".parse().unwrap()],
+            options: Options::default(),
+        }
+    }
+
+    fn running(entries: &[&Entry]) -> BTreeMap<LoadBalancerRef, Entry> {
+        entries
+            .iter()
+            .map(|e| (e.spec.lb.clone(), (*e).clone()))
+            .collect()
+    }
+
+    /// Each change's outcome before anything ran: `planned`, `done` or
+    /// `reload`.
+    fn verdicts(b: &RuntimeBatch) -> Vec<&'static str> {
+        b.outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                _ if b.planned.iter().any(|(p, _)| *p == i) => "planned",
+                Applied::Done => "done",
+                Applied::Reload => "reload",
+                Applied::Failed(_) => "failed",
+            })
+            .collect()
+    }
+
+    const N12: &[(&str, &str)] = &[("n1", "10.0.0.1"), ("n2", "10.0.0.2")];
+    const N123: &[(&str, &str)] = &[("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3")];
+
+    #[test]
+    fn each_change_goes_through_the_runtime_api_or_needs_a_reload() {
+        let (web, api) = (entry("web", N12), entry("api", N12));
+        let now = running(&[&web, &api]);
+        let slots = CheckSlots::loaded(&[&web, &api]);
+        let mut moved = entry("web", N123);
+        moved.vips = vec!["127.0.0.101".parse().unwrap()];
+        let mut other_port = entry("api", N123);
+        other_port.spec.listeners[0].node_port = 30099;
+        let table: Vec<(&str, Option<&BTreeMap<_, _>>, Vec<Entry>, Vec<&str>)> = vec![
+            ("what HAProxy runs is unknown", None, vec![entry("web", N123)], vec!["reload"]),
+            ("a Service HAProxy does not run", Some(&now), vec![entry("new", N123)], vec!["reload"]),
+            ("nothing changed", Some(&now), vec![web.clone()], vec!["done"]),
+            ("a node added", Some(&now), vec![entry("web", N123)], vec!["planned"]),
+            ("a node removed", Some(&now), vec![entry("web", &N12[..1])], vec!["planned"]),
+            ("its VIP moved too", Some(&now), vec![moved], vec!["reload"]),
+            ("its nodePort changed too", Some(&now), vec![other_port], vec!["reload"]),
+            (
+                "several Services in one batch",
+                Some(&now),
+                vec![entry("web", N123), entry("api", N123), entry("gone", N12)],
+                vec!["planned", "planned", "reload"],
+            ),
+        ];
+        for (what, run, news, want) in table {
+            let b = plan_runtime(run, &slots, Some(10256), &news);
+            assert_eq!(verdicts(&b), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_node_new_to_haproxy_takes_one_spare_check_for_every_service() {
+        let (web, api) = (entry("web", N12), entry("api", N12));
+        let now = running(&[&web, &api]);
+        let slots = CheckSlots::loaded(&[&web, &api]);
+        let b = plan_runtime(
+            Some(&now),
+            &slots,
+            Some(10256),
+            &[entry("web", N123), entry("api", N123)],
+        );
+        // The first change takes the spare; the second tracks it.
+        assert_eq!(b.planned[0].1.checks.len(), 3, "{:?}", b.planned[0].1);
+        assert!(b.planned[1].1.checks.is_empty());
+        let taken = b.slots.expect("a spare taken");
+        assert_eq!(taken.free.len(), slots.free.len() - 1);
+        assert!(taken.by_node.contains_key("n3"));
+        // Without shared checks, nothing is taken.
+        let b = plan_runtime(Some(&now), &slots, None, &[entry("web", N123)]);
+        assert!(b.slots.is_none() && b.planned[0].1.checks.is_empty());
+        // No spare left: that change needs a reload (fresh spares).
+        let none_left = CheckSlots {
+            free: Vec::new(),
+            ..slots
+        };
+        let b = plan_runtime(Some(&now), &none_left, Some(10256), &[entry("web", N123)]);
+        assert_eq!(verdicts(&b), ["reload"]);
+    }
+
+    #[test]
+    fn a_removed_node_is_drained_and_two_changes_of_one_service_build_on_each_other() {
+        let web = entry("web", N123);
+        let now = running(&[&web]);
+        let slots = CheckSlots::loaded(&[&web]);
+        let fewer = entry("web", N12);
+        let b = plan_runtime(Some(&now), &slots, None, std::slice::from_ref(&fewer));
+        let drains: Vec<&str> = b.planned[0].1.drains.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(drains, ["n3"]);
+        assert!(b.planned[0].1.batches[0].contains("/n3 state drain"));
+        // n3 leaves, then comes back: the second is planned against the
+        // first, so n3 is added again (not found unchanged).
+        let b = plan_runtime(Some(&now), &slots, None, &[fewer, web.clone()]);
+        assert_eq!(verdicts(&b), ["planned", "planned"]);
+        assert!(b.planned[1].1.batches[0].contains("add server"), "{:?}", b.planned[1].1);
     }
 }

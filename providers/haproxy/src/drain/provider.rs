@@ -8,10 +8,6 @@ use super::{Drain, Draining, Finished, ServerKey, Step, parse_sessions, stat_com
 use crate::render::Entry;
 use crate::{HaproxyProvider, Loaded, process, runtime};
 
-/// The longest runtime API line asking about draining servers: well within
-/// HAProxy's default 16 KiB buffer.
-const STAT_LINE_MAX: usize = 8192;
-
 impl HaproxyProvider {
     /// Records the servers a runtime change put in `drain` for `entry`, and
     /// ends the drains of servers `entry` has again (its node came back).
@@ -116,7 +112,7 @@ impl HaproxyProvider {
             .unwrap_or_default();
         let mut sessions = BTreeMap::new();
         let mut answered = BTreeSet::new();
-        for line in stat_commands(backends, &prefix, STAT_LINE_MAX) {
+        for line in stat_commands(backends, &prefix, runtime::LINE_MAX) {
             let out = match old_worker {
                 None => runtime::ask(&self.settings.admin_socket, &line).await,
                 Some(_) => process::master_batch(&self.settings.process.master_socket, &line)
