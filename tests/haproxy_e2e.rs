@@ -693,6 +693,12 @@ async fn a_node_added_under_shared_node_checks_reaches_every_backend_without_a_r
             .filter(|c| c.contains(&format!("track ferrylb_node_checks/{n3}")))
     })
     .await;
+    // And was checked, off the reconciles' path: the next burst checks
+    // only its own changes.
+    wait::until("the node change to be checked", WAIT, || async {
+        (h.provider.unchecked_services().await == 0).then_some(())
+    })
+    .await;
     h.provider.shutdown().await;
     h.cleanup_nodes().await;
 }

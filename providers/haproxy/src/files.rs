@@ -59,7 +59,18 @@ pub(crate) async fn check(
     path: &Path,
     text: &str,
 ) -> Result<PathBuf, ProviderError> {
-    let tmp = sibling(path, "new");
+    check_as(c, path, "new", text).await
+}
+
+/// [`check`], written to `<path>.<suffix>`: checks that may run at the same
+/// time use different files.
+pub(crate) async fn check_as(
+    c: &Checker<'_>,
+    path: &Path,
+    suffix: &str,
+    text: &str,
+) -> Result<PathBuf, ProviderError> {
+    let tmp = sibling(path, suffix);
     tokio::fs::write(&tmp, text)
         .await
         .map_err(|e| (c.io_error)(format!("writing {}: {e}", tmp.display())))?;

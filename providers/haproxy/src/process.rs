@@ -50,6 +50,38 @@ pub struct Process {
     supervisor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// How `haproxy -c` judges a configuration.
+fn checker(settings: &ProcessSettings) -> Checker<'_> {
+    Checker {
+        program: &settings.binary,
+        // Not `-q`: it silences the alerts a user needs to see.
+        flag: "-c",
+        file_flag: "-f",
+        name: "haproxy",
+        rejected_reason: reason::INVALID_HAPROXY_CONFIGURATION,
+        io_error: unavailable,
+        said: alerts,
+    }
+}
+
+/// Checks `sections` (the global ones and some Services') with `haproxy
+/// -c`, beside the configuration but apart from the file a load checks, so
+/// both may run at once. Installs nothing.
+pub(crate) async fn check_sections(
+    settings: &ProcessSettings,
+    sections: &str,
+) -> Result<(), ProviderError> {
+    let checked = crate::files::check_as(
+        &checker(settings),
+        &settings.config_path,
+        "sections",
+        sections,
+    )
+    .await?;
+    let _ = tokio::fs::remove_file(&checked).await;
+    Ok(())
+}
+
 pub(crate) fn unavailable(msg: String) -> ProviderError {
     ProviderError::transient(reason::HAPROXY_UNAVAILABLE, msg)
 }
@@ -95,16 +127,7 @@ impl Process {
     }
 
     fn checker(&self) -> Checker<'_> {
-        Checker {
-            program: &self.settings.binary,
-            // Not `-q`: it silences the alerts a user needs to see.
-            flag: "-c",
-            file_flag: "-f",
-            name: "haproxy",
-            rejected_reason: reason::INVALID_HAPROXY_CONFIGURATION,
-            io_error: unavailable,
-            said: alerts,
-        }
+        checker(&self.settings)
     }
 
     /// Keeps the installed configuration as `<config>.good` (a hard link)

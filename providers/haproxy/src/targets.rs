@@ -43,7 +43,8 @@ impl HaproxyProvider {
             .push((entry, done));
         {
             let mut loaded = self.loaded.lock().await;
-            let queued = std::mem::take(&mut *self.runtime_queue.lock().expect("runtime queue lock"));
+            let queued =
+                std::mem::take(&mut *self.runtime_queue.lock().expect("runtime queue lock"));
             if !queued.is_empty() {
                 let (entries, askers): (Vec<Entry>, Vec<_>) = queued.into_iter().unzip();
                 let outcomes = self.apply_runtime(&mut loaded, &entries).await;
@@ -138,6 +139,12 @@ impl HaproxyProvider {
         outcomes
     }
 
+    /// How many Services the runtime API changed since a configuration
+    /// holding them was checked: the next load checks those too.
+    pub async fn unchecked_services(&self) -> usize {
+        self.loaded.lock().await.unchecked.len()
+    }
+
     /// Has the file written once runtime API changes pause.
     pub(crate) fn flush_soon(&self) {
         self.flusher.get_or_init(|| {
@@ -145,7 +152,7 @@ impl HaproxyProvider {
                 self.loaded.clone(),
                 self.flush.clone(),
                 self.global(),
-                self.settings.process.config_path.clone(),
+                self.settings.process.clone(),
             ))
         });
         self.flush.notify_one();
@@ -217,6 +224,48 @@ pub(crate) fn plan_runtime(
     }
 }
 
+/// Checks, with `haproxy -c`, the sections of the Services the runtime
+/// API changed since a configuration was checked, and marks those still
+/// unchanged as checked: a node change touches every Service's backend,
+/// and the next burst would otherwise check them all before its reload
+/// (0.4–0.8 s at 1,000–2,000 Services) instead of its own. Runs outside
+/// HAProxy's lock; what fails stays unchecked, for the next load to judge.
+async fn check_runtime_changes(
+    loaded: &tokio::sync::Mutex<Loaded>,
+    process: &process::ProcessSettings,
+    global: &GlobalSettings,
+) {
+    let unchecked: Vec<Entry> = {
+        let l = loaded.lock().await;
+        let Some(running) = l.entries.as_ref() else {
+            return;
+        };
+        l.unchecked
+            .iter()
+            .filter_map(|k| running.get(k).cloned())
+            .collect()
+    };
+    if unchecked.is_empty() {
+        return;
+    }
+    let text = render::render(global, &unchecked);
+    if let Err(e) = process::check_sections(process, &text).await {
+        tracing::warn!(error = %e, services = unchecked.len(), "checking runtime API changes failed; the next load checks them");
+        return;
+    }
+    let mut l = loaded.lock().await;
+    let Loaded {
+        entries,
+        unchecked: marks,
+        ..
+    } = &mut *l;
+    for e in &unchecked {
+        if entries.as_ref().and_then(|r| r.get(&e.spec.lb)) == Some(e) {
+            marks.remove(&e.spec.lb);
+        }
+    }
+}
+
 /// Runs one Service's runtime batches, one line each. A server whose
 /// removal waited for its connections to drain is still there: readdressed
 /// and made ready instead of added.
@@ -259,11 +308,14 @@ const FLUSH_MAX_WAIT: Duration = Duration::from_secs(2);
 /// happens outside the lock, so runtime updates are not held up by it; the
 /// file is written only if nothing changed meanwhile (else the next round
 /// writes it).
+///
+/// Then the Services the runtime API changed are checked with `haproxy -c`
+/// (see [`check_runtime_changes`]), off every reconcile's path.
 pub(crate) async fn flush_loop(
     loaded: Arc<tokio::sync::Mutex<Loaded>>,
     notify: Arc<tokio::sync::Notify>,
     global: GlobalSettings,
-    config_path: std::path::PathBuf,
+    process: process::ProcessSettings,
 ) {
     loop {
         notify.notified().await;
@@ -291,10 +343,12 @@ pub(crate) async fn flush_loop(
             notify.notify_one();
             continue;
         }
-        match process::write_atomically(&config_path, &text).await {
+        match process::write_atomically(&process.config_path, &text).await {
             Ok(()) => {
                 l.file_stale = false;
                 l.served_sha = Some(apply::sha256_hex(&text));
+                drop(l);
+                check_runtime_changes(&loaded, &process, &global).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "writing runtime API changes to the configuration file failed")
@@ -365,13 +419,43 @@ mod tests {
         let mut other_port = entry("api", N123);
         other_port.spec.listeners[0].node_port = 30099;
         let table: Vec<(&str, Option<&BTreeMap<_, _>>, Vec<Entry>, Vec<&str>)> = vec![
-            ("what HAProxy runs is unknown", None, vec![entry("web", N123)], vec!["reload"]),
-            ("a Service HAProxy does not run", Some(&now), vec![entry("new", N123)], vec!["reload"]),
-            ("nothing changed", Some(&now), vec![web.clone()], vec!["done"]),
-            ("a node added", Some(&now), vec![entry("web", N123)], vec!["planned"]),
-            ("a node removed", Some(&now), vec![entry("web", &N12[..1])], vec!["planned"]),
+            (
+                "what HAProxy runs is unknown",
+                None,
+                vec![entry("web", N123)],
+                vec!["reload"],
+            ),
+            (
+                "a Service HAProxy does not run",
+                Some(&now),
+                vec![entry("new", N123)],
+                vec!["reload"],
+            ),
+            (
+                "nothing changed",
+                Some(&now),
+                vec![web.clone()],
+                vec!["done"],
+            ),
+            (
+                "a node added",
+                Some(&now),
+                vec![entry("web", N123)],
+                vec!["planned"],
+            ),
+            (
+                "a node removed",
+                Some(&now),
+                vec![entry("web", &N12[..1])],
+                vec!["planned"],
+            ),
             ("its VIP moved too", Some(&now), vec![moved], vec!["reload"]),
-            ("its nodePort changed too", Some(&now), vec![other_port], vec!["reload"]),
+            (
+                "its nodePort changed too",
+                Some(&now),
+                vec![other_port],
+                vec!["reload"],
+            ),
             (
                 "several Services in one batch",
                 Some(&now),
@@ -421,13 +505,22 @@ mod tests {
         let slots = CheckSlots::loaded(&[&web]);
         let fewer = entry("web", N12);
         let b = plan_runtime(Some(&now), &slots, None, std::slice::from_ref(&fewer));
-        let drains: Vec<&str> = b.planned[0].1.drains.iter().map(|(_, n)| n.as_str()).collect();
+        let drains: Vec<&str> = b.planned[0]
+            .1
+            .drains
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
         assert_eq!(drains, ["n3"]);
         assert!(b.planned[0].1.batches[0].contains("/n3 state drain"));
         // n3 leaves, then comes back: the second is planned against the
         // first, so n3 is added again (not found unchanged).
         let b = plan_runtime(Some(&now), &slots, None, &[fewer, web.clone()]);
         assert_eq!(verdicts(&b), ["planned", "planned"]);
-        assert!(b.planned[1].1.batches[0].contains("add server"), "{:?}", b.planned[1].1);
+        assert!(
+            b.planned[1].1.batches[0].contains("add server"),
+            "{:?}",
+            b.planned[1].1
+        );
     }
 }
