@@ -418,7 +418,13 @@ mod tests {
         moved.vips = vec!["127.0.0.101".parse().unwrap()];
         let mut other_port = entry("api", N123);
         other_port.spec.listeners[0].node_port = 30099;
-        let table: Vec<(&str, Option<&BTreeMap<_, _>>, Vec<Entry>, Vec<&str>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            Option<&'a BTreeMap<LoadBalancerRef, Entry>>,
+            Vec<Entry>,
+            Vec<&'a str>,
+        );
+        let table: Vec<Case> = vec![
             (
                 "what HAProxy runs is unknown",
                 None,
