@@ -20,6 +20,8 @@
 //!   created back to back: create → address, p50 and p99;
 //! - a Node added, and one removed: until every backend in HAProxy (admin
 //!   socket, `show servers state`) has it, or no longer has it;
+//! - a Node added again, and right after it a second burst of 100 (deleted
+//!   again afterwards): create → address, and how long its load took;
 //! - this process's and haproxy's peak memory (VmHWM);
 //! - a restart: a new controller and provider (adopting the running
 //!   haproxy) until every Service was reconciled and found its load
@@ -176,9 +178,9 @@ impl BurstWatch {
     }
 }
 
-/// `act` on the burst's 100 names (`b0`…`b99`), one after another: when
-/// each began, and how long all took.
-async fn one_after_another<F, Fut>(mut act: F) -> (Vec<(String, Instant)>, Duration)
+/// `act` on a burst's 100 names (`b0`…`b99` for `b`), one after another:
+/// when each began, and how long all took.
+async fn one_after_another<F, Fut>(prefix: &str, mut act: F) -> (Vec<(String, Instant)>, Duration)
 where
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -186,7 +188,7 @@ where
     let t0 = Instant::now();
     let mut began = Vec::new();
     for i in 0..100 {
-        let name = format!("b{i}");
+        let name = format!("{prefix}{i}");
         began.push((name.clone(), Instant::now()));
         act(name).await;
     }
@@ -412,14 +414,15 @@ async fn main() {
     // A burst of 100, back to back.
     let burst = BurstWatch::start(services.clone());
     let before = reloads().await;
-    let (created_at, creating) = one_after_another(|name| create(name, "burst")).await;
+    let (created_at, creating) = one_after_another("b", |name| create(name, "burst")).await;
     let latencies = BurstWatch::latencies(&burst.addressed, &created_at).await;
     println!(
-        "burst of 100 at {n_services} (created in {:.2} s): create -> address p50 {:.2} s, p99 {:.2} s, {} reloads",
+        "burst of 100 at {n_services} (created in {:.2} s): create -> address p50 {:.2} s, p99 {:.2} s, {} reloads, the last load {:.2} s",
         creating.as_secs_f64(),
         latencies[49].as_secs_f64(),
         latencies[98].as_secs_f64(),
-        reloads().await - before
+        reloads().await - before,
+        provider.last_load_time().as_secs_f64()
     );
 
     // A node added, then removed.
@@ -467,6 +470,39 @@ async fn main() {
         reloads().await - before
     );
 
+    // A burst right after a node change: the runtime API changed every
+    // backend, and the burst's load checks only its own 100 (the node
+    // change is checked once its file is written, off the reconciles'
+    // path). Deleted again afterwards, so what follows is measured as
+    // before.
+    let before = reloads().await;
+    let again = h.node("again", "127.0.3.249").await;
+    let server = ferrylb_haproxy::render::server_name(&again);
+    wait::until(
+        "the node in every backend",
+        Duration::from_secs(600),
+        || async { (backends_with(&admin, &server).await >= backends).then_some(()) },
+    )
+    .await;
+    let (created_at, creating) = one_after_another("a", |name| create(name, "burst")).await;
+    let latencies = BurstWatch::latencies(&burst.addressed, &created_at).await;
+    println!(
+        "burst of 100 right after a node was added (created in {:.2} s): create -> address p50 {:.2} s, p99 {:.2} s, {} reloads, the last load {:.2} s",
+        creating.as_secs_f64(),
+        latencies[49].as_secs_f64(),
+        latencies[98].as_secs_f64(),
+        reloads().await - before,
+        provider.last_load_time().as_secs_f64()
+    );
+    let (deleted_at, _) = one_after_another("a", |name| {
+        let services = services.clone();
+        async move {
+            services.delete(&name, &Default::default()).await.unwrap();
+        }
+    })
+    .await;
+    BurstWatch::latencies(&burst.gone, &deleted_at).await;
+
     let haproxy = haproxy_processes(&dir.join("haproxy.cfg"));
     let haproxy_kib: u64 = haproxy.iter().map(|pid| vm_hwm_kib(pid)).sum();
     println!(
@@ -513,7 +549,7 @@ async fn main() {
     // The burst deleted, back to back: until each Service is gone (its load
     // balancer removed and the finalizer with it).
     let before = reloads().await;
-    let (deleted_at, deleting) = one_after_another(|name| {
+    let (deleted_at, deleting) = one_after_another("b", |name| {
         let services = services.clone();
         async move {
             services.delete(&name, &Default::default()).await.unwrap();

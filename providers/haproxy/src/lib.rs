@@ -267,6 +267,12 @@ impl HaproxyProvider {
 
     /// How many times HAProxy's master has reloaded, and how many of those
     /// failed (from the master CLI's `show proc`).
+    /// How long the last load took: checking what changed, installing,
+    /// reloading.
+    pub fn last_load_time(&self) -> Duration {
+        *self.last_load.lock().expect("last_load lock")
+    }
+
     pub async fn reload_counters(&self) -> Result<(u64, u64), ProviderError> {
         self.process.reload_counters().await
     }
