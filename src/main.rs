@@ -341,9 +341,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the controller while this replica leads. Returns `true` when
-/// leadership was lost (the VIPs are off the interface and every reconcile
-/// in flight dropped, so nothing is held or written after the renew
-/// deadline), `false` on SIGTERM (the VIPs handed over first, in-flight
+/// leadership was lost (the VIPs handed over and off the interface, and
+/// every reconcile in flight dropped, so nothing is held or written after
+/// the renew deadline and the handover pause, well before the lease runs
+/// out), `false` on SIGTERM (the VIPs handed over first, in-flight
 /// reconciles finished).
 async fn lead(
     lock: &Option<LeaseLock>,
@@ -359,8 +360,12 @@ async fn lead(
             match lock {
                 Some(lock) => tokio::select! {
                     () = lock.hold() => {
+                        // Past the renew deadline, the lease has a third of
+                        // its duration left: enough for the handover pause,
+                        // so that connections HAProxy accepted just before
+                        // finish here instead of hanging once the VIPs go.
                         if let Some(h) = &haproxy {
-                            h.stop_holding().await;
+                            h.hand_over().await;
                         }
                         let _ = lost_tx.send(true);
                         return;
