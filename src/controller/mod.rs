@@ -137,6 +137,17 @@ impl Context {
     }
 }
 
+/// Whether `svc` is a LoadBalancer Service, or carries the finalizer of
+/// one whose load balancer is still to be cleaned up.
+fn has_load_balancer(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+        || svc
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
 /// Runs the controller until `shutdown` resolves; in-flight reconciles finish
 /// first.
 ///
@@ -187,7 +198,6 @@ pub async fn run(
         }
     });
     let retry_all = changed_tx.clone();
-    let target_changes = tokio_stream::wrappers::ReceiverStream::new(changed_rx);
 
     let reporter = Reporter {
         controller: "ferrylb".into(),
@@ -217,6 +227,20 @@ pub async fn run(
     let shutdown = futures::FutureExt::shared(shutdown);
     // The Service cache keeps only what reconciles read (see `slim`).
     let (svc_store, svc_writer) = reflector::store::<Service>();
+    // A change of targets (or a freed address) concerns the Services that
+    // have load balancers, not the ClusterIP ones that are most of a
+    // cluster's: only those are reconciled on it.
+    let lb_store = svc_store.clone();
+    let target_changes =
+        tokio_stream::wrappers::ReceiverStream::new(changed_rx).flat_map(move |()| {
+            let refs: Vec<ObjectRef<Service>> = lb_store
+                .state()
+                .iter()
+                .filter(|s| has_load_balancer(s))
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect();
+            futures::stream::iter(refs)
+        });
     let svc_events = watcher(ctx.services_api(), watcher::Config::default())
         .default_backoff()
         .modify(slim::service)
@@ -224,7 +248,7 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(svc_events, svc_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
-        .reconcile_all_on(target_changes)
+        .reconcile_on(target_changes)
         .reconcile_on(applied_changes(&ctx))
         .reconcile_on(tokio_stream::wrappers::ReceiverStream::new(endpoints_rx))
         .graceful_shutdown_on(shutdown.clone());

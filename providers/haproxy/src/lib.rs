@@ -16,7 +16,8 @@
 //!   |     `-- loading   load with the others, roll back what was refused,
 //!   |                   confirm what HAProxy serves (served)
 //!   |-- targets    target-only changes through the runtime API (runtime),
-//!   |              the file written once they settle
+//!   |              queued and applied together in few lines; the file
+//!   |              written, then checked, once they settle
 //!   |     `-- drain      leaving nodes' servers drained, then removed
 //!   `-- status     the status a reconcile publishes, or "pending"
 //! render      Entry list -> haproxy.cfg text (pure)
@@ -29,7 +30,9 @@
 //! # Expected flow (one Service's change)
 //! 1. `provider::ensure` → `planning::plan`: the entry (VIPs, typed options)
 //!    goes into the desired state; a target-only change goes to
-//!    `targets::apply_runtime` instead (no reload).
+//!    `targets::apply_targets` instead (no reload): `targets::plan_runtime`
+//!    decides runtime API or reload, and every change queued meanwhile goes
+//!    out with it.
 //! 2. `apply::apply_or_join`: the first reconcile of a burst becomes the
 //!    applier (`burst::Bursts::begin`); the others are told "pending" and
 //!    ask again, and what they are told comes from `burst::Bursts::state`.
