@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -89,6 +89,7 @@ async fn ensure_installed(lab: &Lab, client: &kube::Client) {
         .status
         .success()
     {
+        eprintln!("lab: FerryLB's release is not installed; installing it");
         upgrade_release(lab, &[]);
     }
     leader(client).await;
@@ -899,6 +900,59 @@ async fn replica_on(client: &kube::Client, node: &str) -> String {
         .unwrap_or_else(|| panic!("a replica on {node}"))
 }
 
+/// The state (`UP`, `DOWN`, `DRAIN`, ...) of each server of `vip`'s
+/// backends in the HAProxy of FerryLB's replica on `node`, read from its
+/// admin socket (in the pod's volume, on this host's filesystem).
+async fn server_states(lab: &Lab, client: &kube::Client, node: &str) -> BTreeMap<String, String> {
+    let pod = replica_on(client, node).await;
+    let uid = Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .get(&pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let volumes = lab
+        .dir
+        .join(node)
+        .join("kubelet/pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~empty-dir");
+    let socket = std::fs::read_dir(&volumes)
+        .unwrap_or_else(|e| panic!("{}: {e}", volumes.display()))
+        .filter_map(|d| Some(d.ok()?.path().join("admin.sock")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no admin.sock under {}", volumes.display()));
+    // The path is longer than a socket address holds: reached through a
+    // short link.
+    let short = support::env::tempdir("fl-sock");
+    std::os::unix::fs::symlink(&socket, short.join("s")).unwrap();
+    let mut out = String::new();
+    {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(short.join("s")).unwrap();
+        s.write_all(b"show stat -1 4 -1\n").unwrap();
+        s.read_to_string(&mut out).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&short);
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let status = header.iter().position(|c| *c == "status").unwrap();
+    out.lines()
+        .skip(1)
+        .filter(|l| l.starts_with("be_"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split(',').collect();
+            Some((cols.get(1)?.to_string(), cols.get(status)?.to_string()))
+        })
+        .collect()
+}
+
 /// What the cluster autoscaler does to a node it removes, at 50 new
 /// connections a second and with 12 long-lived connections sending a line
 /// a second: tainted `ToBeDeletedByClusterAutoscaler`, then deleted. The
@@ -919,6 +973,21 @@ async fn a_node_tainted_for_removal_then_deleted_drains_and_loses_no_connection(
     let holder = leader(&client).await;
     let lead = leader_node(&client).await;
     let victim = *lab::NODES.iter().find(|n| **n != lead).unwrap();
+    // Every node's server is up in the holder's HAProxy before the
+    // long-lived connections open, so round robin puts some on the victim.
+    eprintln!(
+        "lab: servers in {lead}'s HAProxy: {:?}",
+        server_states(lab, &client, &lead).await
+    );
+    wait::until(
+        "every node's server up in the holder's HAProxy",
+        Duration::from_secs(60),
+        || async {
+            let states = server_states(lab, &client, &lead).await;
+            (states.len() == lab::NODES.len() && states.values().all(|s| s == "UP")).then_some(())
+        },
+    )
+    .await;
     let probe = lab.probe(&vip, 80, 50);
     let kept = lab.probe_kept(&vip, 80, 12).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
