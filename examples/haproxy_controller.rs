@@ -343,6 +343,12 @@ async fn main() {
             services.create(&PostParams::default(), &svc).await.unwrap();
         }
     };
+    let delete = |name: String| {
+        let services = services.clone();
+        async move {
+            services.delete(&name, &Default::default()).await.unwrap();
+        }
+    };
     for chunk in (0..n_services).collect::<Vec<_>>().chunks(50) {
         futures::future::join_all(chunk.iter().map(|i| create(format!("s{i}"), "lb"))).await;
     }
@@ -494,13 +500,7 @@ async fn main() {
         reloads().await - before,
         provider.last_load_time().as_secs_f64()
     );
-    let (deleted_at, _) = one_after_another("a", |name| {
-        let services = services.clone();
-        async move {
-            services.delete(&name, &Default::default()).await.unwrap();
-        }
-    })
-    .await;
+    let (deleted_at, _) = one_after_another("a", delete).await;
     BurstWatch::latencies(&burst.gone, &deleted_at).await;
 
     let haproxy = haproxy_processes(&dir.join("haproxy.cfg"));
@@ -549,13 +549,7 @@ async fn main() {
     // The burst deleted, back to back: until each Service is gone (its load
     // balancer removed and the finalizer with it).
     let before = reloads().await;
-    let (deleted_at, deleting) = one_after_another("b", |name| {
-        let services = services.clone();
-        async move {
-            services.delete(&name, &Default::default()).await.unwrap();
-        }
-    })
-    .await;
+    let (deleted_at, deleting) = one_after_another("b", delete).await;
     let latencies = BurstWatch::latencies(&burst.gone, &deleted_at).await;
     burst.task.abort();
     println!(

@@ -322,12 +322,7 @@ mod tests {
     fn a_deletion_in_a_refused_burst_is_refused_with_what_haproxy_still_runs() {
         let mut b = Bursts::default();
         let gone = lb("gone");
-        let spec = ferrylb_model::conformance::sample_spec("ns", "gone", 30080, Vec::new());
-        let running = Entry {
-            options: crate::options::Options::parse(&spec.annotations).unwrap(),
-            vips: vec!["127.0.0.100".parse().unwrap()],
-            spec,
-        };
+        let running = crate::runtime::test_entry("gone", &[]);
         // The removal is a change; the burst carrying it is refused, and
         // so is the removal alone: HAProxy still runs the entry, which the
         // refusal carries back into the desired state.

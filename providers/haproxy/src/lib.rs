@@ -212,6 +212,16 @@ struct Loaded {
     version: u64,
 }
 
+impl Loaded {
+    /// What HAProxy runs is no longer known: the next load checks and
+    /// reloads the whole configuration, making it certain.
+    fn forget_running(&mut self) {
+        self.entries = None;
+        self.served_sha = None;
+        self.version += 1;
+    }
+}
+
 impl HaproxyProvider {
     pub fn new(settings: HaproxySettings) -> Self {
         Self {

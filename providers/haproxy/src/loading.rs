@@ -89,9 +89,7 @@ impl HaproxyProvider {
         if let Err(e) = served::check(entry, &frontends) {
             self.served.forget().await;
             if let Ok(mut loaded) = self.loaded.try_lock() {
-                loaded.entries = None;
-                loaded.served_sha = None;
-                loaded.version += 1;
+                loaded.forget_running();
             }
             return Err(e);
         }

@@ -313,32 +313,33 @@ pub async fn run(socket: &Path, batch: &str) -> Result<(), ProviderError> {
     Ok(())
 }
 
+/// A test entry for Service `ns/name` on nodePort 30080, port 80, with
+/// `nodes` (name, address) as targets and default options.
+#[cfg(test)]
+pub(crate) fn test_entry(name: &str, nodes: &[(&str, &str)]) -> Entry {
+    let targets = nodes
+        .iter()
+        .map(|(n, ip)| ferrylb_model::Target {
+            node: (*n).into(),
+            addresses: vec![ip.parse().unwrap()],
+            provider_id: None,
+        })
+        .collect();
+    let mut spec = ferrylb_model::conformance::sample_spec("ns", name, 30080, targets);
+    spec.annotations = BTreeMap::new();
+    Entry {
+        spec,
+        vips: vec!["127.0.0.100".parse().unwrap()],
+        options: crate::options::Options::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use ferrylb_model::Target;
-    use ferrylb_model::conformance::sample_spec;
-
     use super::*;
-    use crate::options::Options;
 
     fn entry(targets: &[(&str, &str)]) -> Entry {
-        let ts = targets
-            .iter()
-            .map(|(n, ip)| Target {
-                node: (*n).into(),
-                addresses: vec![ip.parse().unwrap()],
-                provider_id: None,
-            })
-            .collect();
-        let mut spec = sample_spec("ns", "web", 30080, ts);
-        spec.annotations = BTreeMap::new();
-        Entry {
-            spec,
-            vips: vec!["127.0.0.100".parse().unwrap()],
-            options: Options::default(),
-        }
+        test_entry("web", targets)
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl HaproxyProvider {
         );
         for (line, _) in checks {
             if let Err(e) = runtime::run(socket, &line).await {
-                mark_unknown(loaded);
+                loaded.forget_running();
                 for (i, _) in &planned {
                     outcomes[*i] = Applied::Failed(e.clone());
                 }
@@ -129,7 +129,7 @@ impl HaproxyProvider {
             outcomes[i] = Applied::Done;
         }
         if outcomes.iter().any(|o| matches!(o, Applied::Failed(_))) {
-            mark_unknown(loaded);
+            loaded.forget_running();
         } else {
             loaded.file_stale = true;
             loaded.version += 1;
@@ -282,14 +282,6 @@ async fn run_batches(socket: &std::path::Path, batches: &[String]) -> Result<(),
     Ok(())
 }
 
-/// What HAProxy runs is no longer known: the next load checks and reloads
-/// the whole configuration, making it certain.
-fn mark_unknown(loaded: &mut Loaded) {
-    loaded.entries = None;
-    loaded.served_sha = None;
-    loaded.version += 1;
-}
-
 /// Whether `new` differs from `old` in what the runtime API can change
 /// alone: the targets.
 pub(crate) fn runtime_only(old: &Entry, new: &Entry) -> bool {
@@ -359,30 +351,8 @@ pub(crate) async fn flush_loop(
 
 #[cfg(test)]
 mod tests {
-    use ferrylb_model::Target;
-    use ferrylb_model::conformance::sample_spec;
-
     use super::*;
-    use crate::options::Options;
-    use crate::runtime::CheckSlots;
-
-    fn entry(name: &str, nodes: &[(&str, &str)]) -> Entry {
-        let targets = nodes
-            .iter()
-            .map(|(n, ip)| Target {
-                node: (*n).into(),
-                addresses: vec![ip.parse().unwrap()],
-                provider_id: None,
-            })
-            .collect();
-        let mut spec = sample_spec("ns", name, 30080, targets);
-        spec.annotations = BTreeMap::new();
-        Entry {
-            spec,
-            vips: vec!["127.0.0.100".parse().unwrap()],
-            options: Options::default(),
-        }
-    }
+    use crate::runtime::{CheckSlots, test_entry as entry};
 
     fn running(entries: &[&Entry]) -> BTreeMap<LoadBalancerRef, Entry> {
         entries
