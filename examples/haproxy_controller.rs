@@ -98,6 +98,34 @@ async fn servers_state(socket: &std::path::Path) -> String {
     out
 }
 
+/// Answers HAProxy's node checks (`GET /healthz` on the node check port)
+/// for every node address in `addrs` with 200, as a healthy kube-proxy does:
+/// the benchmark's nodes are healthy, as most of a cluster's are. (Without
+/// it every node's check fails, and each reload is followed a few seconds
+/// later by every server of every backend going down, one log line each:
+/// 100,000 lines at 2,000 Services, not what a node change costs.)
+fn healthy_nodes(addrs: impl IntoIterator<Item = String>, port: u16) {
+    for addr in addrs {
+        let listener = std::net::TcpListener::bind((addr.as_str(), port))
+            .unwrap_or_else(|e| panic!("binding the node check {addr}:{port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let _ = conn.read(&mut request).await;
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+    }
+}
+
 /// How many backends hold a server named `server`.
 async fn backends_with(socket: &std::path::Path, server: &str) -> usize {
     servers_state(socket)
@@ -300,9 +328,16 @@ async fn main() {
     let (n_cluster_ip, n_excluded) = (arg(4, 0), arg(5, 0));
     let threads = u16::try_from(arg(6, 0)).ok().filter(|t| *t > 0);
     let dir = support::env::tempdir("haproxy-controller");
+    const NODE_CHECK_PORT: u16 = 10256;
+    healthy_nodes(
+        (1..=n_nodes)
+            .chain([249, 250])
+            .map(|i| format!("127.0.3.{i}")),
+        NODE_CHECK_PORT,
+    );
     let settings = || HaproxySettings {
         hard_stop_after: Duration::from_secs(5),
-        node_check_port: Some(10256),
+        node_check_port: Some(NODE_CHECK_PORT),
         threads,
         ..HaproxySettings::in_dir("127.1.0.0/16".parse().unwrap(), &dir)
     };

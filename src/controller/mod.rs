@@ -177,7 +177,10 @@ pub async fn run(
         futures::pin_mut!(node_events);
         while let Some(ev) = node_events.next().await {
             match ev {
-                Ok(watcher::Event::InitDone) => listed = true,
+                Ok(watcher::Event::InitDone) => {
+                    tracing::info!(nodes = nodes.state().len(), "listed Nodes");
+                    listed = true;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "watching Nodes failed; retrying");

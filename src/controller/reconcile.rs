@@ -503,6 +503,7 @@ const RESTORE_PAGE: u32 = 500;
 /// already provisioned (those carrying the finalizer and their class).
 /// Failures are logged: a provider then simply starts from nothing.
 pub(super) async fn restore(ctx: &Context) {
+    let started = std::time::Instant::now();
     let targets = ctx.targets();
     let mut by_class: BTreeMap<String, Vec<LoadBalancerSpec>> = BTreeMap::new();
     let mut unprovisioned: BTreeMap<String, Vec<LoadBalancerRef>> = BTreeMap::new();
@@ -536,11 +537,25 @@ pub(super) async fn restore(ctx: &Context) {
             None => break,
         }
     }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "listed the Services to restore"
+    );
     for (class, provider) in &ctx.config.classes {
+        let started = std::time::Instant::now();
         provider.starting(&unprovisioned.remove(class).unwrap_or_default());
         let specs = by_class.remove(class).unwrap_or_default();
-        if let Err(e) = provider.restore(&specs).await {
-            tracing::warn!(class, provider = provider.name(), error = %e, "restoring provider state failed");
+        match provider.restore(&specs).await {
+            Ok(()) => tracing::info!(
+                class,
+                provider = provider.name(),
+                load_balancers = specs.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "restored provider state"
+            ),
+            Err(e) => {
+                tracing::warn!(class, provider = provider.name(), error = %e, "restoring provider state failed");
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! From a Service's spec to the entry HAProxy should run: its VIPs, its
 //! options, and the ports it may bind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ferrylb_model::{LoadBalancerRef, LoadBalancerSpec, Protocol, ProviderError, reason};
@@ -10,6 +10,10 @@ use crate::alloc::Holder;
 use crate::options::Options;
 use crate::render::{Entry, GlobalSettings};
 use crate::{HaproxyProvider, alloc, process, render, vip};
+
+/// The binds HAProxy runs, read once for several [`HaproxyProvider::check_binds`]
+/// (a restore checks every Service's; the file holds them all).
+pub(crate) type OwnBinds = Option<HashSet<String>>;
 
 impl HaproxyProvider {
     /// `lb` came to the provider: the first burst need not wait for it.
@@ -67,6 +71,28 @@ impl HaproxyProvider {
         Ok((entry, previous))
     }
 
+    /// The addresses the installed configuration binds, while HAProxy runs
+    /// it: its own ports, not another process's. (A port taken while it
+    /// was stopped is another process's.)
+    async fn own_binds(&self) -> HashSet<String> {
+        if process::serving(&self.settings.process.master_socket)
+            .await
+            .is_err()
+        {
+            return HashSet::new();
+        }
+        std::fs::read_to_string(&self.settings.process.config_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("bind ")?
+                    .strip_suffix(" transparent")
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// Refuses `entry` when a VIP:port it adds (one `previous` did not bind)
     /// is held by another process on this host: HAProxy would fail to bind
     /// it, and the whole reload with it; found first, it costs only this
@@ -75,6 +101,7 @@ impl HaproxyProvider {
         &self,
         entry: &Entry,
         previous: Option<&Entry>,
+        own: &mut OwnBinds,
     ) -> Result<(), ProviderError> {
         let bound = |e: Option<&Entry>, vip: IpAddr, port: u16| {
             e.is_some_and(|e| {
@@ -97,25 +124,14 @@ impl HaproxyProvider {
         if taken.is_empty() {
             return Ok(());
         }
-        // The installed file's binds are HAProxy's own only while it runs:
-        // a port taken while it was stopped is another process's.
-        let installed = if process::serving(&self.settings.process.master_socket)
-            .await
-            .is_ok()
-        {
-            std::fs::read_to_string(&self.settings.process.config_path).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let ours = |addr: &str| {
-            installed
-                .lines()
-                .any(|l| l.trim() == format!("bind {addr} transparent"))
-        };
+        if own.is_none() {
+            *own = Some(self.own_binds().await);
+        }
+        let ours = own.as_ref().expect("read just now");
         match taken
             .into_iter()
             .map(|(ip, port)| (render::addr(ip, port), port))
-            .find(|(addr, _)| !ours(addr))
+            .find(|(addr, _)| !ours.contains(addr))
         {
             None => Ok(()),
             Some((addr, port)) => Err(ProviderError::transient(

@@ -133,7 +133,8 @@ impl LoadBalancerProvider for HaproxyProvider {
         // taken off the interface after it.
         let moved = previous.as_ref().is_some_and(|p| p.vips != entry.vips);
         let result = async {
-            self.check_binds(&entry, previous.as_ref()).await?;
+            self.check_binds(&entry, previous.as_ref(), &mut None)
+                .await?;
             if moved {
                 self.sync().await.map(|()| true)
             } else {
@@ -252,6 +253,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// Reserves the addresses Services already carry in their status, then
     /// loads the configuration for all of them at once.
     async fn restore(&self, specs: &[LoadBalancerSpec]) -> Result<(), ProviderError> {
+        let mut own = None;
         for spec in specs.iter().filter(|s| !s.status_ips.is_empty()) {
             let mut kept = spec.clone();
             kept.requested_ips.clear();
@@ -264,7 +266,7 @@ impl LoadBalancerProvider for HaproxyProvider {
                 // Service with it: that Service alone waits (its reconcile
                 // reports PortInUse), the others are served.
                 Ok((entry, _)) => {
-                    if let Err(e) = self.check_binds(&entry, None).await {
+                    if let Err(e) = self.check_binds(&entry, None, &mut own).await {
                         tracing::warn!(service = %spec.lb.key, error = %e, "not serving this Service until its port is free");
                         self.roll_back(&spec.lb, None);
                         self.bursts().refuse(&spec.lb, e, None);

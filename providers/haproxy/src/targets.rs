@@ -47,7 +47,13 @@ impl HaproxyProvider {
                 std::mem::take(&mut *self.runtime_queue.lock().expect("runtime queue lock"));
             if !queued.is_empty() {
                 let (entries, askers): (Vec<Entry>, Vec<_>) = queued.into_iter().unzip();
+                let started = std::time::Instant::now();
                 let outcomes = self.apply_runtime(&mut loaded, &entries).await;
+                tracing::debug!(
+                    changes = entries.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "applied target changes through the runtime API"
+                );
                 for (asker, outcome) in askers.into_iter().zip(outcomes) {
                     let _ = asker.send(outcome);
                 }
