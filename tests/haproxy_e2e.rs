@@ -683,6 +683,21 @@ async fn a_node_added_under_shared_node_checks_reaches_every_backend_without_a_r
     for addr in &addrs {
         wait_answers(*addr, &["n1", "n2", "n3"]).await;
     }
+    // Every Service's reconcile finished, also those whose change waited
+    // for another's batch (told Pending, then asked again).
+    for n in names {
+        wait::until("the node change told on every Service", WAIT, || async {
+            k::events(&h.client, &h.ns, n)
+                .await
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some(ferrylb_model::reason::UPDATED)
+                        && e.note.as_deref().is_some_and(|n| n.contains("(3 targets)"))
+                })
+                .then_some(())
+        })
+        .await;
+    }
     let (reloads, failed) = h.provider.reload_counters().await.unwrap();
     assert_eq!(reloads, reloads_before, "a node added costs no reload");
     assert_eq!(failed, 0);

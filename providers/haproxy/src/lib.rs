@@ -64,6 +64,7 @@ mod planning;
 pub mod pool;
 pub mod process;
 mod provider;
+mod queue;
 pub mod render;
 mod runtime;
 mod served;
@@ -157,7 +158,7 @@ pub struct HaproxyProvider {
     loaded: Arc<tokio::sync::Mutex<Loaded>>,
     /// Target-only changes waiting for the runtime API (see
     /// `targets::apply_targets`).
-    runtime_queue: std::sync::Mutex<Vec<targets::Queued>>,
+    runtime_queue: std::sync::Mutex<queue::RuntimeQueue>,
     /// Wakes the task that writes runtime API changes to the file.
     flush: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<tokio::task::JoinHandle<()>>,

@@ -177,6 +177,8 @@ impl LoadBalancerProvider for HaproxyProvider {
                 self.flush_soon();
                 Ok(Vec::new())
             }
+            // Applied with the batch after the one going through now.
+            Applied::Queued => Err(pending(self.poll_after())),
             // More than targets changed, or no spare node check is left: a
             // reload (rendering fresh spares), loaded together with every
             // other Service's.
@@ -198,6 +200,7 @@ impl LoadBalancerProvider for HaproxyProvider {
     /// Services is one reload, not one each.
     async fn ensure_deleted(&self, lb: &LoadBalancerRef) -> Result<(), ProviderError> {
         self.planned(lb);
+        self.queue().forget(lb);
         // (A refusal of an earlier change to it, not of its removal, is moot.)
         let refused = self.bursts().take_refusal(lb);
         if let Some((e, _)) = refused

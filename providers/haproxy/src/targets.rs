@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferrylb_model::{LoadBalancerRef, ProviderError};
 
+use crate::queue::{Role, RuntimeQueue};
 use crate::render::{Entry, GlobalSettings};
 use crate::{HaproxyProvider, Loaded, apply, process, render, runtime};
 
@@ -23,49 +24,79 @@ pub(crate) enum Applied {
     /// The runtime API failed; what HAProxy runs is unknown now (the next
     /// load makes it certain).
     Failed(ProviderError),
+    /// Queued for the batch after the one being applied: ask again.
+    Queued,
 }
-
-/// A target-only change waiting for the runtime API.
-pub(crate) type Queued = (Entry, tokio::sync::oneshot::Sender<Applied>);
 
 impl HaproxyProvider {
     /// Applies `entry`, which should differ from what HAProxy runs for its
     /// Service in its targets alone, through the runtime API, together with
-    /// every other such change queued meanwhile: whoever holds HAProxy's
-    /// state next applies all that is queued in a few runtime API lines
-    /// (one round trip per about 8 KiB of commands, not one per Service),
-    /// and each asker reads its own outcome.
+    /// every other such change queued meanwhile (see [`crate::queue`]):
+    /// `Queued` when another asker is applying the queue (ask again once
+    /// [`ferrylb_model::LoadBalancerProvider::applied`] says a batch went
+    /// through), else what became of it. Asked again, a change a batch
+    /// took is answered at once. Nothing here waits for HAProxy's state
+    /// unless it applies: an asker that waited for the batch going through
+    /// would hold its reconcile slot, and the batches would again be only
+    /// as large as the controller's concurrency.
     pub(crate) async fn apply_targets(&self, entry: Entry) -> Applied {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        self.runtime_queue
-            .lock()
-            .expect("runtime queue lock")
-            .push((entry, done));
-        {
-            let mut loaded = self.loaded.lock().await;
-            let queued =
-                std::mem::take(&mut *self.runtime_queue.lock().expect("runtime queue lock"));
-            if !queued.is_empty() {
-                let (entries, askers): (Vec<Entry>, Vec<_>) = queued.into_iter().unzip();
-                let started = std::time::Instant::now();
-                let outcomes = self.apply_runtime(&mut loaded, &entries).await;
-                tracing::debug!(
-                    changes = entries.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "applied target changes through the runtime API"
-                );
-                for (asker, outcome) in askers.into_iter().zip(outcomes) {
-                    let _ = asker.send(outcome);
+        if let Some(known) = self.queue().ask(&entry) {
+            return known;
+        }
+        let (asker, outcome) = tokio::sync::oneshot::channel();
+        if self.queue().push(entry, asker) == Role::Queued {
+            return Applied::Queued;
+        }
+        self.apply_queue().await;
+        // Dropped unanswered: a newer change of the Service replaced it.
+        outcome.await.unwrap_or(Applied::Queued)
+    }
+
+    /// The applier's work: every queued change through the runtime API, a
+    /// batch at a time, until none is left; each batch tells the
+    /// controller, so that the askers who heard `Queued` ask again.
+    async fn apply_queue(&self) {
+        /// Lets the next asker apply when this applier goes away mid-way.
+        struct Abandon<'a>(&'a HaproxyProvider, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.queue().abandon();
                 }
             }
         }
-        // Dropped unanswered: whoever applied it went away mid-way.
-        outcome.await.unwrap_or_else(|_| {
-            Applied::Failed(ProviderError::transient(
-                ferrylb_model::reason::HAPROXY_RUNTIME_API_FAILED,
-                "the runtime API change was abandoned",
-            ))
-        })
+        let mut applier = Abandon(self, false);
+        loop {
+            let mut loaded = self.loaded.lock().await;
+            let Some(batch) = self.queue().take() else {
+                applier.1 = true;
+                return;
+            };
+            let started = std::time::Instant::now();
+            let (entries, askers): (Vec<Entry>, Vec<_>) = batch.into_iter().unzip();
+            let outcomes = self.apply_runtime(&mut loaded, &entries).await;
+            drop(loaded);
+            tracing::debug!(
+                changes = entries.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "applied target changes through the runtime API"
+            );
+            if outcomes.iter().any(|o| matches!(o, Applied::Done)) {
+                self.flush_soon();
+            }
+            self.queue().answer(
+                entries
+                    .into_iter()
+                    .zip(askers)
+                    .zip(outcomes)
+                    .map(|((e, a), o)| (e, a, o)),
+            );
+            self.applied.send_modify(|_| {});
+        }
+    }
+
+    pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, RuntimeQueue> {
+        self.runtime_queue.lock().expect("runtime queue lock")
     }
 
     /// Turns what HAProxy runs into `news` (each differing from it in
@@ -378,8 +409,40 @@ mod tests {
                 Applied::Done => "done",
                 Applied::Reload => "reload",
                 Applied::Failed(_) => "failed",
+                Applied::Queued => "queued",
             })
             .collect()
+    }
+
+    /// A change queued while a batch goes through hears Queued at once;
+    /// the batch's end tells the controller, and asked again it hears
+    /// what the batch did to it. (What HAProxy runs is unknown here, so
+    /// the batch finds both need a reload, without a runtime API call.)
+    #[tokio::test]
+    async fn a_change_queued_behind_a_batch_hears_its_outcome_when_asked_again() {
+        let dir = std::env::temp_dir().join(format!("ferrylb-queue-{}", std::process::id()));
+        let p = std::sync::Arc::new(HaproxyProvider::new(crate::HaproxySettings::in_dir(
+            "127.0.0.100/30".parse().unwrap(),
+            &dir,
+        )));
+        let mut told = p.applied.subscribe();
+        let (a, b) = (entry("a", N12), entry("b", N12));
+        let haproxy = p.loaded.lock().await;
+        let first = tokio::spawn({
+            let (p, a) = (p.clone(), a.clone());
+            async move { p.apply_targets(a).await }
+        });
+        while p.queue().ask(&a).is_none() {
+            tokio::task::yield_now().await;
+        }
+        // a's asker applies, and waits for HAProxy's state: b is queued.
+        assert!(matches!(p.apply_targets(b.clone()).await, Applied::Queued));
+        drop(haproxy);
+        assert!(matches!(first.await.unwrap(), Applied::Reload));
+        told.changed().await.expect("the batch's end is told");
+        assert!(matches!(p.apply_targets(b.clone()).await, Applied::Reload));
+        // Asked once more, b is new again: this time its asker applies.
+        assert!(matches!(p.apply_targets(b).await, Applied::Reload));
     }
 
     const N12: &[(&str, &str)] = &[("n1", "10.0.0.1"), ("n2", "10.0.0.2")];
