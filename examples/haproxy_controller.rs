@@ -56,6 +56,14 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Where this process's peak memory was reached: printed after each phase.
+fn peak_so_far(after: &str) {
+    println!(
+        "  (this process's peak memory after {after}: {} MiB)",
+        vm_hwm_kib("self") / 1024
+    );
+}
+
 fn vm_hwm_kib(pid: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -428,6 +436,7 @@ async fn main() {
         reloads().await
     );
 
+    peak_so_far("the cold start");
     // The burst is measured at 1,000 existing, not during the cold start's
     // tail: wait until the Events the cold start queued are published (their
     // count in the namespace stops growing).
@@ -466,6 +475,7 @@ async fn main() {
         provider.last_load_time().as_secs_f64()
     );
 
+    peak_so_far("the burst");
     // A node added, then removed.
     let admin = dir.join("admin.sock");
     let backends = n_services + 100;
@@ -511,6 +521,7 @@ async fn main() {
         reloads().await - before
     );
 
+    peak_so_far("the node changes");
     // A burst right after a node change: the runtime API changed every
     // backend, and the burst's load checks only its own 100 (the node
     // change is checked once its file is written, off the reconciles'
@@ -546,6 +557,7 @@ async fn main() {
         haproxy.len(),
         haproxy_kib / 1024
     );
+    peak_so_far("the burst after a node change");
     // A restart: the controller stops, a new one starts with a new provider
     // (no memory) on the same directory, which adopts the running haproxy;
     // steady once every Service was reconciled and found its load balancer

@@ -1777,6 +1777,13 @@ fn count_syns(lab: &Lab, vip: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// How the lab's router hashes new flows over the paths it learned:
+/// `plain` (hash-threshold ECMP) or `resilient` (a resilient nexthop
+/// group; tests/lab/router-routes).
+fn router_hashing(lab: &Lab, mode: &str) {
+    std::fs::write(lab.dir.join("router-hashing"), format!("{mode}\n")).unwrap();
+}
+
 /// What [`count_syns`] counted, by node; the counters are removed.
 fn syns_counted(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
     let out = lab.in_ns(
@@ -1974,6 +1981,53 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
         "in a planned move only a re-hashed connection may fail: {s:?}"
     );
 
+    // The same move with the router requirement met: resilient hashing
+    // (a nexthop group that moves only the leaving path's flows). No new
+    // connection fails, and of the long-lived ones only those the router
+    // had sent to node3 may break.
+    router_hashing(lab, "resilient");
+    wait::until(
+        "the router to route the VIP through a resilient group",
+        Duration::from_secs(10),
+        || async {
+            let out = lab.in_ns(lab::ROUTER_NS, &["ip", "-4", "route", "show", &vip]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("nhid")
+                .then_some(())
+        },
+    )
+    .await;
+    count_syns(lab, &vip);
+    let kept = lab.probe_kept_from(lab::OUTSIDE_NS, &vip, 80, 12).await;
+    let opened = syns_counted(lab);
+    let via_node3 = opened.get("node3").copied().unwrap_or(0);
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = replica_on(&client, "node3").await;
+    lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
+    let withdrawn = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
+    let back = nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = probe.finish().await;
+    let k = kept.finish().await;
+    router_hashing(lab, "plain");
+    report("bgp: replica deleted (planned), resilient hashing", &s);
+    report(
+        &format!(
+            "bgp: 12 long-lived connections through the planned move, resilient hashing \
+             ({via_node3} opened through node3)"
+        ),
+        &k,
+    );
+    eprintln!(
+        "lab: bgp: resilient hashing: withdrawn {withdrawn:.2}s after the delete, announced again {back:.2}s later"
+    );
+    assert_eq!(s.failed, 0, "no new connection fails: {s:?}");
+    assert!(
+        k.failed <= via_node3,
+        "only connections through the leaving node may break ({via_node3} went through node3): {k:?}"
+    );
+
     // The API server unreachable for 60 s: nothing changes.
     let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 20);
     apiserver_signal(lab, "STOP");
@@ -2017,6 +2071,7 @@ impl Drop for RestoreRelease {
     fn drop(&mut self) {
         // Nothing here may panic: it also runs while a failure unwinds.
         let kubectl = |args: &[&str]| self.lab.kubectl_quiet(args);
+        let _ = std::fs::write(self.lab.dir.join("router-hashing"), "plain\n");
         kubectl(&["delete", "namespace", &self.ns, "--wait=false"]);
         let out = self.lab.helm(&upgrade_args(&[]));
         if !out.status.success() {

@@ -180,8 +180,9 @@ start_router() {
     echo "# The lab's router: what a user's router needs for FerryLB's BGP mode."
     echo "router id $lab_router_ip;"
     echo "protocol device { }"
-    echo "protocol kernel { ipv4 { import none; export all; }; merge paths yes; }"
-    echo "protocol kernel { ipv6 { import none; export all; }; merge paths yes; }"
+    echo "# Learned routes go to table 100; router-routes forwards by them."
+    echo "protocol kernel { kernel table 100; ipv4 { import none; export all; }; merge paths yes; }"
+    echo "protocol kernel { kernel table 100; ipv6 { import none; export all; }; merge paths yes; }"
     echo "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"
     for n in "${lab_nodes[@]}"; do
       echo "protocol bgp $n { local as $lab_router_asn; neighbor $(node_ip "$n") as $lab_node_asn; passive on; bfd on;"
@@ -193,6 +194,11 @@ start_router() {
   spawn "$dir" router-bird nsenter --net="/var/run/netns/$(ns router)" \
     bird -f -c "$dir/router-bird.conf" -s "$dir/router-bird.ctl"
   wait_for "router bird" 10 "$dir/router-bird.pid" "$dir/router-bird.log" test -S "$dir/router-bird.ctl"
+  # How the router hashes over the paths it learned: plain ECMP unless a
+  # test writes "resilient" into the file (tests/lab/router-routes).
+  echo plain >"$dir/router-hashing"
+  spawn "$dir" router-routes nsenter --net="/var/run/netns/$(ns router)" \
+    "$lab_here/router-routes" "$dir/router-hashing"
 }
 
 # --- control plane ---------------------------------------------------------
@@ -393,6 +399,7 @@ teardown() {
   stop_pidfile "$dir/etcd.pid"
   # Whatever else still runs in the lab's network namespaces (haproxy
   # children, a test's client).
+  stop_pidfile "$dir/router-routes.pid"
   stop_pidfile "$dir/router-bird.pid"
   for n in host client router outside "${lab_nodes[@]}"; do
     [[ -e "/var/run/netns/$(ns "$n")" ]] || continue

@@ -16,8 +16,10 @@
 //!   |     `-- loading   load with the others, roll back what was refused,
 //!   |                   confirm what HAProxy serves (served)
 //!   |-- targets    target-only changes through the runtime API (runtime),
-//!   |              queued and applied together in few lines; the file
-//!   |              written, then checked, once they settle
+//!   |              applied together in few lines; the file written, then
+//!   |              checked, once they settle
+//!   |     |-- queue      who applies the queued changes; the others hear
+//!   |     |              "pending" and ask again (pure, unit-tested)
 //!   |     `-- drain      leaving nodes' servers drained, then removed
 //!   `-- status     the status a reconcile publishes, or "pending"
 //! render      Entry list -> haproxy.cfg text (pure)
@@ -30,9 +32,12 @@
 //! # Expected flow (one Service's change)
 //! 1. `provider::ensure` → `planning::plan`: the entry (VIPs, typed options)
 //!    goes into the desired state; a target-only change goes to
-//!    `targets::apply_targets` instead (no reload): `targets::plan_runtime`
-//!    decides runtime API or reload, and every change queued meanwhile goes
-//!    out with it.
+//!    `targets::apply_targets` instead (no reload): the first asker applies
+//!    the queue (`queue::RuntimeQueue`), batch after batch until it is
+//!    empty, and `targets::plan_runtime` decides runtime API or reload for
+//!    each change; an asker whose change waits behind a batch is told
+//!    "pending" at once, so that a node change reaching 2,000 Services is a
+//!    few large batches, not one per reconcile slot.
 //! 2. `apply::apply_or_join`: the first reconcile of a burst becomes the
 //!    applier (`burst::Bursts::begin`); the others are told "pending" and
 //!    ask again, and what they are told comes from `burst::Bursts::state`.
