@@ -1708,20 +1708,20 @@ async fn failover_trials() {
 }
 
 /// FerryLB in BGP mode: three replicas, each announcing to the lab's router.
+/// The release's values in BGP mode (over the lab's).
+const BGP_VALUES: [&str; 8] = [
+    "replicaCount=3",
+    "haproxy.pool=10.252.0.1-10.252.0.14\\,fd52::1-fd52::e",
+    "haproxy.vipInterface=",
+    "haproxy.bgp.enabled=true",
+    "haproxy.bgp.peers[0].address=10.250.0.254",
+    "haproxy.bgp.peers[0].asn=64500",
+    "haproxy.bgp.peers[1].address=fd51::fe",
+    "haproxy.bgp.peers[1].asn=64500",
+];
+
 async fn install_bgp(lab: &Lab, client: &kube::Client) {
-    upgrade_release(
-        lab,
-        &[
-            "replicaCount=3",
-            "haproxy.pool=10.252.0.1-10.252.0.14\\,fd52::1-fd52::e",
-            "haproxy.vipInterface=",
-            "haproxy.bgp.enabled=true",
-            "haproxy.bgp.peers[0].address=10.250.0.254",
-            "haproxy.bgp.peers[0].asn=64500",
-            "haproxy.bgp.peers[1].address=fd51::fe",
-            "haproxy.bgp.peers[1].asn=64500",
-        ],
-    );
+    upgrade_release(lab, &BGP_VALUES);
     leader(client).await;
 }
 
@@ -1780,8 +1780,20 @@ fn count_syns(lab: &Lab, vip: &str) {
 /// How the lab's router hashes new flows over the paths it learned:
 /// `plain` (hash-threshold ECMP) or `resilient` (a resilient nexthop
 /// group; tests/lab/router-routes).
-fn router_hashing(lab: &Lab, mode: &str) {
+/// Waits until the router routes `vip` that way.
+async fn router_hashing(lab: &Lab, vip: &str, mode: &str) {
     std::fs::write(lab.dir.join("router-hashing"), format!("{mode}\n")).unwrap();
+    let resilient = mode == "resilient";
+    wait::until(
+        &format!("the router to route {vip} with {mode} hashing"),
+        Duration::from_secs(10),
+        || async {
+            let out = lab.in_ns(lab::ROUTER_NS, &["ip", "route", "show", vip]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            (text.contains("via") && text.contains("nhid") == resilient).then_some(())
+        },
+    )
+    .await;
 }
 
 /// What [`count_syns`] counted, by node; the counters are removed.
@@ -1985,18 +1997,7 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     // (a nexthop group that moves only the leaving path's flows). No new
     // connection fails, and of the long-lived ones only those the router
     // had sent to node3 may break.
-    router_hashing(lab, "resilient");
-    wait::until(
-        "the router to route the VIP through a resilient group",
-        Duration::from_secs(10),
-        || async {
-            let out = lab.in_ns(lab::ROUTER_NS, &["ip", "-4", "route", "show", &vip]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("nhid")
-                .then_some(())
-        },
-    )
-    .await;
+    router_hashing(lab, &vip, "resilient").await;
     count_syns(lab, &vip);
     let kept = lab.probe_kept_from(lab::OUTSIDE_NS, &vip, 80, 12).await;
     let opened = syns_counted(lab);
@@ -2010,7 +2011,6 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = probe.finish().await;
     let k = kept.finish().await;
-    router_hashing(lab, "plain");
     report("bgp: replica deleted (planned), resilient hashing", &s);
     report(
         &format!(
@@ -2027,6 +2027,46 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
         k.failed <= via_node3,
         "only connections through the leaving node may break ({via_node3} went through node3): {k:?}"
     );
+
+    // The other planned moves, the router requirement still met: node2
+    // drained of its replica (the replacement waits for the uncordon), and
+    // `helm upgrade` replacing every replica one after another.
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.kubectl(&[
+        "drain",
+        "node2",
+        "--pod-selector=app.kubernetes.io/name=ferrylb",
+        "--delete-emptydir-data",
+        "--timeout=120s",
+    ]);
+    let withdrawn = nexthops_become(lab, &vip, &[all[0], all[2]], Duration::from_secs(30)).await;
+    lab.kubectl(&["uncordon", "node2"]);
+    nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = probe.finish().await;
+    report("bgp: node2 drained (planned), resilient hashing", &s);
+    eprintln!("lab: bgp: node2's replica evicted; withdrawn {withdrawn:.2}s after the drain began");
+    assert_eq!(s.failed, 0, "no new connection fails in a drain: {s:?}");
+
+    let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut args = upgrade_args(&BGP_VALUES);
+    args.extend(["--set", "haproxy.nodeCheckPort=10256"]);
+    // One replica per node: each replacement waits for the pod it
+    // replaces to be gone.
+    let timeout = args.iter().position(|a| *a == "3m").expect("a timeout");
+    args[timeout] = "8m";
+    helm_ok(lab, &args);
+    nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = probe.finish().await;
+    router_hashing(lab, &vip, "plain").await;
+    report(
+        "bgp: helm upgrade, every replica replaced (planned), resilient hashing",
+        &s,
+    );
+    assert_eq!(s.failed, 0, "no new connection fails in an upgrade: {s:?}");
 
     // The API server unreachable for 60 s: nothing changes.
     let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 20);
