@@ -2046,7 +2046,9 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = probe.finish().await;
     report("bgp: node2 drained (planned), resilient hashing", &s);
-    eprintln!("lab: bgp: node2's replica evicted; withdrawn {withdrawn:.2}s after the drain began");
+    eprintln!(
+        "lab: bgp: node2's replica evicted; the router routed around node2 {withdrawn:.2}s after the drain returned"
+    );
     assert_eq!(s.failed, 0, "no new connection fails in a drain: {s:?}");
 
     let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
