@@ -12,7 +12,8 @@
 //! CPU). The real API server (started, or the one
 //! `FERRYLB_ENV_DIR` names), the controller in this process with the HAProxy
 //! provider and a real haproxy, Nodes on 127.0.3.x with shared node checks
-//! (`--haproxy-node-check-port`). Reports, each with the reloads it took
+//! (`--haproxy-node-check-port`), which listeners here answer as healthy
+//! kube-proxies do. Reports, each with the reloads it took
 //! (from the master's `show proc`):
 //! - cold start: SERVICES Services exist, the controller starts, until every
 //!   one has an address;
@@ -22,7 +23,8 @@
 //!   socket, `show servers state`) has it, or no longer has it;
 //! - a Node added again, and right after it a second burst of 100 (deleted
 //!   again afterwards): create → address, and how long its load took;
-//! - this process's and haproxy's peak memory (VmHWM);
+//! - this process's and haproxy's peak memory (VmHWM; this process's is
+//!   also printed after each phase);
 //! - a restart: a new controller and provider (adopting the running
 //!   haproxy) until every Service was reconciled and found its load
 //!   balancer, with the reloads it took;
