@@ -1777,6 +1777,18 @@ fn count_syns(lab: &Lab, vip: &str) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// Deletes the BGP replica on node3 and waits until the router routed
+/// `vip` around node3 and then through it again (its replacement
+/// announcing); how long each took, and a moment more for the traffic.
+async fn node3_replica_replaced(lab: &Lab, client: &kube::Client, vip: &str) -> (f64, f64) {
+    let pod = replica_on(client, "node3").await;
+    lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
+    let withdrawn = nexthops_become(lab, vip, &NODE_IPS[..2], Duration::from_secs(30)).await;
+    let back = nexthops_become(lab, vip, &NODE_IPS, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (withdrawn, back)
+}
+
 /// How the lab's router hashes new flows over the paths it learned:
 /// `plain` (hash-threshold ECMP) or `resilient` (a resilient nexthop
 /// group; tests/lab/router-routes).
@@ -1966,11 +1978,7 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     // path leaves; the README's router requirement is resilient hashing).
     let kept = lab.probe_kept_from(lab::OUTSIDE_NS, &vip, 80, 12).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pod = replica_on(&client, "node3").await;
-    lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
-    let withdrawn = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
-    let back = nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (withdrawn, back) = node3_replica_replaced(lab, &client, &vip).await;
     let s = probe.finish().await;
     report("bgp: replica deleted (planned)", &s);
     let k = kept.finish().await;
@@ -2004,11 +2012,7 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     let via_node3 = opened.get("node3").copied().unwrap_or(0);
     let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 50);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pod = replica_on(&client, "node3").await;
-    lab.kubectl(&["-n", RELEASE_NS, "delete", "pod", &pod, "--wait=false"]);
-    let withdrawn = nexthops_become(lab, &vip, &all[..2], Duration::from_secs(30)).await;
-    let back = nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (withdrawn, back) = node3_replica_replaced(lab, &client, &vip).await;
     let s = probe.finish().await;
     let k = kept.finish().await;
     report("bgp: replica deleted (planned), resilient hashing", &s);

@@ -173,10 +173,8 @@ impl LoadBalancerProvider for HaproxyProvider {
         }
         let (entry, previous) = self.plan(spec)?;
         match self.apply_targets(entry.clone()).await {
-            Applied::Done => {
-                self.flush_soon();
-                Ok(Vec::new())
-            }
+            // (The applier has the file written once the batch is through.)
+            Applied::Done => Ok(Vec::new()),
             // Applied with the batch after the one going through now.
             Applied::Queued => Err(pending(self.poll_after())),
             // More than targets changed, or no spare node check is left: a
