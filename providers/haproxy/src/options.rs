@@ -66,10 +66,12 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             balance: Balance::RoundRobin,
-            // Nodes are on the cluster's network: a connection a node (or
-            // the pod kube-proxy sent it to) has not taken within half a
-            // second is retried on another node.
-            timeout_connect: Duration::from_millis(500),
+            // Nodes are on the cluster's network, where a connection is
+            // taken within a millisecond or two: one a node (or the pod
+            // kube-proxy sent it to) has not taken within a quarter second
+            // is retried on another node, up to 7 times (`render`'s
+            // connect budget).
+            timeout_connect: Duration::from_millis(250),
             timeout_client: Duration::from_secs(60),
             timeout_server: Duration::from_secs(60),
             check_interval: Duration::from_secs(2),

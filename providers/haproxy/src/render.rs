@@ -37,8 +37,46 @@ pub struct GlobalSettings {
 /// runtime API: a backend cannot be.
 pub const NODE_CHECKS: &str = "ferrylb_node_checks";
 
-/// The interval of the shared node checks.
-pub const NODE_CHECK_INTER: &str = "2000ms";
+/// The interval of the shared node checks, and of every check once one
+/// failed (`fastinter`). One check a second per node is cheap; after a
+/// failure three more a quarter second apart mark a dead node down in
+/// about 1.5 s, where `inter 2s` with HAProxy's defaults took 12 s (each
+/// failed check waited out the whole interval: see `CHECK_TIMEOUT`).
+pub const NODE_CHECK_INTER: &str = "1000ms fastinter 250ms";
+
+/// How often a failing server is checked until it is marked down or up
+/// again (HAProxy's `fastinter`), at most.
+const FAST_INTER: Duration = Duration::from_millis(250);
+
+/// `timeout check`: a check's read timeout once connected. Set, it also
+/// makes a check's connect timeout `min(timeout connect, inter)`; unset,
+/// HAProxy gives a check the whole `inter` to connect, so a dead node (no
+/// answer at all) took `fall` x 2 x `inter` to be marked down.
+const CHECK_TIMEOUT: &str = "1s";
+
+/// How long HAProxy keeps trying nodes for one connection: a node that
+/// takes no connection within `timeout connect` (a dead host, or kube-proxy
+/// sending it to a pod on one) is retried on another node until this is
+/// spent.
+const CONNECT_BUDGET: Duration = Duration::from_secs(2);
+
+/// `retries` of a backend whose `timeout connect` is `connect`: as many as
+/// fit in [`CONNECT_BUDGET`], at least 3 (HAProxy's default).
+pub fn connect_retries(connect: Duration) -> u128 {
+    let per_try = connect.as_millis().max(1);
+    let tries = CONNECT_BUDGET.as_millis().div_ceil(per_try);
+    tries.saturating_sub(1).clamp(3, 20)
+}
+
+/// The check options of a Service's servers, for `default-server` and for
+/// servers added through the runtime API (which do not inherit it).
+pub fn check_options(o: &Options) -> String {
+    format!(
+        "check inter {} fastinter {}",
+        ms(o.check_interval),
+        ms(o.check_interval.min(FAST_INTER))
+    )
+}
 
 /// Spare check servers in [`NODE_CHECKS`], disabled until a node appears:
 /// HAProxy 2.6 lets a server added at runtime track only a server of the
@@ -174,10 +212,11 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
     let _ = writeln!(out, "  mode tcp");
     // A node that refuses or does not answer (a dead host: `timeout
     // connect`) before its check marks it down costs the client a retry on
-    // another node, not its connection.
+    // another node, not its connection (each backend sets its `retries`).
     let _ = writeln!(out, "  retries 3");
     let _ = writeln!(out, "  option redispatch 1");
-    let _ = writeln!(out, "  timeout connect 500ms");
+    let _ = writeln!(out, "  timeout connect 250ms");
+    let _ = writeln!(out, "  timeout check {CHECK_TIMEOUT}");
     let _ = writeln!(out, "  timeout client 60s");
     let _ = writeln!(out, "  timeout server 60s");
 
@@ -252,12 +291,13 @@ fn render_backend(out: &mut String, e: &Entry, port: u16, node_port: u16, node_c
     let _ = writeln!(out, "backend {}", backend_name(e, port));
     let _ = writeln!(out, "  balance {}", o.balance.as_str());
     let _ = writeln!(out, "  timeout connect {}", ms(o.timeout_connect));
+    let _ = writeln!(out, "  retries {}", connect_retries(o.timeout_connect));
     let _ = writeln!(out, "  timeout server {}", ms(o.timeout_server));
     let tracked = node_checks && e.spec.health_check == HealthCheck::TrafficPort;
     let mut server_opts = if tracked {
         String::new()
     } else {
-        format!("check inter {}", ms(o.check_interval))
+        check_options(o)
     };
     if let HealthCheck::Http { port, path } = &e.spec.health_check {
         // The path is ours ("/healthz"), but keep it to safe characters.

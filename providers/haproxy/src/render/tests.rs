@@ -61,14 +61,14 @@ fn renders_frontend_and_backend_per_tcp_port() {
         "frontend fe_{lb}_80\n  bind 127.0.0.100:80 transparent\n  timeout client 60000ms\n  \
          acl ferrylb_allowed_src src 10.0.0.0/8 127.0.0.5/32\n  \
          tcp-request connection reject if !ferrylb_allowed_src\n  default_backend be_{lb}_80\n\n\
-         backend be_{lb}_80\n  balance roundrobin\n  timeout connect 500ms\n  timeout server 60000ms\n  \
-         default-server check inter 2000ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
+         backend be_{lb}_80\n  balance roundrobin\n  timeout connect 250ms\n  retries 7\n  timeout server 60000ms\n  \
+         default-server check inter 2000ms fastinter 250ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
     );
     assert!(cfg.ends_with(&expected_tail), "{cfg}");
     assert!(!cfg.contains("53"), "UDP ports are not rendered: {cfg}");
     assert!(cfg.contains("stats socket /run/ferrylb/admin.sock mode 660 level admin"));
     assert!(
-        cfg.contains("defaults\n  mode tcp\n  retries 3\n  option redispatch 1\n"),
+        cfg.contains("defaults\n  mode tcp\n  retries 3\n  option redispatch 1\n  timeout connect 250ms\n  timeout check 1s\n"),
         "{cfg}"
     );
 }
@@ -87,7 +87,7 @@ fn local_traffic_policy_and_proxy_protocol() {
     let cfg = render(&global(), &[e]);
     assert!(cfg.contains("  bind [fd00::10]:80 transparent\n"), "{cfg}");
     assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
-    assert!(cfg.contains("  default-server check inter 2000ms port 32000 send-proxy-v2\n"));
+    assert!(cfg.contains("  default-server check inter 2000ms fastinter 250ms port 32000 send-proxy-v2\n"));
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn shared_node_checks_are_tracked_by_every_service() {
         1,
         "one check backend for every node: {cfg}"
     );
-    assert!(cfg.contains("backend ferrylb_node_checks\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 2000ms\n  server n2 "), "{cfg}");
+    assert!(cfg.contains("backend ferrylb_node_checks\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 1000ms fastinter 250ms\n  server n2 "), "{cfg}");
     let be = format!("backend be_{}_80", a.spec.lb.name);
     let a_part = &cfg[cfg.find(&be).unwrap()..];
     assert!(
@@ -273,7 +273,34 @@ fn shared_node_checks_are_tracked_by_every_service() {
     );
     // eTP Local keeps its own per-Service check.
     assert!(
-        cfg.contains("default-server check inter 2000ms port 32000"),
+        cfg.contains("default-server check inter 2000ms fastinter 250ms port 32000"),
         "{cfg}"
     );
+}
+
+#[test]
+fn retries_fill_the_connect_budget_and_never_drop_below_three() {
+    let ms = Duration::from_millis;
+    assert_eq!(connect_retries(ms(250)), 7, "8 tries of 250 ms: 2 s");
+    assert_eq!(connect_retries(ms(500)), 3);
+    assert_eq!(connect_retries(ms(300)), 6, "7 tries cover 2 s");
+    assert_eq!(connect_retries(Duration::from_secs(5)), 3);
+    assert_eq!(connect_retries(ms(1)), 20, "bounded");
+    let e = entry(
+        "web",
+        "127.0.0.100",
+        [(crate::options::TIMEOUT_CONNECT.to_owned(), "1s".to_owned())].into(),
+    );
+    assert!(
+        render(&global(), &[e]).contains("  timeout connect 1000ms\n  retries 3\n"),
+        "a Service's own connect timeout sets its retries"
+    );
+}
+
+#[test]
+fn a_failing_server_is_checked_faster_but_never_slower_than_its_interval() {
+    let mut o = Options::default();
+    assert_eq!(check_options(&o), "check inter 2000ms fastinter 250ms");
+    o.check_interval = Duration::from_millis(100);
+    assert_eq!(check_options(&o), "check inter 100ms fastinter 100ms");
 }
