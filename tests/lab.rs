@@ -1639,9 +1639,10 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
 }
 
 /// The figures in BENCHMARKS.md: the VIPs' holder cut off ten times with
-/// VRRP (defaults), and three times with the VIPs held by the leader (no
-/// VRRP), each while a client connects 20 times a second. Not part of the
-/// suite (about five minutes):
+/// VRRP (defaults), three times with the VIPs held by the leader (no
+/// VRRP), and each node's link cut three times in BGP mode, each while a
+/// client connects 20 times a second. Not part of the suite (about a
+/// quarter of an hour):
 ///   cargo test --test lab -- --ignored failover_trials --nocapture
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run it by name"]
@@ -1657,6 +1658,7 @@ async fn failover_trials() {
     let mut gaps = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..10 {
+        every_server_up(lab, &client, Duration::from_secs(60)).await;
         let cut = cut_holder(lab, &[&vip]).await;
         let s = &cut.seen[0].1;
         gaps.push(s.longest_gap_s);
@@ -1705,6 +1707,70 @@ async fn failover_trials() {
         .delete("echo", &DeleteParams::default())
         .await
         .unwrap();
+
+    // BGP: every node serves, and a node cut off is routed around by the
+    // router (BFD). The same pods (one per node), the same client rate, from
+    // behind the router; each node in turn.
+    install_bgp(lab, &client).await;
+    let ns = k::namespace(&client, "lab-trials-bgp").await;
+    let _restore = RestoreRelease {
+        lab,
+        ns: ns.clone(),
+    };
+    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
+    nexthops_become(lab, &vip, &NODE_IPS, Duration::from_secs(60)).await;
+    let mut gaps = Vec::new();
+    let mut failed = Vec::new();
+    let mut withdrawn = Vec::new();
+    for trial in 0..9 {
+        let i = trial % 3;
+        let node = lab::NODES[i];
+        every_server_up(lab, &client, Duration::from_secs(60)).await;
+        let rest: Vec<&str> = NODE_IPS
+            .iter()
+            .copied()
+            .filter(|ip| *ip != NODE_IPS[i])
+            .collect();
+        let probe = lab.probe_from(lab::OUTSIDE_NS, &vip, 80, 20);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        link(lab, node, false);
+        let cut = nexthops_become(lab, &vip, &rest, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(4) - Duration::from_secs_f64(cut.min(4.0))).await;
+        let s = probe.finish().await;
+        link(lab, node, true);
+        eprintln!(
+            "lab: failover trial, bgp: {node}'s link cut, withdrawn after {cut:.2}s: longest gap {:.2}s, failed {} of {} {:?}",
+            s.longest_gap_s, s.failed, s.sent, s.errors
+        );
+        gaps.push(s.longest_gap_s);
+        failed.push(s.failed);
+        withdrawn.push(cut);
+        nexthops_become(lab, &vip, &NODE_IPS, Duration::from_secs(120)).await;
+    }
+    gaps.sort_by(f64::total_cmp);
+    withdrawn.sort_by(f64::total_cmp);
+    eprintln!(
+        "lab: failover trials, bgp (9): withdrawn after {:.2}-{:.2}s; longest gap median {:.2}s max {:.2}s; failed per trial {failed:?}",
+        withdrawn[0], withdrawn[8], gaps[4], gaps[8]
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+/// Waits until the HAProxy of every replica has every server of every
+/// Service up: a node cut off before is checked up again everywhere.
+async fn every_server_up(lab: &Lab, client: &kube::Client, within: Duration) {
+    let nodes: BTreeSet<String> = replicas(client).await.into_iter().map(|(_, n)| n).collect();
+    for node in nodes {
+        wait::until(
+            &format!("every server up in {node}'s HAProxy"),
+            within,
+            || async {
+                let states = server_states(lab, client, &node).await;
+                states.values().all(|s| s == "UP").then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// FerryLB in BGP mode: three replicas, each announcing to the lab's router.

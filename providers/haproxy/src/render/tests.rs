@@ -87,7 +87,9 @@ fn local_traffic_policy_and_proxy_protocol() {
     let cfg = render(&global(), &[e]);
     assert!(cfg.contains("  bind [fd00::10]:80 transparent\n"), "{cfg}");
     assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
-    assert!(cfg.contains("  default-server check inter 2000ms fastinter 250ms port 32000 send-proxy-v2\n"));
+    assert!(cfg.contains(
+        "  default-server check inter 2000ms fastinter 250ms port 32000 send-proxy-v2\n"
+    ));
 }
 
 #[test]
