@@ -1639,10 +1639,9 @@ async fn vrrp_every_replica_serves_and_vips_move_without_the_leader_or_the_api_s
 }
 
 /// The figures in BENCHMARKS.md: the VIPs' holder cut off ten times with
-/// VRRP (defaults), three times with the VIPs held by the leader (no
-/// VRRP), and each node's link cut three times in BGP mode, each while a
-/// client connects 20 times a second. Not part of the suite (about a
-/// quarter of an hour):
+/// VRRP (defaults), and three times with the VIPs held by the leader (no
+/// VRRP), each while a client connects 20 times a second (BGP mode:
+/// [`failover_trials_bgp`]). Not part of the suite (about eight minutes):
 ///   cargo test --test lab -- --ignored failover_trials --nocapture
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run it by name"]
@@ -1707,10 +1706,21 @@ async fn failover_trials() {
         .delete("echo", &DeleteParams::default())
         .await
         .unwrap();
+}
 
-    // BGP: every node serves, and a node cut off is routed around by the
-    // router (BFD). The same pods (one per node), the same client rate, from
-    // behind the router; each node in turn.
+/// The BGP mode's row beside [`failover_trials`]: every node serves, and a
+/// node whose link is cut is routed around by the router (BFD). The same
+/// pods (one per node) and client rate, the client behind the router;
+/// each node's link cut three times in turn. The router hashes as its
+/// requirement says (resilient), or as `FERRYLB_LAB_HASHING` says
+/// (`plain`). Not part of the suite (about eight minutes):
+///   cargo test --test lab -- --ignored failover_trials_bgp --nocapture
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run it by name"]
+async fn failover_trials_bgp() {
+    let _serial = serial().await;
+    let lab = lab::shared();
+    let client = lab.client().await;
     install_bgp(lab, &client).await;
     let ns = k::namespace(&client, "lab-trials-bgp").await;
     let _restore = RestoreRelease {
@@ -1719,6 +1729,8 @@ async fn failover_trials() {
     };
     let vip = echo_service(lab, &client, &ns, 3, None, false).await;
     nexthops_become(lab, &vip, &NODE_IPS, Duration::from_secs(60)).await;
+    let hashing = std::env::var("FERRYLB_LAB_HASHING").unwrap_or_else(|_| "resilient".into());
+    router_hashing(lab, &vip, &hashing).await;
     let mut gaps = Vec::new();
     let mut failed = Vec::new();
     let mut withdrawn = Vec::new();
@@ -1750,7 +1762,7 @@ async fn failover_trials() {
     gaps.sort_by(f64::total_cmp);
     withdrawn.sort_by(f64::total_cmp);
     eprintln!(
-        "lab: failover trials, bgp (9): withdrawn after {:.2}-{:.2}s; longest gap median {:.2}s max {:.2}s; failed per trial {failed:?}",
+        "lab: failover trials, bgp, {hashing} hashing (9): withdrawn after {:.2}-{:.2}s; longest gap median {:.2}s max {:.2}s; failed per trial {failed:?}",
         withdrawn[0], withdrawn[8], gaps[4], gaps[8]
     );
     delete_namespace(&client, &ns).await;

@@ -184,10 +184,13 @@ start_router() {
     echo "protocol kernel { kernel table 100; ipv4 { import none; export all; }; merge paths yes; }"
     echo "protocol kernel { kernel table 100; ipv6 { import none; export all; }; merge paths yes; }"
     echo "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"
+    echo "# A session that failed is taken again after 5 s (doubling to 60 s"
+    echo "# while it keeps failing), not BIRD's default 60-300 s."
+    echo "template bgp ferrylb_node { local as $lab_router_asn; passive on; bfd on; error wait time 5, 60; }"
     for n in "${lab_nodes[@]}"; do
-      echo "protocol bgp $n { local as $lab_router_asn; neighbor $(node_ip "$n") as $lab_node_asn; passive on; bfd on;"
+      echo "protocol bgp $n from ferrylb_node { neighbor $(node_ip "$n") as $lab_node_asn;"
       echo "  ipv4 { import where net ~ [ $lab_bgp_pool{32,32} ]; export none; }; }"
-      echo "protocol bgp ${n}_v6 { local as $lab_router_asn; neighbor ${lab_v6_prefix}:1$(node_index "$n") as $lab_node_asn; passive on; bfd on;"
+      echo "protocol bgp ${n}_v6 from ferrylb_node { neighbor ${lab_v6_prefix}:1$(node_index "$n") as $lab_node_asn;"
       echo "  ipv6 { import where net ~ [ $lab_bgp_pool6{128,128} ]; export none; }; }"
     done
   } >"$dir/router-bird.conf"

@@ -48,6 +48,80 @@ pub async fn answer(ip: &str, port: u16, name: &str) -> Answerer {
     .await
 }
 
+/// A stand-in node that answers like [`answer`] until [`Freezable::freeze`],
+/// and then answers nothing at all, as a dead host does: it stops
+/// accepting, its accept queue fills, and the kernel drops every new SYN
+/// (no refusal, no answer; connects and checks time out).
+pub struct Freezable {
+    addr: SocketAddr,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    accepting: Option<JoinHandle<()>>,
+    _listener: std::sync::Arc<TcpListener>,
+    /// Connections that fill the accept queue, never accepted.
+    held: Vec<tokio::net::TcpStream>,
+}
+
+impl Drop for Freezable {
+    fn drop(&mut self) {
+        if let Some(t) = &self.accepting {
+            t.abort();
+        }
+    }
+}
+
+/// Listens on `ip:port` (a queue of one connection) and answers each
+/// connection with `name`, until frozen.
+pub async fn answer_freezable(ip: &str, port: u16, name: &str) -> Freezable {
+    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket
+        .bind(addr)
+        .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+    let listener = std::sync::Arc::new(socket.listen(1).unwrap());
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (l, s, name) = (listener.clone(), stop.clone(), name.to_owned());
+    let accepting = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = s.notified() => break,
+                r = l.accept() => if let Ok((mut conn, _)) = r {
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let _ = conn.write_all(name.as_bytes()).await;
+                    });
+                }
+            }
+        }
+    });
+    Freezable {
+        addr,
+        stop,
+        accepting: Some(accepting),
+        _listener: listener,
+        held: Vec::new(),
+    }
+}
+
+impl Freezable {
+    /// Stops answering: returns once a connection to it went unanswered.
+    pub async fn freeze(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.accepting.take() {
+            let _ = t.await;
+        }
+        for _ in 0..32 {
+            let connect = tokio::net::TcpStream::connect(self.addr);
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                Ok(Ok(c)) => self.held.push(c),
+                Ok(Err(e)) => panic!("{} refused instead of filling up: {e}", self.addr),
+                Err(_) => return,
+            }
+        }
+        panic!("{}'s accept queue never filled", self.addr);
+    }
+}
+
 /// Like [`answer`], and a client that opens with `keep\n` keeps the
 /// connection: each line it sends is answered with `name` and a newline,
 /// until it closes (a long-lived connection). Others are answered after
