@@ -447,6 +447,10 @@ async fn report_haproxy(
 ) {
     let by = pod.name.clone().unwrap_or_default();
     let mut sessions = BTreeMap::new();
+    if h.bird().is_some() {
+        // Not ready before BIRD's state is read.
+        telemetry.set_bgp(&ferrylb_haproxy::bgp::BgpStatus::default());
+    }
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;

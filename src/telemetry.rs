@@ -53,6 +53,8 @@ pub struct Telemetry {
     standing_by: AtomicBool,
     /// Why a provider's last check failed (`None`: all answered).
     provider_problem: std::sync::Mutex<Option<String>>,
+    /// Why the routers send this replica no traffic (BGP mode), if so.
+    carrying_problem: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Telemetry {
@@ -183,6 +185,7 @@ impl Default for Telemetry {
             caches_synced: AtomicBool::new(false),
             standing_by: AtomicBool::new(false),
             provider_problem: std::sync::Mutex::new(None),
+            carrying_problem: std::sync::Mutex::new(None),
         }
     }
 }
@@ -310,6 +313,7 @@ impl Telemetry {
         }
         self.bgp_routes
             .set(i64::try_from(status.announced).unwrap_or(i64::MAX));
+        *self.carrying_problem.lock().expect("readiness lock") = status.not_carrying();
     }
 
     /// `n` nodes whose drain by a backend `phase` (`started`, `finished`).
@@ -353,15 +357,13 @@ impl Telemetry {
         self.api_contact.clone()
     }
 
-    /// `Ok` when ready, else why not.
+    /// `Ok` when ready, else why not. In BGP mode every replica serves
+    /// (none stands by): it is ready only once the routers send it traffic.
     pub fn readiness(&self) -> Result<(), String> {
-        if let Some(p) = self
-            .provider_problem
-            .lock()
-            .expect("readiness lock")
-            .clone()
-        {
-            return Err(p);
+        for problem in [&self.provider_problem, &self.carrying_problem] {
+            if let Some(p) = problem.lock().expect("readiness lock").clone() {
+                return Err(p);
+            }
         }
         if self.standing_by.load(Ordering::SeqCst) || self.caches_synced.load(Ordering::SeqCst) {
             Ok(())
@@ -474,8 +476,14 @@ mod tests {
             sessions: [(peer, "Established".to_owned())].into_iter().collect(),
             bfd: [(peer, "Up".to_owned())].into_iter().collect(),
             announced: 2,
+            serving: 2,
             running: true,
         });
+        assert_eq!(
+            t.readiness(),
+            Ok(()),
+            "announcing over an established session"
+        );
         let text = t.encode();
         for want in [
             r#"ferrylb_haproxy_config_generation{sha256="ab12"} 3"#,
@@ -491,5 +499,45 @@ mod tests {
         }
         t.set_provider_problem(Some("haproxy: cannot run haproxy".into()));
         assert!(t.readiness().is_err());
+    }
+
+    #[test]
+    fn a_bgp_replica_is_ready_only_while_the_routers_send_it_traffic() {
+        let t = Telemetry::default();
+        t.set_leader(false);
+        let peer: std::net::IpAddr = "10.0.0.254".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.1.254".parse().unwrap();
+        let status = |sessions: &[(std::net::IpAddr, &str)], announced, running| {
+            ferrylb_haproxy::bgp::BgpStatus {
+                sessions: sessions
+                    .iter()
+                    .map(|(p, s)| (*p, (*s).to_owned()))
+                    .collect(),
+                bfd: std::collections::BTreeMap::new(),
+                announced,
+                serving: 2,
+                running,
+            }
+        };
+        // Started, its session not yet taken by the router.
+        t.set_bgp(&status(&[(peer, "Active"), (other, "Connect")], 2, true));
+        assert_eq!(
+            t.readiness(),
+            Err("BGP: no session established (10.0.0.254 Active, 10.0.1.254 Connect)".into()),
+            "a follower that serves no router is not ready"
+        );
+        t.set_bgp(&status(
+            &[(peer, "Established"), (other, "Active")],
+            2,
+            true,
+        ));
+        assert_eq!(t.readiness(), Ok(()), "one router sends it traffic");
+        t.set_bgp(&status(&[(peer, "Established")], 0, true));
+        assert_eq!(
+            t.readiness(),
+            Err("BGP: the 2 VIPs served here are withdrawn".into())
+        );
+        t.set_bgp(&status(&[], 0, false));
+        assert_eq!(t.readiness(), Err("BGP: BIRD is not running".into()));
     }
 }

@@ -302,6 +302,24 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
     h.cleanup_nodes().await;
 }
 
+/// A harness with nodes n1 and n2, its controller running, and a Service
+/// `web` (port 80) provisioned: the harness, the controller, the VIP and
+/// the Service's nodePort.
+async fn web_on_two_nodes(
+    prefix: &str,
+    pool: &'static str,
+) -> (Harness<HaproxyProvider>, RunningController, IpAddr, u16) {
+    let mut h = harness(prefix, pool).await;
+    for (ip, n) in &NODES[..2] {
+        h.node(n, ip).await;
+    }
+    let ctl = h.start(false);
+    create(&h, k::lb_service("web", &[80])).await;
+    let (svc, ip) = wait_vip(&h, "web").await;
+    let np = node_port(&svc, 0);
+    (h, ctl, ip, np)
+}
+
 /// A node that stops answering (here: refuses; a dead host's connections
 /// time out after `timeout connect`, 250 ms by default, as in the next
 /// test) costs no client connection while its health check still says it
@@ -309,14 +327,7 @@ async fn twenty_services_at_once_with_concurrency_two_cost_a_handful_of_reloads(
 /// redispatch`).
 #[tokio::test]
 async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notices() {
-    let mut h = harness("hx-redispatch", "127.0.2.30-127.0.2.39").await;
-    for (ip, n) in &NODES[..2] {
-        h.node(n, ip).await;
-    }
-    let _ctl = h.start(false);
-    create(&h, k::lb_service("web", &[80])).await;
-    let (svc, ip) = wait_vip(&h, "web").await;
-    let np = node_port(&svc, 0);
+    let (mut h, _ctl, ip, np) = web_on_two_nodes("hx-redispatch", "127.0.2.30-127.0.2.39").await;
     let mut answering = stand_ins(np, &NODES[..2]).await;
     let addr = SocketAddr::new(ip, 80);
     wait_answers(addr, &["n1", "n2"]).await;
@@ -354,14 +365,7 @@ async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notice
 /// took is printed (BENCHMARKS.md).
 #[tokio::test]
 async fn a_node_that_answers_nothing_costs_no_connection_and_is_marked_down() {
-    let mut h = harness("hx-dead", "127.0.2.50-127.0.2.59").await;
-    for (ip, n) in &NODES[..2] {
-        h.node(n, ip).await;
-    }
-    let _ctl = h.start(false);
-    create(&h, k::lb_service("web", &[80])).await;
-    let (svc, ip) = wait_vip(&h, "web").await;
-    let np = node_port(&svc, 0);
+    let (mut h, _ctl, ip, np) = web_on_two_nodes("hx-dead", "127.0.2.50-127.0.2.59").await;
     let _n1 = traffic::answer(NODES[0].0, np, "n1").await;
     let mut n2 = traffic::answer_freezable(NODES[1].0, np, "n2").await;
     let addr = SocketAddr::new(ip, 80);

@@ -81,8 +81,46 @@ pub struct BgpStatus {
     pub bfd: BTreeMap<IpAddr, String>,
     /// Routes announced now (zero while withdrawn).
     pub announced: usize,
+    /// The VIPs this host's HAProxy serves (announced unless withdrawn).
+    pub serving: usize,
     /// Whether BIRD runs.
     pub running: bool,
+}
+
+impl BgpStatus {
+    /// Why the routers send this host no traffic, if they do not: BIRD not
+    /// running, no session established, or the VIPs it serves withdrawn.
+    /// The replica is Ready only without one, so a rolling update replaces
+    /// the next replica only once this one carries its share (a router can
+    /// keep a peer out for a while after a session failed).
+    #[must_use]
+    pub fn not_carrying(&self) -> Option<String> {
+        if !self.running {
+            return Some("BGP: BIRD is not running".into());
+        }
+        if !self.sessions.values().any(|s| s == "Established") {
+            let states: Vec<String> = self
+                .sessions
+                .iter()
+                .map(|(peer, state)| format!("{peer} {state}"))
+                .collect();
+            return Some(format!(
+                "BGP: no session established ({})",
+                if states.is_empty() {
+                    "none reported".to_owned()
+                } else {
+                    states.join(", ")
+                }
+            ));
+        }
+        if self.serving > 0 && self.announced == 0 {
+            return Some(format!(
+                "BGP: the {} VIPs served here are withdrawn",
+                self.serving
+            ));
+        }
+        None
+    }
 }
 
 #[derive(Default)]

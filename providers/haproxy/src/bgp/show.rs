@@ -8,13 +8,14 @@ use super::{BgpStatus, Bird};
 impl Bird {
     /// Each peer's session state and what is announced.
     pub async fn status(&self) -> BgpStatus {
-        let (running, announced) = {
+        let (running, announced, serving) = {
             let mut inner = self.inner.lock().await;
-            (inner.running(), inner.announced)
+            (inner.running(), inner.announced, inner.vips.len())
         };
         let mut status = BgpStatus {
             running,
             announced: if running { announced } else { 0 },
+            serving,
             ..BgpStatus::default()
         };
         if running && let Ok(text) = self.birdc(&["show", "protocols"]).await {
