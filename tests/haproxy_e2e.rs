@@ -327,7 +327,7 @@ async fn web_on_two_nodes(
 /// redispatch`).
 #[tokio::test]
 async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notices() {
-    let (mut h, _ctl, ip, np) = web_on_two_nodes("hx-redispatch", "127.0.2.30-127.0.2.39").await;
+    let (h, _ctl, ip, np) = web_on_two_nodes("hx-redispatch", "127.0.2.30-127.0.2.39").await;
     let mut answering = stand_ins(np, &NODES[..2]).await;
     let addr = SocketAddr::new(ip, 80);
     wait_answers(addr, &["n1", "n2"]).await;
@@ -365,7 +365,7 @@ async fn a_node_that_stops_answering_costs_no_connection_before_its_check_notice
 /// took is printed (BENCHMARKS.md).
 #[tokio::test]
 async fn a_node_that_answers_nothing_costs_no_connection_and_is_marked_down() {
-    let (mut h, _ctl, ip, np) = web_on_two_nodes("hx-dead", "127.0.2.50-127.0.2.59").await;
+    let (h, _ctl, ip, np) = web_on_two_nodes("hx-dead", "127.0.2.50-127.0.2.59").await;
     let _n1 = traffic::answer(NODES[0].0, np, "n1").await;
     let mut n2 = traffic::answer_freezable(NODES[1].0, np, "n2").await;
     let addr = SocketAddr::new(ip, 80);
