@@ -1721,14 +1721,7 @@ async fn failover_trials_bgp() {
     let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
-    install_bgp(lab, &client).await;
-    let ns = k::namespace(&client, "lab-trials-bgp").await;
-    let _restore = RestoreRelease {
-        lab,
-        ns: ns.clone(),
-    };
-    let vip = echo_service(lab, &client, &ns, 3, None, false).await;
-    nexthops_become(lab, &vip, &NODE_IPS, Duration::from_secs(60)).await;
+    let (ns, _restore, vip) = bgp_echo(lab, &client, "lab-trials-bgp", 3).await;
     let hashing = std::env::var("FERRYLB_LAB_HASHING").unwrap_or_else(|_| "resilient".into());
     router_hashing(lab, &vip, &hashing).await;
     let mut gaps = Vec::new();
@@ -1928,18 +1921,8 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     let _serial = serial().await;
     let lab = lab::shared();
     let client = lab.client().await;
-    install_bgp(lab, &client).await;
-    let ns = k::namespace(&client, "lab-bgp").await;
-    // The next test finds the lab's release as it was, also when this one
-    // fails.
-    let _restore = RestoreRelease {
-        lab,
-        ns: ns.clone(),
-    };
-    let vip = echo_service(lab, &client, &ns, 6, None, false).await;
-    assert!(vip.starts_with("10.252.0."), "VIP {vip} from the BGP pool");
+    let (ns, _restore, vip) = bgp_echo(lab, &client, "lab-bgp", 6).await;
     let all = NODE_IPS;
-    nexthops_become(lab, &vip, &all, Duration::from_secs(60)).await;
     for node in lab::NODES {
         wait::until(
             &format!("{node}'s BGP metrics"),
@@ -2181,6 +2164,28 @@ async fn bgp_every_replica_announces_and_the_router_spreads_connections_over_the
     nexthops_become(lab, &vip, &all, Duration::from_secs(120)).await;
 
     delete_namespace(&client, &ns).await;
+}
+
+/// FerryLB in BGP mode and an echo Service of `pods` pods in a new
+/// namespace: the namespace, the guard that puts the lab's release back
+/// when dropped (also when the test fails), and the Service's VIP, once
+/// the router routes it over all three nodes.
+async fn bgp_echo(
+    lab: &'static Lab,
+    client: &kube::Client,
+    prefix: &str,
+    pods: u32,
+) -> (String, RestoreRelease, String) {
+    install_bgp(lab, client).await;
+    let ns = k::namespace(client, prefix).await;
+    let restore = RestoreRelease {
+        lab,
+        ns: ns.clone(),
+    };
+    let vip = echo_service(lab, client, &ns, pods, None, false).await;
+    assert!(vip.starts_with("10.252.0."), "VIP {vip} from the BGP pool");
+    nexthops_become(lab, &vip, &NODE_IPS, Duration::from_secs(60)).await;
+    (ns, restore, vip)
 }
 
 /// Puts FerryLB's release back to the lab's values (two replicas, VIPs on
