@@ -37,16 +37,23 @@ pub struct GlobalSettings {
 /// runtime API: a backend cannot be.
 pub const NODE_CHECKS: &str = "ferrylb_node_checks";
 
-/// The interval of the shared node checks, and of every check once one
-/// failed (`fastinter`). One check a second per node is cheap; after a
-/// failure three more a quarter second apart mark a dead node down in
-/// about 1.5 s, where `inter 2s` with HAProxy's defaults took 12 s (each
-/// failed check waited out the whole interval: see `CHECK_TIMEOUT`).
-pub const NODE_CHECK_INTER: &str = "1000ms fastinter 250ms";
+/// The intervals of the shared node checks (see [`check_options`]). One
+/// check a second per node is cheap; after a failure two more a quarter
+/// second apart mark a dead node down in about 1.5 s, where `inter 2s`
+/// with HAProxy's defaults took 12 s (each failed check waited out the
+/// whole interval: see `CHECK_TIMEOUT`).
+pub const NODE_CHECK_INTER: &str = "1000ms fastinter 250ms downinter 500ms";
 
-/// How often a failing server is checked until it is marked down or up
-/// again (HAProxy's `fastinter`), at most.
+/// How often a server is checked once a check failed or passed against
+/// its state, until it is marked down or up (HAProxy's `fastinter`), at
+/// most. HAProxy also uses it for a new server's first check.
 const FAST_INTER: Duration = Duration::from_millis(250);
+
+/// How often a server marked down is checked (`downinter`), at most: a
+/// new Service's servers are often marked down by that first check, made
+/// before kube-proxy programs the nodePort; they come back within about
+/// 0.75 s of the node answering, not a whole interval later.
+const DOWN_INTER: Duration = Duration::from_millis(500);
 
 /// `timeout check`: a check's read timeout once connected. Set, it also
 /// makes a check's connect timeout `min(timeout connect, inter)`; unset,
@@ -72,9 +79,10 @@ pub fn connect_retries(connect: Duration) -> u128 {
 /// servers added through the runtime API (which do not inherit it).
 pub fn check_options(o: &Options) -> String {
     format!(
-        "check inter {} fastinter {}",
+        "check inter {} fastinter {} downinter {}",
         ms(o.check_interval),
-        ms(o.check_interval.min(FAST_INTER))
+        ms(o.check_interval.min(FAST_INTER)),
+        ms(o.check_interval.min(DOWN_INTER))
     )
 }
 

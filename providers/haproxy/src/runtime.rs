@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn a_server_still_draining_is_readdressed_and_made_ready_instead_of_added() {
         let batch = "set server be/n2 addr 10.0.0.22 port 30080; \
-                     add server be/n3 10.0.0.3:30080 check inter 2000ms fastinter 250ms; enable health be/n3; enable server be/n3; \
+                     add server be/n3 10.0.0.3:30080 check inter 2000ms fastinter 250ms downinter 500ms; enable health be/n3; enable server be/n3; \
                      add server be/n6 [fd00::6]:30080 track ferrylb_node_checks/n6; enable server be/n6";
         assert_eq!(
             readding(batch),
@@ -407,7 +407,7 @@ mod tests {
             RuntimePlan {
                 batches: vec![format!(
                     "set server {be}/n2 addr 10.0.0.22 port 30080; \
-                     add server {be}/n3 10.0.0.3:30080 check inter 2000ms fastinter 250ms; enable health {be}/n3; enable server {be}/n3; \
+                     add server {be}/n3 10.0.0.3:30080 check inter 2000ms fastinter 250ms downinter 500ms; enable health {be}/n3; enable server {be}/n3; \
                      set server {be}/n1 state drain"
                 )],
                 drains: vec![((be.clone(), "n1".into()), "n1".into())],
@@ -463,7 +463,8 @@ mod tests {
         let plan = commands(&old, &local, checks(&loaded)).unwrap();
         assert!(plan.checks.is_empty());
         assert!(
-            plan.batches[0].contains("check inter 2000ms fastinter 250ms port 32000"),
+            plan.batches[0]
+                .contains("check inter 2000ms fastinter 250ms downinter 500ms port 32000"),
             "{plan:?}"
         );
     }

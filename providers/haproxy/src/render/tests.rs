@@ -62,7 +62,7 @@ fn renders_frontend_and_backend_per_tcp_port() {
          acl ferrylb_allowed_src src 10.0.0.0/8 127.0.0.5/32\n  \
          tcp-request connection reject if !ferrylb_allowed_src\n  default_backend be_{lb}_80\n\n\
          backend be_{lb}_80\n  balance roundrobin\n  timeout connect 250ms\n  retries 7\n  timeout server 60000ms\n  \
-         default-server check inter 2000ms fastinter 250ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
+         default-server check inter 2000ms fastinter 250ms downinter 500ms\n  server n1 127.0.0.11:30080\n  server n2 127.0.0.12:30080\n"
     );
     assert!(cfg.ends_with(&expected_tail), "{cfg}");
     assert!(!cfg.contains("53"), "UDP ports are not rendered: {cfg}");
@@ -88,7 +88,7 @@ fn local_traffic_policy_and_proxy_protocol() {
     assert!(cfg.contains("  bind [fd00::10]:80 transparent\n"), "{cfg}");
     assert!(cfg.contains("  option httpchk GET /healthz\n  http-check expect status 200\n"));
     assert!(cfg.contains(
-        "  default-server check inter 2000ms fastinter 250ms port 32000 send-proxy-v2\n"
+        "  default-server check inter 2000ms fastinter 250ms downinter 500ms port 32000 send-proxy-v2\n"
     ));
 }
 
@@ -266,7 +266,7 @@ fn shared_node_checks_are_tracked_by_every_service() {
         1,
         "one check backend for every node: {cfg}"
     );
-    assert!(cfg.contains("backend ferrylb_node_checks\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 1000ms fastinter 250ms\n  server n2 "), "{cfg}");
+    assert!(cfg.contains("backend ferrylb_node_checks\n  option httpchk GET /healthz\n  http-check expect status 200\n  server n1 127.0.0.11:10256 check inter 1000ms fastinter 250ms downinter 500ms\n  server n2 "), "{cfg}");
     let be = format!("backend be_{}_80", a.spec.lb.name);
     let a_part = &cfg[cfg.find(&be).unwrap()..];
     assert!(
@@ -275,7 +275,9 @@ fn shared_node_checks_are_tracked_by_every_service() {
     );
     // eTP Local keeps its own per-Service check.
     assert!(
-        cfg.contains("default-server check inter 2000ms fastinter 250ms port 32000"),
+        cfg.contains(
+            "default-server check inter 2000ms fastinter 250ms downinter 500ms port 32000"
+        ),
         "{cfg}"
     );
 }
@@ -302,7 +304,13 @@ fn retries_fill_the_connect_budget_and_never_drop_below_three() {
 #[test]
 fn a_failing_server_is_checked_faster_but_never_slower_than_its_interval() {
     let mut o = Options::default();
-    assert_eq!(check_options(&o), "check inter 2000ms fastinter 250ms");
+    assert_eq!(
+        check_options(&o),
+        "check inter 2000ms fastinter 250ms downinter 500ms"
+    );
     o.check_interval = Duration::from_millis(100);
-    assert_eq!(check_options(&o), "check inter 100ms fastinter 100ms");
+    assert_eq!(
+        check_options(&o),
+        "check inter 100ms fastinter 100ms downinter 100ms"
+    );
 }
