@@ -1723,7 +1723,7 @@ async fn failover_trials() {
 /// pods (one per node) and client rate, the client behind the router;
 /// each node's link cut three times in turn. The router hashes as its
 /// requirement says (resilient), or as `FERRYLB_LAB_HASHING` says
-/// (`plain`). Not part of the suite (about eight minutes):
+/// (`plain`). Not part of the suite (about five minutes):
 ///   cargo test --test lab -- --ignored failover_trials_bgp --nocapture
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a benchmark: run it by name"]
