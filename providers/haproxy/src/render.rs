@@ -37,12 +37,12 @@ pub struct GlobalSettings {
 /// runtime API: a backend cannot be.
 pub const NODE_CHECKS: &str = "ferrylb_node_checks";
 
-/// The intervals of the shared node checks (see [`check_options`]). One
-/// check a second per node is cheap; after a failure two more a quarter
-/// second apart mark a dead node down in about 1.5 s, where `inter 2s`
-/// with HAProxy's defaults took 12 s (each failed check waited out the
-/// whole interval: see `CHECK_TIMEOUT`).
-pub const NODE_CHECK_INTER: &str = "1000ms fastinter 250ms downinter 500ms";
+/// The interval of the shared node checks (the others as in
+/// [`check_intervals`]). One check a second per node is cheap; after a
+/// failure two more a quarter second apart mark a dead node down in about
+/// 1.5 s, where `inter 2s` with HAProxy's defaults took 12 s (each failed
+/// check waited out the whole interval: see `CHECK_TIMEOUT`).
+const NODE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a server is checked once a check failed or passed against
 /// its state, until it is marked down or up (HAProxy's `fastinter`), at
@@ -78,11 +78,17 @@ pub fn connect_retries(connect: Duration) -> u128 {
 /// The check options of a Service's servers, for `default-server` and for
 /// servers added through the runtime API (which do not inherit it).
 pub fn check_options(o: &Options) -> String {
+    check_intervals(o.check_interval)
+}
+
+/// `check` with interval `inter`, and the faster ones of a server whose
+/// state is changing or that is down, never slower than `inter`.
+fn check_intervals(inter: Duration) -> String {
     format!(
         "check inter {} fastinter {} downinter {}",
-        ms(o.check_interval),
-        ms(o.check_interval.min(FAST_INTER)),
-        ms(o.check_interval.min(DOWN_INTER))
+        ms(inter),
+        ms(inter.min(FAST_INTER)),
+        ms(inter.min(DOWN_INTER))
     )
 }
 
@@ -230,19 +236,16 @@ pub fn render(global: &GlobalSettings, entries: &[Entry]) -> String {
 
     if let Some(port) = global.node_check_port {
         let _ = writeln!(out);
+        let checks = check_intervals(NODE_CHECK_INTERVAL);
         let _ = writeln!(out, "backend {NODE_CHECKS}");
         let _ = writeln!(out, "  option httpchk GET /healthz");
         let _ = writeln!(out, "  http-check expect status 200");
         for (name, ip) in node_checks(&entries.iter().collect::<Vec<_>>()) {
-            let _ = writeln!(
-                out,
-                "  server {name} {} check inter {NODE_CHECK_INTER}",
-                addr(ip, port)
-            );
+            let _ = writeln!(out, "  server {name} {} {checks}", addr(ip, port));
         }
         let _ = writeln!(
             out,
-            "  server-template {SPARE_PREFIX} 1-{SPARE_NODE_CHECKS} 0.0.0.0:{port} check inter {NODE_CHECK_INTER} disabled"
+            "  server-template {SPARE_PREFIX} 1-{SPARE_NODE_CHECKS} 0.0.0.0:{port} {checks} disabled"
         );
     }
 
